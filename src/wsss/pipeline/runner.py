@@ -1,0 +1,141 @@
+"""Chaining stages in a work directory.
+
+The runner holds no method logic. A :class:`Stage` says what it does (``run``), which part of
+the configuration its result depends on (``depends_on``), and how to clear a stale result
+(``clear``). After a stage finishes, the runner writes a marker ``<workdir>/.stages/<name>.json``
+holding a fingerprint of its configuration chained with the fingerprints of the stages before
+it. On the next run a stage whose marker matches is skipped; one whose configuration (or an
+upstream stage's) changed is cleared and run again. Per-image stages also resume inside
+themselves (see :func:`wsss.pipeline.stages.run_per_image`), so a killed run loses at most the
+image it was working on.
+
+Under ``torchrun`` every rank runs every stage (per-image stages shard their ids by rank); the
+ranks meet at a barrier after each stage and only rank 0 writes markers. A stage with
+``main_only=True`` (evaluation, reports) runs on rank 0 alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from wsss.config import dump_yaml, to_dict
+from wsss.io import read_json, write_json, write_text
+from wsss.pipeline.stages import DistInfo, dist_info_from_env
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(value: Any) -> str:
+    """A stable short hash of a JSON-able value (dataclasses allowed)."""
+    text = json.dumps(to_dict(value), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def barrier() -> None:
+    """Wait for all ranks when torch.distributed is initialised; otherwise do nothing."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+@dataclass
+class Stage:
+    """One step of a pipeline.
+
+    Attributes:
+        name: short unique name (also the marker's file name).
+        run: does the work; must write its outputs atomically.
+        depends_on: the configuration this stage's result depends on (fingerprinted).
+        clear: removes the stage's outputs when its configuration changed.
+        main_only: run on rank 0 only (the other ranks wait at the barrier).
+    """
+
+    name: str
+    run: Callable[[], Any]
+    depends_on: Any = None
+    clear: Callable[[], None] | None = None
+    main_only: bool = False
+
+
+@dataclass
+class StageResult:
+    name: str
+    skipped: bool
+    seconds: float
+    value: Any = None
+
+
+@dataclass
+class Runner:
+    """Runs stages in order in ``workdir``, skipping those already done with the same config."""
+
+    workdir: Path
+    config: Any = None
+    dist: DistInfo = field(default_factory=dist_info_from_env)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.config is not None and self.dist.is_main:
+            # The resolved configuration is logged beside the outputs it produced.
+            write_text(self.workdir / "config.yaml", dump_yaml(self.config))
+
+    def marker(self, name: str) -> Path:
+        return self.workdir / ".stages" / f"{name}.json"
+
+    def read_marker(self, name: str) -> dict[str, Any] | None:
+        path = self.marker(name)
+        if not path.is_file():
+            return None
+        try:
+            data = read_json(path)
+        except Exception:  # an unreadable marker counts as no marker
+            return None
+        return data if isinstance(data, dict) else None
+
+    def run(self, stages: list[Stage]) -> dict[str, StageResult]:
+        """Run ``stages`` in order; returns each stage's result (``value`` is None if skipped)."""
+        results: dict[str, StageResult] = {}
+        chain = ""
+        for stage in stages:
+            chain = fingerprint([chain, stage.name, stage.depends_on])
+            marker = self.read_marker(stage.name)
+            if marker and marker.get("key") == chain and marker.get("state") == "done":
+                log.info("stage %s: done already, skipped", stage.name)
+                results[stage.name] = StageResult(
+                    stage.name, skipped=True, seconds=float(marker.get("seconds", 0.0))
+                )
+                continue
+            if marker and marker.get("key") != chain:
+                # Outputs made under another configuration (finished or not) are stale.
+                log.info("stage %s: configuration changed, clearing and running again", stage.name)
+                if stage.clear is not None and self.dist.is_main:
+                    stage.clear()
+            elif marker:
+                log.info("stage %s: resuming an unfinished run", stage.name)
+            if self.dist.is_main:
+                write_json(self.marker(stage.name), {"key": chain, "state": "running"})
+            barrier()
+            start = time.perf_counter()
+            value = None
+            if self.dist.is_main or not stage.main_only:
+                log.info("stage %s: running", stage.name)
+                value = stage.run()
+            barrier()
+            seconds = time.perf_counter() - start
+            if self.dist.is_main:
+                write_json(self.marker(stage.name), {
+                    "key": chain, "state": "done", "seconds": round(seconds, 3),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                })
+            results[stage.name] = StageResult(stage.name, skipped=False, seconds=seconds, value=value)
+        return results
