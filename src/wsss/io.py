@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import os
@@ -158,6 +159,11 @@ def write_image(path: PathLike, image: np.ndarray, quality: int = 95) -> None:
 
 def voc_palette(size: int = 256) -> list[int]:
     """The PASCAL VOC colour map (bit-interleaved), 255 -> (224, 224, 192) as in VOC."""
+    return list(_voc_palette(size))
+
+
+@functools.lru_cache(maxsize=4)
+def _voc_palette(size: int) -> tuple[int, ...]:
     palette: list[int] = []
     for index in range(size):
         r = g = b = 0
@@ -170,4 +176,4 @@ def voc_palette(size: int = 256) -> list[int]:
         palette.extend((r, g, b))
     if size > 255:
         palette[255 * 3 : 255 * 3 + 3] = [224, 224, 192]
-    return palette
+    return tuple(palette)

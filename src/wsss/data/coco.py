@@ -1,0 +1,356 @@
+"""COCO-style instance annotations (``instances_*.json``) through pycocotools.
+
+Category ids are mapped to contiguous class ids ``1..K`` in the order the JSON lists its
+categories (COCO's own ids have gaps: 1..90 for 80 classes); class names come from the JSON,
+with ``"background"`` as class 0. Image ids (``ds.ids``) are the image file names without their
+extension, e.g. ``000000000009`` for COCO 2017 (the 12-digit names RIB uses) or
+``COCO_train2014_000000000009`` for COCO 2014; methods also accept the integer COCO image id.
+
+Semantic masks (:meth:`COCODataset.load_mask`) paint crowd regions 255 (ignore) first, then
+the non-crowd instances from the largest to the smallest area (ties by annotation id), so where
+instances overlap the smaller one wins and an instance wins over a crowd region. This is
+deterministic and keeps small objects that sit on larger ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from tqdm import tqdm
+
+from wsss.errors import DataError
+from wsss.io import PathLike, image_size, read_image, read_json, voc_palette
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = 255
+
+
+def _decode(rle: dict[str, Any]) -> np.ndarray:
+    """A binary (H, W) mask from one RLE."""
+    with warnings.catch_warnings():
+        # pycocotools 2.0.x's Cython decoder trips NumPy 2's __array__(copy=) deprecation;
+        # the result is correct, the warning is theirs.
+        warnings.filterwarnings(
+            "ignore", message=r"__array__ implementation doesn't accept a copy", category=DeprecationWarning
+        )
+        return mask_utils.decode(rle).astype(bool)
+
+
+@dataclass
+class Instances:
+    """The instances of one image.
+
+    Attributes:
+        masks: bool (N, H, W).
+        classes: int64 (N,) class ids in ``1..K``.
+        boxes: float32 (N, 4) ``x0, y0, x1, y1`` in pixels (COCO ``x, y, w, h`` converted).
+        is_crowd: bool (N,).
+        annotation_ids: int64 (N,) the JSON's annotation ids.
+    """
+
+    masks: np.ndarray
+    classes: np.ndarray
+    boxes: np.ndarray
+    is_crowd: np.ndarray
+    annotation_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class COCOValidationReport:
+    images: int = 0
+    annotations: int = 0
+    crowd: int = 0
+
+    def summary(self) -> str:
+        return f"{self.images} images, {self.annotations} annotations ({self.crowd} crowd)"
+
+
+def _default_image_dir(annotation_file: Path) -> Path:
+    # annotations/instances_val2017.json -> val2017/ beside annotations/.
+    folder = annotation_file.parent
+    stem = annotation_file.stem
+    split = stem.split("_", 1)[1] if "_" in stem else stem
+    for candidate in (
+        folder.parent / split,
+        folder / split,
+        folder.parent / "JPEGImages",
+        folder / "JPEGImages",
+    ):
+        if candidate.is_dir():
+            return candidate
+    return folder
+
+
+class COCODataset:
+    """Images, class labels, boxes and masks from a COCO instances JSON.
+
+    Args:
+        annotation_file: the instances JSON.
+        image_dir: the folder the JSON's ``file_name`` entries are relative to; by default the
+            folder named after the JSON (``annotations/instances_val2017.json`` ->
+            ``val2017/``), else ``JPEGImages/`` beside it, else the JSON's folder.
+
+    Raises:
+        DataError: the JSON is missing or malformed (missing keys, an annotation of an unknown
+            image or category, duplicate image names or category names).
+    """
+
+    def __init__(self, annotation_file: PathLike, image_dir: PathLike | None = None) -> None:
+        self.annotation_file = Path(annotation_file)
+        data = read_json(self.annotation_file)
+        self._check_structure(data)
+        self.image_dir = (
+            Path(image_dir) if image_dir is not None else _default_image_dir(self.annotation_file)
+        )
+
+        # pycocotools prints progress to stdout; keep stdout clean for the CLI.
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.coco = COCO()
+            self.coco.dataset = data
+            self.coco.createIndex()
+
+        categories = data["categories"]
+        self.category_ids: list[int] = [int(c["id"]) for c in categories]
+        self.classes: list[str] = ["background"] + [str(c["name"]) for c in categories]
+        self._class_of_category = {cat: index + 1 for index, cat in enumerate(self.category_ids)}
+        self.palette: list[int] = voc_palette()
+
+        self.ids: list[str] = []
+        self._image_of_id: dict[str, int] = {}
+        for image in data["images"]:
+            image_id = Path(str(image["file_name"])).stem
+            if image_id in self._image_of_id:
+                raise DataError(f"two images are named {image_id!r}", self.annotation_file)
+            self._image_of_id[image_id] = int(image["id"])
+            self.ids.append(image_id)
+        self._id_of_image = {number: name for name, number in self._image_of_id.items()}
+        self._label_cache: dict[str, np.ndarray] = {}
+
+    def _check_structure(self, data: Any) -> None:
+        path = self.annotation_file
+        if not isinstance(data, dict):
+            raise DataError("not a COCO instances file (expected a JSON object)", path)
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(data.get(key), list):
+                raise DataError(f'not a COCO instances file (no "{key}" list)', path)
+        if not data["categories"]:
+            raise DataError("no categories", path)
+        category_ids: set[int] = set()
+        names: set[str] = set()
+        for category in data["categories"]:
+            if not isinstance(category, dict) or "id" not in category or "name" not in category:
+                raise DataError(f"category {category!r} needs an id and a name", path)
+            if category["id"] in category_ids or category["name"] in names:
+                raise DataError(f"duplicate category {category['id']} {category['name']!r}", path)
+            category_ids.add(category["id"])
+            names.add(category["name"])
+        if len(category_ids) + 1 > IGNORE_INDEX:
+            raise DataError(
+                f"{len(category_ids)} categories; semantic masks hold at most {IGNORE_INDEX - 1}", path
+            )
+        image_ids: set[int] = set()
+        for image in data["images"]:
+            if not isinstance(image, dict) or not all(
+                k in image for k in ("id", "file_name", "height", "width")
+            ):
+                raise DataError(f"image entry {image!r:.80} needs id, file_name, height and width", path)
+            if image["id"] in image_ids:
+                raise DataError(f"duplicate image id {image['id']}", path)
+            image_ids.add(image["id"])
+        for annotation in data["annotations"]:
+            if not isinstance(annotation, dict) or "id" not in annotation:
+                raise DataError(f"annotation {annotation!r:.80} has no id", path)
+            if annotation.get("image_id") not in image_ids:
+                raise DataError(
+                    f"annotation {annotation['id']} refers to unknown image {annotation.get('image_id')}",
+                    path,
+                )
+            if annotation.get("category_id") not in category_ids:
+                raise DataError(
+                    f"annotation {annotation['id']} has unknown category {annotation.get('category_id')}",
+                    path,
+                )
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image_id = self.ids[index]
+        return {"id": image_id, "image": self.load_image(image_id), "labels": self.image_labels(image_id)}
+
+    def __repr__(self) -> str:
+        return f"COCODataset({str(self.annotation_file)!r}, {len(self)} images, {self.num_classes} classes)"
+
+    def coco_id(self, image_id: str | int) -> int:
+        """The JSON's integer image id for an id (a file-name stem) or an integer id."""
+        if isinstance(image_id, (int, np.integer)):
+            if int(image_id) not in self._id_of_image:
+                raise KeyError(f"no image with COCO id {image_id} in {self.annotation_file}")
+            return int(image_id)
+        try:
+            return self._image_of_id[image_id]
+        except KeyError:
+            raise KeyError(f"no image {image_id!r} in {self.annotation_file}") from None
+
+    def image_info(self, image_id: str | int) -> dict[str, Any]:
+        return self.coco.imgs[self.coco_id(image_id)]
+
+    def image_path(self, image_id: str | int) -> Path:
+        return self.image_dir / str(self.image_info(image_id)["file_name"])
+
+    def load_image(self, image_id: str | int) -> np.ndarray:
+        """The RGB image as ``uint8`` (H, W, 3)."""
+        return read_image(self.image_path(image_id))
+
+    def _annotations(self, image_id: str | int) -> list[dict[str, Any]]:
+        number = self.coco_id(image_id)
+        return sorted(self.coco.imgToAnns.get(number, []), key=lambda a: a["id"])
+
+    # ------------------------------------------------------------------ labels and boxes
+    def image_labels(self, image_id: str | int) -> np.ndarray:
+        """Classes with at least one annotation (crowd included): sorted ``int64`` in ``1..K``."""
+        key = str(self.coco_id(image_id))
+        labels = self._label_cache.get(key)
+        if labels is None:
+            labels = np.unique(
+                np.asarray(
+                    [self._class_of_category[a["category_id"]] for a in self._annotations(image_id)],
+                    dtype=np.int64,
+                )
+            )
+            self._label_cache[key] = labels
+        return labels.copy()
+
+    def label_vector(self, image_id: str | int) -> np.ndarray:
+        """Multi-hot ``float32[K]`` (index ``c - 1`` for class ``c``)."""
+        vector = np.zeros(self.num_classes - 1, dtype=np.float32)
+        vector[self.image_labels(image_id) - 1] = 1.0
+        return vector
+
+    def boxes(self, image_id: str | int, include_crowd: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(boxes float32 (N, 4) x0, y0, x1, y1, classes int64 (N,))``, crowd left out by default."""
+        chosen = [a for a in self._annotations(image_id) if include_crowd or not a.get("iscrowd", 0)]
+        boxes = np.zeros((len(chosen), 4), dtype=np.float32)
+        for row, annotation in enumerate(chosen):
+            boxes[row] = self._box(annotation)
+        classes = np.asarray([self._class_of_category[a["category_id"]] for a in chosen], dtype=np.int64)
+        return boxes, classes
+
+    def _box(self, annotation: dict[str, Any]) -> np.ndarray:
+        bbox = annotation.get("bbox")
+        if not isinstance(bbox, list) or len(bbox) != 4:
+            raise DataError(f"annotation {annotation['id']} has no [x, y, w, h] bbox", self.annotation_file)
+        x, y, w, h = (float(v) for v in bbox)
+        return np.array([x, y, x + w, y + h], dtype=np.float32)
+
+    # ------------------------------------------------------------------ masks
+    def _rle(self, annotation: dict[str, Any], height: int, width: int) -> dict[str, Any]:
+        segmentation = annotation.get("segmentation")
+        where = f"annotation {annotation['id']}"
+        if isinstance(segmentation, list):
+            if not segmentation:
+                raise DataError(f"{where} has an empty segmentation", self.annotation_file)
+            for polygon in segmentation:
+                # pycocotools reads a 4-number list as a box, and crashes on odd lengths.
+                if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
+                    raise DataError(
+                        f"{where} has a polygon with fewer than 3 points or an odd length",
+                        self.annotation_file,
+                    )
+            return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+        if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+            if list(segmentation["size"]) != [height, width]:
+                raise DataError(
+                    f"{where}: RLE size {segmentation['size']} differs from the image's [{height}, {width}]",
+                    self.annotation_file,
+                )
+            counts = segmentation["counts"]
+            if isinstance(counts, list):  # uncompressed RLE
+                return mask_utils.frPyObjects(segmentation, height, width)
+            if isinstance(counts, str):
+                return {"size": [height, width], "counts": counts.encode("ascii")}
+            return segmentation
+        raise DataError(f"{where} has no polygon or RLE segmentation", self.annotation_file)
+
+    def instances(self, image_id: str | int) -> Instances:
+        """Every annotation of the image as a binary mask, with class, box and crowd flag."""
+        info = self.image_info(image_id)
+        height, width = int(info["height"]), int(info["width"])
+        annotations = self._annotations(image_id)
+        masks = np.zeros((len(annotations), height, width), dtype=bool)
+        for row, annotation in enumerate(annotations):
+            masks[row] = _decode(self._rle(annotation, height, width))
+        return Instances(
+            masks=masks,
+            classes=np.asarray(
+                [self._class_of_category[a["category_id"]] for a in annotations], dtype=np.int64
+            ),
+            boxes=np.stack([self._box(a) for a in annotations])
+            if annotations
+            else np.zeros((0, 4), np.float32),
+            is_crowd=np.asarray([bool(a.get("iscrowd", 0)) for a in annotations], dtype=bool),
+            annotation_ids=np.asarray([a["id"] for a in annotations], dtype=np.int64),
+        )
+
+    def load_mask(self, image_id: str | int) -> np.ndarray:
+        """The semantic label map ``uint8`` (H, W): 0 background, ``1..K``, crowd -> 255.
+
+        Overlaps: crowd first, then instances from the largest area to the smallest (ties by
+        annotation id), so the smaller instance wins and instances win over crowd.
+        """
+        info = self.image_info(image_id)
+        height, width = int(info["height"]), int(info["width"])
+        label_map = np.zeros((height, width), dtype=np.uint8)
+        crowd, objects = [], []
+        for annotation in self._annotations(image_id):
+            rle = self._rle(annotation, height, width)
+            (crowd if annotation.get("iscrowd", 0) else objects).append((annotation, rle))
+        for _, rle in crowd:
+            label_map[_decode(rle)] = IGNORE_INDEX
+        objects.sort(key=lambda pair: (-float(mask_utils.area(pair[1])), pair[0]["id"]))
+        for annotation, rle in objects:
+            label_map[_decode(rle)] = self._class_of_category[annotation["category_id"]]
+        return label_map
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, progress: bool = False) -> COCOValidationReport:
+        """Check every image decodes at the size the JSON states and every segmentation decodes.
+
+        Raises:
+            DataError: at the first problem, naming the file.
+        """
+        report = COCOValidationReport()
+        for image_id in tqdm(self.ids, desc="check-data", disable=None if progress else True):
+            info = self.image_info(image_id)
+            path = self.image_path(image_id)
+            height, width = image_size(path)
+            if (height, width) != (int(info["height"]), int(info["width"])):
+                raise DataError(
+                    f"image is {width}x{height} but {self.annotation_file.name} says "
+                    f"{info['width']}x{info['height']}",
+                    path,
+                )
+            read_image(path)
+            instances = self.instances(image_id)
+            report.images += 1
+            report.annotations += len(instances)
+            report.crowd += int(instances.is_crowd.sum())
+        return report
