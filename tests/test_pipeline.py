@@ -91,3 +91,21 @@ def test_runner_resumes_a_killed_stage_without_clearing(tmp_path: Path) -> None:
     assert not runner.run([stage])["s"].skipped
     assert cleared == []
     assert runner.run([stage])["s"].skipped
+
+
+def test_runner_needs_limits_what_reruns(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def stages(a_cfg: int, b_cfg: int) -> list[Stage]:
+        return [
+            Stage("a", run=lambda: calls.append("a"), depends_on=a_cfg),
+            Stage("b", run=lambda: calls.append("b"), depends_on=b_cfg, needs=("a",)),
+            Stage("c", run=lambda: calls.append("c"), depends_on=0, needs=("a",)),
+        ]
+
+    runner = Runner(tmp_path, dist=DistInfo(0, 1))
+    runner.run(stages(1, 1))
+    runner.run(stages(1, 2))  # only b changed; c depends on a, not on b
+    assert calls == ["a", "b", "c", "b"]
+    with pytest.raises(ValueError, match="needs"):
+        runner.run([Stage("x", run=lambda: None, needs=("nope",))])

@@ -57,6 +57,9 @@ class Stage:
         depends_on: the configuration this stage's result depends on (fingerprinted).
         clear: removes the stage's outputs when its configuration changed.
         main_only: run on rank 0 only (the other ranks wait at the barrier).
+        needs: names of earlier stages whose results this one uses; their fingerprints are
+            chained into this one's, so a change upstream reruns it. ``None``: the stage just
+            before it (a linear chain).
     """
 
     name: str
@@ -64,6 +67,7 @@ class Stage:
     depends_on: Any = None
     clear: Callable[[], None] | None = None
     main_only: bool = False
+    needs: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -105,9 +109,16 @@ class Runner:
     def run(self, stages: list[Stage]) -> dict[str, StageResult]:
         """Run ``stages`` in order; returns each stage's result (``value`` is None if skipped)."""
         results: dict[str, StageResult] = {}
-        chain = ""
+        keys: dict[str, str] = {}
+        previous: tuple[str, ...] = ()
         for stage in stages:
-            chain = fingerprint([chain, stage.name, stage.depends_on])
+            needs = previous if stage.needs is None else stage.needs
+            unknown = [name for name in needs if name not in keys]
+            if unknown:
+                raise ValueError(f"stage {stage.name} needs {unknown}, which do not run before it")
+            chain = fingerprint([[keys[name] for name in needs], stage.name, stage.depends_on])
+            keys[stage.name] = chain
+            previous = (stage.name,)
             marker = self.read_marker(stage.name)
             if marker and marker.get("key") == chain and marker.get("state") == "done":
                 log.info("stage %s: done already, skipped", stage.name)
