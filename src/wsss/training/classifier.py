@@ -1,0 +1,392 @@
+"""Training the CAM classifier on image-level labels (IRN ``step/train_cam.py``).
+
+Two recipes:
+
+* ``irn``: IRN's recipe for PASCAL VOC with an ImageNet-pretrained ResNet-50 (pass the
+  torchvision weights file as ``weights``); every default below is IRN's, commented with where
+  it comes from.
+* ``synth``: the generated benchmark (128 px images, about a thousand training images): a
+  quarter-width ResNet-18 trained from scratch in a few CPU minutes.
+
+Example:
+    >>> config = classifier_recipe("synth")
+    >>> result = train_classifier(VOCDataset(root, "train"), config, device=torch.device("cpu"),
+    ...                           out="work/cam_net.pt", val_source=VOCDataset(root, "val"))
+    >>> result.history[-1]["val"]["exact_match"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from wsss.data.transforms import ClassificationDataset, EvalTransform, ImageLabelSource, TrainTransform
+from wsss.errors import ConfigError
+from wsss.models.cam_net import CamNet
+from wsss.training.schedule import build_sgd, poly_lr_scheduler
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ClassifierConfig",
+    "ClassifierMetrics",
+    "RECIPES",
+    "TrainResult",
+    "classification_metrics",
+    "classifier_recipe",
+    "evaluate_classifier",
+    "predict_logits",
+    "resolve_device",
+    "seed_everything",
+    "train_classifier",
+]
+
+
+@dataclass
+class ClassifierConfig:
+    """How to train the CAM classifier. Defaults are IRN's (``run_sample.py``, ``train_cam.py``)."""
+
+    backbone: str = "resnet50"  # IRN net/resnet50_cam.py
+    output_stride: int | None = 16  # IRN strides=(2, 2, 2, 1), no dilation
+    dilated: bool | None = False  # IRN: layer4 stride 1 without dilation
+    weights: str | None = None  # IRN: torchvision resnet50-19c8e357.pth (ImageNet); a local file here
+    freeze_bn: bool = True  # IRN FixedBatchNorm: running statistics never update
+    frozen_stages: int = 2  # IRN: stage2(x).detach(), so conv1..layer2 get no gradient
+    lr: float = 0.1  # IRN --cam_learning_rate
+    classifier_lr_mult: float = 10.0  # IRN train_cam.py: 10 * cam_learning_rate for the head
+    weight_decay: float = 1e-4  # IRN --cam_weight_decay
+    momentum: float = 0.0  # IRN's evident intent (see reference_momentum_quirk)
+    nesterov: bool = False
+    reference_momentum_quirk: bool = False  # True: IRN's SGD(params, lr, weight_decay) -> momentum 1e-4
+    poly_power: float = 0.9  # IRN PolyOptimizer
+    batch_size: int = 16  # IRN --cam_batch_size
+    epochs: int = 5  # IRN --cam_num_epoches
+    crop_size: int | None = 512  # IRN --cam_crop_size, random crop padded with 0 (normalised)
+    resize_long: tuple[int, int] | None = (320, 640)  # IRN train_cam.py resize_long=(320, 640)
+    hflip: bool = True  # IRN hor_flip=True
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # IRN TorchvisionNormalize (ImageNet)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # IRN TorchvisionNormalize (ImageNet)
+    num_workers: int | None = None  # IRN: cpu_count // 2 (None); 0 loads in the main process
+    seed: int = 0  # IRN sets none; ours makes runs repeatable
+    eval_batch_size: int = 16
+    eval_resize_long: int | None = None  # validation on full images, as IRN's make_cam input
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "ClassifierConfig":
+        """A copy with ``changes``; unknown keys are a :class:`ConfigError`."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"unknown classifier option(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+
+def irn_recipe() -> ClassifierConfig:
+    """IRN's CAM-classifier recipe (PASCAL VOC, ImageNet-pretrained ResNet-50)."""
+    return ClassifierConfig()
+
+
+def synth_recipe() -> ClassifierConfig:
+    """The generated benchmark: 128 px images, a small ResNet trained from scratch on CPU.
+
+    Measured on the default benchmark (1000 train / 300 val images, 8 classes), one CPU
+    thread: 99.1% per-label accuracy and 93% exact match on val after 10 epochs (1250 updates)
+    in about 4 minutes. From scratch, BatchNorm must train and nothing is frozen; the head is as
+    new as the rest, so it gets no learning-rate boost; momentum matters from scratch, and so
+    does the number of updates (hence the small batch).
+    """
+    return ClassifierConfig(
+        backbone="resnet18_w16",  # ResNet-18 layout at quarter width
+        output_stride=8,  # 16x16 maps for 128 px images
+        dilated=None,  # dilated layer3/4 at output stride 8 (keeps the receptive field)
+        weights=None,  # from scratch: no ImageNet on the benchmark
+        freeze_bn=False,
+        frozen_stages=0,
+        lr=0.1,
+        classifier_lr_mult=1.0,
+        weight_decay=1e-4,
+        momentum=0.9,
+        nesterov=True,
+        batch_size=8,  # measured: 8 -> 99.1% val label accuracy; 16 -> 94.3%; 32 -> 90.0% (10 epochs)
+        epochs=10,
+        crop_size=128,
+        resize_long=(112, 144),  # +-12% scale jitter around the 128 px generated size
+        hflip=True,
+        num_workers=0,
+        eval_batch_size=64,
+    )
+
+
+RECIPES = {"irn": irn_recipe, "synth": synth_recipe}
+
+
+def classifier_recipe(name: str) -> ClassifierConfig:
+    """A named recipe (``irn`` or ``synth``)."""
+    try:
+        return RECIPES[name]()
+    except KeyError:
+        raise ConfigError(f"unknown classifier recipe {name!r}; known: {', '.join(sorted(RECIPES))}") from None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices): the one place seeds are set."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``/``None`` -> CUDA if available else CPU; otherwise ``torch.device(name)``."""
+    if isinstance(name, torch.device):
+        return name
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"invalid device {name!r} ({exc})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+@dataclass
+class ClassifierMetrics:
+    """Multi-label classification quality on a set of images.
+
+    Attributes:
+        exact_match: fraction of images whose thresholded label set is exactly right.
+        label_accuracy: fraction of (image, class) decisions that are right.
+        mean_ap: mean over classes (with at least one positive) of average precision.
+        num_images: how many images.
+    """
+
+    exact_match: float
+    label_accuracy: float
+    mean_ap: float
+    num_images: int
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, threshold: float = 0.0) -> ClassifierMetrics:
+    """Metrics of (N, K) logits against (N, K) multi-hot labels; positive when logit > threshold."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels) > 0.5
+    predicted = logits > threshold
+    correct = predicted == labels
+    aps = []
+    for k in range(labels.shape[1]):
+        positives = int(labels[:, k].sum())
+        if positives == 0:
+            continue
+        order = np.argsort(-logits[:, k], kind="stable")
+        hits = labels[order, k]
+        precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        aps.append(float((precision_at * hits).sum() / positives))
+    return ClassifierMetrics(
+        exact_match=float(correct.all(axis=1).mean()) if len(labels) else float("nan"),
+        label_accuracy=float(correct.mean()) if labels.size else float("nan"),
+        mean_ap=float(np.mean(aps)) if aps else float("nan"),
+        num_images=int(len(labels)),
+    )
+
+
+@torch.no_grad()
+def predict_logits(
+    model: CamNet,
+    source: ImageLabelSource,
+    *,
+    device: torch.device,
+    ids: Sequence[str] | None = None,
+    batch_size: int = 16,
+    transform: EvalTransform | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N, K) and labels (N, K) for ``ids``, batching consecutive images of equal size.
+
+    The model is put in eval mode for the pass and restored to its previous mode afterwards.
+    """
+    ids = list(source.ids if ids is None else ids)
+    transform = transform or EvalTransform()
+    was_training = model.training
+    model.eval()
+    logits, labels, batch = [], [], []
+
+    def flush() -> None:
+        if batch:
+            logits.append(model(torch.stack(batch).to(device)).float().cpu())
+            batch.clear()
+
+    try:
+        for image_id in tqdm(ids, desc="classify", disable=not progress, leave=False):
+            image = transform(source.load_image(image_id))
+            if batch and (image.shape != batch[0].shape or len(batch) >= batch_size):
+                flush()
+            batch.append(image)
+            labels.append(np.asarray(source.label_vector(image_id), dtype=np.float32))
+        flush()
+    finally:
+        model.train(was_training)
+    k = model.num_classes
+    return (torch.cat(logits).numpy() if logits else np.zeros((0, k), np.float32),
+            np.stack(labels) if labels else np.zeros((0, k), np.float32))
+
+
+def evaluate_classifier(model: CamNet, source: ImageLabelSource, *, device: torch.device,
+                        ids: Sequence[str] | None = None, batch_size: int = 16,
+                        resize_long: int | None = None, progress: bool = False) -> ClassifierMetrics:
+    """:func:`classification_metrics` of ``model`` on ``source`` (logit > 0, i.e. p > 0.5)."""
+    logits, labels = predict_logits(model, source, device=device, ids=ids, batch_size=batch_size,
+                                    transform=EvalTransform(resize_long=resize_long), progress=progress)
+    return classification_metrics(logits, labels)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_classifier` returns.
+
+    Attributes:
+        model: the trained network (in train mode, on ``device``).
+        history: one dict per epoch: ``epoch``, ``loss`` (mean), ``lr`` (at the end), ``seconds``
+            and, with a validation set, ``val`` (:class:`ClassifierMetrics` as a dict).
+        seconds: training time, validation excluded.
+        checkpoint: where the model was saved, if anywhere.
+    """
+
+    model: CamNet
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    checkpoint: Path | None = None
+
+
+def _num_foreground_classes(source: ImageLabelSource) -> tuple[int, list[str] | None]:
+    classes = getattr(source, "classes", None)
+    if classes is not None:
+        return len(classes) - 1, list(classes)
+    if not source.ids:
+        raise ConfigError("the training set is empty")
+    return int(np.asarray(source.label_vector(source.ids[0])).shape[0]), None
+
+
+def train_classifier(
+    source: ImageLabelSource,
+    config: ClassifierConfig | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    out: str | os.PathLike | None = None,
+    val_source: ImageLabelSource | None = None,
+    progress: bool = True,
+    seed: int | None = None,
+) -> TrainResult:
+    """Train a :class:`CamNet` with multilabel soft-margin loss and poly-decayed SGD.
+
+    Args:
+        source: training images and labels (``ids``, ``load_image``, ``label_vector``, and
+            optionally ``classes``).
+        config: the recipe (default: IRN's).
+        device: where to train.
+        out: checkpoint path, written atomically at the end (with the config and history).
+        val_source: evaluated after every epoch if given.
+        progress: show tqdm bars.
+        seed: overrides ``config.seed`` (e.g. a pipeline's run-wide seed).
+
+    Returns:
+        A :class:`TrainResult`.
+    """
+    config = config or ClassifierConfig()
+    if seed is not None:
+        config = config.replace(seed=int(seed))
+    device = resolve_device(device)
+    seed_everything(config.seed)
+    num_classes, classes = _num_foreground_classes(source)
+
+    model = CamNet(
+        config.backbone, num_classes,
+        output_stride=config.output_stride, dilated=config.dilated, weights=config.weights,
+        freeze_bn=config.freeze_bn, frozen_stages=config.frozen_stages, classes=classes,
+    ).to(device)
+
+    dataset = ClassificationDataset(
+        source, TrainTransform(config.crop_size, config.resize_long, config.hflip, config.mean, config.std)
+    )
+    if len(dataset) < config.batch_size:
+        raise ConfigError(
+            f"the training set has {len(dataset)} images, fewer than one batch of {config.batch_size}"
+        )
+    if config.crop_size is None and config.batch_size > 1:
+        log.warning("crop_size is None: batching needs every training image to have the same size")
+    num_workers = (os.cpu_count() or 2) // 2 if config.num_workers is None else config.num_workers
+    loader = DataLoader(
+        dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,  # IRN: drop_last=True
+        num_workers=num_workers, pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed), persistent_workers=num_workers > 0,
+    )
+    steps_per_epoch = len(dataset) // config.batch_size
+    max_steps = steps_per_epoch * config.epochs  # IRN: (len(train) // batch) * epochs
+    backbone_params, head_params = model.parameter_groups()
+    optimizer = build_sgd(
+        [(backbone_params, 1.0), (head_params, config.classifier_lr_mult)], config.lr,
+        weight_decay=config.weight_decay, momentum=config.momentum, nesterov=config.nesterov,
+        reference_momentum_quirk=config.reference_momentum_quirk,
+    )
+    scheduler = poly_lr_scheduler(optimizer, max_steps, config.poly_power)
+    log.info("training %s (%d classes) on %d images for %d steps on %s",
+             config.backbone, num_classes, len(dataset), max_steps, device)
+
+    result = TrainResult(model=model)
+    step = 0
+    for epoch in range(config.epochs):
+        model.train()
+        started = time.perf_counter()
+        losses = []
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+        for batch in bar:
+            images = batch["image"].to(device, non_blocking=True)
+            labels = batch["label"].to(device, non_blocking=True)
+            loss = F.multilabel_soft_margin_loss(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}")
+        seconds = time.perf_counter() - started
+        result.seconds += seconds
+        record: dict[str, Any] = {
+            "epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)),
+            "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
+        }
+        message = f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f} ({seconds:.1f} s)"
+        if val_source is not None:
+            metrics = evaluate_classifier(model, val_source, device=device,
+                                          batch_size=config.eval_batch_size,
+                                          resize_long=config.eval_resize_long)
+            record["val"] = metrics.as_dict()
+            message += (f", val exact match {metrics.exact_match:.3f}, label accuracy "
+                        f"{metrics.label_accuracy:.4f}, mAP {metrics.mean_ap:.4f}")
+        log.info(message)
+        result.history.append(record)
+
+    if out is not None:
+        model.save(out, extra={"recipe": config.to_dict(), "history": result.history,
+                               "train_seconds": result.seconds})
+        result.checkpoint = Path(out)
+        log.info("saved %s", out)
+    return result
