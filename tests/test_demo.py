@@ -27,6 +27,7 @@ def test_demo_quick_writes_results_and_resumes(tmp_path: Path, capsys) -> None:
     assert cam["seed_miou"] >= cam["seed_miou_label_free"]  # the oracle is an upper bound
     assert "cam" in printed and "oracle" in printed and "label-free" in printed
     assert (out / "seed_sweep.png").stat().st_size > 0
+    assert (out / "seed_maps.png").stat().st_size > 0
     # Second run: every stage is skipped and the numbers are the same.
     maps_before = {p.name: p.stat().st_mtime_ns for p in (out / "work" / "maps" / "cam").iterdir()}
     assert main(["demo", "--quick", "--out", str(out)]) == 0

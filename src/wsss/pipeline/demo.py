@@ -1,4 +1,8 @@
-"""The demo: the benchmark, every implemented method, one table and ``results.json``."""
+"""The demo: the benchmark, every implemented method, one table and ``results.json``.
+
+Also draws ``seed_sweep.png`` (seed mIoU against the background threshold, every method) and
+``seed_maps.png`` (image, ground truth and each method's map for the first training images).
+"""
 
 from __future__ import annotations
 
@@ -75,6 +79,7 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
     """Run the demo into ``out``; return what it writes to ``out/results.json``."""
     from wsss.data.voc import VOCDataset
     from wsss.evaluation.tables import format_table
+    from wsss.viz.overlays import seed_grid
     from wsss.viz.plots import plot_sweep
 
     start = time.perf_counter()
@@ -116,6 +121,8 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
     results["seconds"] = round(time.perf_counter() - start, 1)
 
     plot_sweep(curves, out / "seed_sweep.png", title="Seed mIoU against the background threshold")
+    seed_set = ctx.dataset(config.data.seed_split)
+    seed_grid(seed_set, {m: ctx.maps_dir(m) for m in config.methods}, seed_set.ids[:8], out / "seed_maps.png")
     text = "\n\n".join([
         summary_table(results),
         format_table(score_rows, classes, title=f"Seeds on split '{config.data.seed_split}', per class (IoU %)"),
