@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "train-classifier": ("wsss.commands.train_classifier", "train the CAM classifier (IRN recipe)"),
     "make-cam": ("wsss.commands.make_cam", "extract multi-scale CAMs into a map store"),
+    "make-advcam": ("wsss.commands.make_advcam", "AdvCAM maps (anti-adversarial climbing) into a map store"),
     "eval": ("wsss.commands.eval", "evaluate label maps or a map store (per-class IoU table, sweeps)"),
     "run": ("wsss.commands.run", "run a recipe's stages in a work directory (resumable, sharded)"),
     "config": ("wsss.commands.config", "print a recipe's resolved configuration"),

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from wsss.attribution.advcam import AdvCamConfig
 from wsss.attribution.cam import CAM_SCALES
-from wsss.config import build
+from wsss.config import build, to_dict
 from wsss.errors import ConfigError
 from wsss.io import read_json
 from wsss.pipeline.runner import Stage
@@ -73,6 +74,7 @@ class Recipe:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     cam: CamConfig = field(default_factory=CamConfig)
+    advcam: AdvCamConfig = field(default_factory=AdvCamConfig)
     seed_eval: SeedEvalConfig = field(default_factory=SeedEvalConfig)
 
 
@@ -94,6 +96,8 @@ def load_recipe(name: str | Path | None = None, overrides: list[str] | tuple[str
     unknown = [m for m in recipe.methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
+    if "advcam" in recipe.methods:
+        recipe.advcam.validate()  # fail before hours of classifier training, not after
     return recipe
 
 
@@ -181,6 +185,28 @@ def cam_maps_stage(ctx: Context, method: str = "cam") -> Stage:
     )
 
 
+def advcam_maps_stage(ctx: Context, method: str = "advcam") -> Stage:
+    recipe = ctx.recipe
+
+    def run() -> None:
+        from wsss.attribution.advcam import make_advcams
+        from wsss.models.cam_net import load_cam_net
+
+        dataset = ctx.dataset(recipe.data.seed_split)
+        model = load_cam_net(ctx.classifier_path, num_classes=dataset.num_classes - 1,
+                             map_location=ctx.device).to(ctx.device)
+        make_advcams(model, dataset, ctx.maps_dir(method), config=recipe.advcam, device=ctx.device,
+                     progress=recipe.runtime.progress)
+
+    # batching settings change speed and memory, not the maps: changing them reruns nothing
+    settings = {k: v for k, v in to_dict(recipe.advcam).items()
+                if k not in ("images_per_batch", "max_batch_pairs")}
+    return Stage(
+        f"{method}.maps", run=run, clear=_remove(ctx.maps_dir(method)), needs=("classifier",),
+        depends_on={"split": recipe.data.seed_split, "advcam": settings},
+    )
+
+
 def seed_eval_stage(ctx: Context, method: str, maps_stage: str) -> Stage:
     recipe = ctx.recipe
     path = ctx.seed_eval_path(method)
@@ -203,8 +229,12 @@ def cam_method(ctx: Context) -> list[Stage]:
     return [cam_maps_stage(ctx, "cam"), seed_eval_stage(ctx, "cam", "cam.maps")]
 
 
+def advcam_method(ctx: Context) -> list[Stage]:
+    return [advcam_maps_stage(ctx, "advcam"), seed_eval_stage(ctx, "advcam", "advcam.maps")]
+
+
 # method name -> the stages it adds after the shared classifier.
-METHODS: dict[str, Callable[[Context], list[Stage]]] = {"cam": cam_method}
+METHODS: dict[str, Callable[[Context], list[Stage]]] = {"cam": cam_method, "advcam": advcam_method}
 
 
 def build_stages(ctx: Context) -> list[Stage]:

@@ -1,0 +1,162 @@
+"""AdvCAM speed: the reference's per-class loop against the batched implementation.
+
+For each image size, a few random images with 1, 2 and 3 labelled classes go through
+
+* ``reference_advcam`` (``wsss.attribution.advcam_reference``): one class and one scale at a
+  time, a flip pair per forward, a Grad-CAM hook backward and a loss backward per step, both with
+  parameter gradients -- the reference's computation;
+* ``compute_advcam_batch`` (``wsss.attribution.advcam``): all classes of ``--per-batch``
+  same-size images in one batch, one forward and one input-only backward per step;
+
+and the script prints seconds per image, the ratio, and the largest difference between the two
+sets of maps (max |a - b| / max |b| over ``high_res``). The network is the synth recipe's
+classifier architecture (``resnet18_w16``, output stride 8) with random weights, or a trained
+checkpoint (``--checkpoint``), run on the CPU in float32.
+
+In float32 the two differ by a few percent: batch size and BatchNorm folding change the
+convolutions' rounding, and AdvCAM's map is discontinuous in the image (the counts N_b of positive
+pixels and the mask M jump) while 27 normalised gradient steps amplify small differences. The
+reference differs from itself by as much when run on a BatchNorm-folded copy of the same network
+(``--noise-floor``). In float64 (``--float64``, slow) the maps agree to rounding.
+
+Examples::
+
+    .venv/bin/python benchmarks/advcam_speed.py --threads 1
+    .venv/bin/python benchmarks/advcam_speed.py --threads 2 --sizes 128
+    .venv/bin/python benchmarks/advcam_speed.py --sizes 320 --iterations 12
+    .venv/bin/python benchmarks/advcam_speed.py --checkpoint /tmp/cam_exp/b8.pt --data /tmp/synth_cam
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from wsss.attribution.advcam import AdvCamConfig, climbing_copy, compute_advcam_batch
+from wsss.attribution.advcam_reference import reference_advcam
+from wsss.models.cam_net import CamNet, load_cam_net
+
+
+def random_image(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A smooth random RGB image (upsampled noise), closer to a photo than white noise."""
+    coarse = rng.integers(0, 256, size=(size // 8 + 1, size // 8 + 1, 3)).astype(np.float32)
+    image = torch.nn.functional.interpolate(torch.from_numpy(coarse).permute(2, 0, 1)[None],
+                                            size=(size, size), mode="bilinear", align_corners=False)
+    image = image[0].permute(1, 2, 0)
+    return np.clip(image.numpy() + rng.normal(0, 12, size=(size, size, 3)), 0, 255).astype(np.uint8)
+
+
+def build_images(size: int, count: int, num_classes: int, seed: int, data: str | None):
+    """``count`` images with 1, 2, 3, 1, ... classes (random, or the dataset's first images)."""
+    rng = np.random.default_rng(seed)
+    if data:
+        from wsss.data.voc import VOCDataset
+
+        dataset = VOCDataset(data, "train")
+        picked = []
+        for wanted in range(count):
+            want = wanted % 3 + 1
+            image_id = next(i for i in dataset.ids if len(dataset.image_labels(i)) == want
+                            and i not in [p[0] for p in picked])
+            picked.append((image_id, dataset.load_image(image_id), dataset.image_labels(image_id)))
+        return [(image, keys) for _, image, keys in picked]
+    images = []
+    for index in range(count):
+        keys = np.sort(rng.choice(np.arange(1, num_classes + 1), size=index % 3 + 1, replace=False))
+        images.append((random_image(size, rng), keys))
+    return images
+
+
+def timed(function, count: int):
+    """``function()`` and its (wall, process CPU) seconds divided by ``count``. On a shared machine
+    the CPU time is the steadier number (with one thread it is the wall time of an idle machine)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = function()
+    return result, ((time.perf_counter() - wall) / count, (time.process_time() - cpu) / count)
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 320], help="image sizes (square)")
+    parser.add_argument("--images", type=int, default=3, help="images per size (1, 2, 3, 1, ... classes)")
+    parser.add_argument("--per-batch", type=int, default=3, help="images per batch in the batched run")
+    parser.add_argument("--iterations", type=int, default=27, help="AdvCAM iterations (reference: 27)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--num-classes", type=int, default=8, help="classes of the random network (synth: 8)")
+    parser.add_argument("--checkpoint", help="a trained classifier instead of random weights")
+    parser.add_argument("--data", help="with --checkpoint: take labelled images from this dataset")
+    parser.add_argument("--float64", action="store_true", help="run both in float64 (slow)")
+    parser.add_argument("--skip-reference", action="store_true", help="time the batched run only")
+    parser.add_argument("--noise-floor", action="store_true",
+                        help="also run the reference on a BatchNorm-folded copy (same function, other "
+                             "rounding) and print how far its maps move")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if args.checkpoint:
+        net = load_cam_net(args.checkpoint)
+    else:
+        net = CamNet("resnet18_w16", args.num_classes, output_stride=8, freeze_bn=False, frozen_stages=0)
+        for module in net.modules():  # random but non-trivial BatchNorm, as a trained net has
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.data.uniform_(0.5, 1.5)
+                module.running_mean.uniform_(-0.2, 0.2)
+    # the reference's Net.train() (called by its model.eval()) freezes conv1 and bn1; every other
+    # parameter gets a gradient in both of its backward passes
+    net.backbone.conv1.requires_grad_(False)
+    net.backbone.bn1.requires_grad_(False)
+    net.eval()
+    if args.float64:
+        net.double()
+    config = AdvCamConfig(iterations=args.iterations, images_per_batch=args.per_batch)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {net.backbone.name} OS{net.output_stride}, "
+          f"{'trained' if args.checkpoint else 'random'} weights, "
+          f"{'float64' if args.float64 else 'float32'}, {args.iterations} iterations")
+    for size in args.sizes:
+        data = args.data if args.checkpoint else None
+        images = build_images(size, args.images, net.num_classes, args.seed, data)
+        classes = [len(k) for _, k in images]
+        size = images[0][0].shape[0] if args.data else size
+
+        def run_batched():
+            out = []
+            for start in range(0, len(images), args.per_batch):
+                group = images[start:start + args.per_batch]
+                out += compute_advcam_batch(net, [i for i, _ in group], [k for _, k in group], config=config)
+            return out
+
+        batched, (batched_wall, batched_cpu) = timed(run_batched, len(images))
+        line = (f"{size:4d} px, classes {classes}: batched {batched_wall:6.2f} s/image "
+                f"(cpu {batched_cpu:6.2f})")
+        if not args.skip_reference:
+            reference, (reference_wall, reference_cpu) = timed(
+                lambda: [reference_advcam(net, image, keys, config=config) for image, keys in images],
+                len(images))
+            differences = [relative_difference(b.high_res, r.high_res) for b, r in zip(batched, reference)]
+            line += (f", reference {reference_wall:6.2f} s/image (cpu {reference_cpu:6.2f}), "
+                     f"ratio {reference_wall / batched_wall:4.2f}x "
+                     f"(cpu {reference_cpu / batched_cpu:4.2f}x), "
+                     f"max rel. diff {max(differences):.1e} (median {statistics.median(differences):.1e})")
+        print(line, flush=True)
+        if args.noise_floor and not args.skip_reference:
+            # the reference's own computation on the same function with other rounding (BatchNorm
+            # folded into the convolutions): how far float32 rounding alone moves AdvCAM's maps
+            folded = climbing_copy(net).requires_grad_(True)
+            again = [reference_advcam(folded, image, keys, config=config) for image, keys in images]
+            floor = [relative_difference(a.high_res, r.high_res) for a, r in zip(again, reference)]
+            print(f"      noise floor: reference vs reference with BatchNorm folded, max rel. diff "
+                  f"{max(floor):.1e} (median {statistics.median(floor):.1e})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

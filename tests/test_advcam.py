@@ -1,0 +1,368 @@
+"""AdvCAM: the batched climb against the reference's loop, a step by hand, schedule, state, errors.
+
+The equivalence tests run in float64: AdvCAM's map jumps when a pixel crosses a threshold (the
+positive-pixel counts and the mask), so float32 rounding differences between two correct
+implementations grow to about 1e-2 over 27 steps (see benchmarks/advcam_speed.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsss.attribution.advcam import (
+    AdvCamConfig,
+    adversarial_climb,
+    attribution_maps,
+    climbing_copy,
+    compute_advcam,
+    compute_advcam_batch,
+    fold_batchnorm,
+    make_advcams,
+    scale_schedule,
+)
+from wsss.attribution.advcam_reference import LastStageGradCam, reference_advcam, reference_attribution
+from wsss.attribution.cam import assemble_maps, multiscale_inputs, normalise_maps
+from wsss.errors import ConfigError, DataError
+from wsss.maps import MapStore
+from wsss.models.backbones import Bottleneck, ResNet
+from wsss.models.cam_net import CamNet
+from wsss.pipeline.stages import DistInfo
+
+torch.set_num_threads(1)
+
+
+def _random_net(num_classes: int = 3, dtype: torch.dtype = torch.float64, **kwargs) -> CamNet:
+    torch.manual_seed(0)
+    options = {"freeze_bn": False, "frozen_stages": 0, **kwargs}
+    model = CamNet("resnet18_w16", num_classes, output_stride=8, **options)
+    for module in model.modules():  # non-trivial BatchNorm, as after training
+        if isinstance(module, nn.BatchNorm2d):
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.1, 0.1)
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    return model.to(dtype).eval()
+
+
+@pytest.fixture(scope="module")
+def net64() -> CamNet:
+    return _random_net()
+
+
+def _image(height: int = 28, width: int = 30, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched = the reference's loop
+
+
+@pytest.mark.parametrize("reference_scale_weight", [False, True])
+@pytest.mark.parametrize("keys", [[2], [1, 3], [1, 2, 3]])
+def test_batched_equals_reference_loop(net64: CamNet, keys: list[int], reference_scale_weight: bool) -> None:
+    # iterations 11 > 10: scale 0.5 climbs 5 steps with weight 2, as 27 -> 13 does
+    config = AdvCamConfig(iterations=11, reference_scale_weight=reference_scale_weight)
+    image = _image(20, 26, seed=len(keys))
+    batched = compute_advcam(net64, image, keys, config=config)
+    reference = reference_advcam(net64, image, keys, config=config)
+    np.testing.assert_array_equal(batched.keys, keys)
+    assert batched.high_res.shape == (len(keys), 20, 26) and batched.strided.shape == (len(keys), 5, 7)
+    assert _relative(batched.high_res, reference.high_res) < 1e-4
+    assert _relative(batched.strided, reference.strided) < 1e-4
+    # the climb did something: the maps are not the first step's attribution
+    start = compute_advcam(net64, image, keys, config=dataclasses.replace(config, iterations=1))
+    assert _relative(batched.high_res, start.high_res) > 1e-2
+
+
+def test_batched_equals_reference_loop_at_default_settings(net64: CamNet) -> None:
+    image = _image(18, 20, seed=7)
+    batched = compute_advcam(net64, image, [3])
+    reference = reference_advcam(net64, image, [3])
+    assert _relative(batched.high_res, reference.high_res) < 1e-4
+
+
+def test_hook_attribution_equals_closed_form() -> None:
+    net = _random_net(4, torch.float32)
+    pair = multiscale_inputs(_image(40, 36, seed=3), (1.0,))[0].requires_grad_(True)
+    parameters = [p for p in net.parameters() if p.requires_grad]
+    unequal_halves = 0
+    for channel in range(4):
+        with LastStageGradCam(net.backbone.layer4) as gradcam:
+            logits, regions = reference_attribution(net, gradcam, pair, channel, parameters)
+        closed = attribution_maps(logits.detach()[None], torch.tensor([channel]),
+                                  (net.classifier.weight.flatten(1)[channel] > 0).sum()[None])
+        assert regions.shape == (1, 5, 5) and closed.shape == (1, 5, 5)
+        torch.testing.assert_close(closed, regions.detach(), rtol=1e-5, atol=1e-7)
+        assert regions.max() > 0
+        unequal_halves += int((logits[0, channel] > 0).sum() != (logits[1, channel] > 0).sum())
+    assert unequal_halves > 0  # some class has s_0 != s_1 (different positive counts on the two halves)
+    assert all(p.grad is None for p in net.parameters())  # the reference loop leaves .grad alone
+
+
+# ---------------------------------------------------------------------------------------------
+# One step by hand
+
+
+class OneLayerNet(nn.Module):
+    """features = relu(x) at stride 1; class maps = W relu(x)."""
+
+    output_stride = 1
+
+    def __init__(self, weight: list[list[float]]) -> None:
+        super().__init__()
+        self.classifier = nn.Conv2d(3, len(weight), 1, bias=False)
+        self.classifier.weight.data = torch.tensor(weight, dtype=torch.float64)[:, :, None, None]
+
+    def class_maps(self, images: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.relu(images), self.classifier.weight)
+
+
+def test_a_climb_computed_by_hand() -> None:
+    # W[0] has P_0 = 2 positive entries. The image is 1 x 2 pixels, p0 = (1, 2, 0.5), p1 = (-1, 1, 2),
+    # paired with its flip. Class 1 (channel 0): L0 = [1.5, -1.5], L1 = [-1, 1] on the image, mirrored
+    # on the flip, so N_0 = N_1 = 1, s_b = 1 / (2 * 2) and A_0 = [0.25 * 1.5 * 2, 0] = [0.75, 0].
+    # Step 0: dJ/dx = (1/2) [x > 0] (W[0] [L0 > 0] - W[1] [L1 > 0]) per pixel: p0 (0.5, 0.25, -0.5),
+    # p1 (0, 0.5, -0.5); max |g| = 0.5, x += 0.08 g / 0.5, clamped to [-1, 2]:
+    # p0 = (1.08, 2.04 -> 2, 0.42), p1 = (-1, 1.08, 1.92); L0 = [1.66, -1.38] so A_1 = [0.83, 0].
+    # Step 1: M = [1, 0], the drift |A_1 - A_0| adds -7 * 0.25 * W[0] at p0 on each half: p0 gets
+    # (-1.25, -0.625, 1.25), p1 keeps (0, 0.5, -0.5); x += 0.08 g / 1.25: p0 = (1, 1.96, 0.5),
+    # L0(p0) = 1.48 so A_2 = [0.74, 0] (the regulariser pulled the map back towards A_0).
+    net = OneLayerNet([[1.0, 0.5, -1.0], [0.5, -1.0, 1.0]])
+    image = torch.tensor([[[1.0, -1.0]], [[2.0, 1.0]], [[0.5, 2.0]]], dtype=torch.float64)  # (3, 1, 2)
+    pair = torch.stack([image, image.flip(-1)])[None]  # (1, 2, 3, 1, 2)
+    channel = torch.tensor([0])
+    expected = {1: 0.75, 2: 0.75 + 0.83, 3: 0.75 + 0.83 + 0.74}
+    for iterations, value in expected.items():
+        maps = adversarial_climb(net, pair, channel, iterations)
+        torch.testing.assert_close(maps, torch.tensor([[[value, 0.0]]], dtype=torch.float64))
+    # without the regulariser step 1 climbs on: p0 = (1.16, 2, 0.34), L0 = 1.82, A_2 = 0.91
+    torch.testing.assert_close(adversarial_climb(net, pair, channel, 3, mask_weight=0.0),
+                               torch.tensor([[[0.75 + 0.83 + 0.91, 0.0]]], dtype=torch.float64))
+    torch.testing.assert_close(adversarial_climb(net, pair, channel, 3, weight=2.0),
+                               torch.tensor([[[2 * expected[3], 0.0]]], dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule, scale weights, edge cases
+
+
+def test_scale_schedule_follows_the_reference() -> None:
+    assert scale_schedule(AdvCamConfig()) == [(0.5, 13, 2.0), (1.0, 27, 1.0), (1.5, 27, 1.0), (2.0, 27, 1.0)]
+    assert scale_schedule(AdvCamConfig(reference_scale_weight=True)) == [
+        (0.5, 13, 2.0), (1.0, 27, 2.0), (1.5, 27, 2.0), (2.0, 27, 2.0)]
+    assert scale_schedule(AdvCamConfig(iterations=8))[0] == (0.5, 5, 1.0)  # 6..10 -> 5 steps
+    assert scale_schedule(AdvCamConfig(iterations=4))[0] == (0.5, 4, 1.0)  # < 6 -> all steps
+    assert scale_schedule(AdvCamConfig(iterations=1, scales=(1.0, 0.5))) == [(0.5, 1, 1.0), (1.0, 1, 1.0)]
+    assert scale_schedule(AdvCamConfig(scales=(1.0, 2.0), reference_scale_weight=True)) == [
+        (1.0, 27, 1.0), (2.0, 27, 1.0)]
+
+
+def test_reference_scale_weight_halves_scale_half_relative_to_the_others(net64: CamNet) -> None:
+    image, keys = _image(seed=11), [1, 3]
+    config = AdvCamConfig(iterations=12, scales=(1.0, 0.5))
+    climber = climbing_copy(net64)
+    half_input, full_input = multiscale_inputs(image, (0.5, 1.0))
+    channels = torch.tensor([0, 2])
+
+    def climb(pair: torch.Tensor, iterations: int) -> torch.Tensor:
+        return adversarial_climb(climber, pair.to(torch.float64)[None].expand(2, -1, -1, -1, -1), channels,
+                                 iterations)
+
+    half, full = climb(half_input, 6), climb(full_input, 12)  # unweighted sums of A_t
+
+    def expected(weights: tuple[float, float]) -> torch.Tensor:
+        _, high_res = assemble_maps([weights[0] * half, weights[1] * full], image.shape[:2], 8)
+        return normalise_maps(high_res).float()
+
+    default = compute_advcam(net64, image, keys, config=config)
+    reference = compute_advcam(net64, image, keys,
+                               config=dataclasses.replace(config, reference_scale_weight=True))
+    torch.testing.assert_close(default.high_res, expected((2.0, 1.0)))
+    torch.testing.assert_close(reference.high_res, expected((2.0, 2.0)))
+    # after normalisation the reference weighs both scales alike: 0.5 has half the paper's weight
+    torch.testing.assert_close(reference.high_res, expected((1.0, 1.0)), rtol=0, atol=1e-4)
+    assert _relative(default.high_res, reference.high_res) > 1e-3
+
+
+def test_one_iteration_is_the_unperturbed_attribution(net64: CamNet) -> None:
+    image = _image(32, 28, seed=5)
+    result = compute_advcam(net64, image, [1, 2], iterations=1)
+    per_scale = []
+    for pair in multiscale_inputs(image, (0.5, 1.0, 1.5, 2.0)):  # every scale weight 1 for T = 1
+        logits = net64.class_maps(pair.to(torch.float64)).detach()
+        positive = (net64.classifier.weight.flatten(1) > 0).sum(dim=1)
+        per_scale.append(attribution_maps(logits[None].expand(2, -1, -1, -1, -1), torch.tensor([0, 1]),
+                                          positive[:2]))
+    strided, high_res = assemble_maps(per_scale, image.shape[:2], 8)
+    torch.testing.assert_close(result.high_res, normalise_maps(high_res).float())
+    torch.testing.assert_close(result.strided, normalise_maps(strided).float())
+    reference = reference_advcam(net64, image, [1, 2], config=AdvCamConfig(iterations=1))
+    assert _relative(result.high_res, reference.high_res) < 1e-6
+
+
+def test_zero_iterations_is_an_error(net64: CamNet) -> None:
+    with pytest.raises(ConfigError, match="advcam.iterations must be at least 1"):
+        compute_advcam(net64, _image(), [1], iterations=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching, state, folding
+
+
+def test_batching_images_and_capping_pairs_give_the_same_maps(net64: CamNet) -> None:
+    images = [_image(seed=s) for s in (1, 2, 3)]
+    keys = [[2], [1, 3], [1, 2, 3]]
+    config = AdvCamConfig(iterations=4, scales=(1.0, 0.5))
+    one_by_one = [compute_advcam(net64, image, k, config=config) for image, k in zip(images, keys)]
+    for extra in ({}, {"max_batch_pairs": 2}):
+        together = compute_advcam_batch(net64, images, keys, config=config, **extra)
+        for single, batched in zip(one_by_one, together):
+            np.testing.assert_array_equal(single.keys, batched.keys)
+            assert _relative(batched.high_res, single.high_res) < 1e-6
+            assert _relative(batched.strided, single.strided) < 1e-6
+
+
+def test_the_callers_model_is_left_as_it_was() -> None:
+    model = _random_net(3, torch.float32, frozen_stages=2)  # some parameters frozen by the caller
+    flags = [p.requires_grad for p in model.parameters()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    compute_advcam(model, _image(), [1, 2], iterations=2, scales=(1.0,))
+    reference_advcam(model, _image(), [1, 2], config=AdvCamConfig(iterations=2, scales=(1.0,)))
+    assert [p.requires_grad for p in model.parameters()] == flags and not all(flags)
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.training
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    # a model in training mode is refused by compute_advcam (as compute_cam) and left in it
+    model.train()
+    with pytest.raises(ConfigError, match="model.eval"):
+        compute_advcam(model, _image(), [1], iterations=1)
+    assert model.training
+
+
+def test_folding_batchnorm_keeps_the_function() -> None:
+    torch.manual_seed(1)
+    bottleneck = ResNet(Bottleneck, (1, 1, 1, 1), widths=(8, 8, 8, 8), output_stride=16)
+    for module in bottleneck.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.weight.data.uniform_(0.5, 1.5)
+            module.running_mean.uniform_(-0.2, 0.2)
+    bottleneck.eval().double()
+    folded = climbing_copy(nn.ModuleDict({"backbone": bottleneck}))["backbone"]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == 0
+    assert fold_batchnorm(folded) == 0
+    x = torch.randn(2, 3, 40, 36, dtype=torch.float64)
+    torch.testing.assert_close(folded(x), bottleneck(x))
+    # the original is intact: stem 1 + 3 per block + 3 downsample branches (the last stage keeps its stride)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bottleneck.modules()) == 16
+    net = _random_net()
+    climber = climbing_copy(net)
+    assert not any(p.requires_grad for p in climber.parameters())
+    assert all(p.requires_grad for p in net.parameters())
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(climber.class_maps(x), net.class_maps(x).detach())
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+def test_bad_input_is_a_clear_error(net64: CamNet) -> None:
+    with pytest.raises(DataError, match="img7.jpg: image has no labelled class"):
+        compute_advcam(net64, _image(), [], where="img7.jpg")
+    with pytest.raises(ConfigError, match=r"class id\(s\) \[4\] outside 1\.\.3"):
+        compute_advcam(net64, _image(), [1, 4])
+    with pytest.raises(ConfigError, match=r"unknown AdvCAM setting\(s\) \['iteration'\]"):
+        compute_advcam(net64, _image(), [1], iteration=3)
+    with pytest.raises(ConfigError, match="advcam.scales must be positive"):
+        compute_advcam(net64, _image(), [1], scales=(1.0, 0.0))
+    with pytest.raises(ValueError, match="one size"):
+        compute_advcam_batch(net64, [_image(28, 30), _image(30, 28)], [[1], [1]])
+
+
+# ---------------------------------------------------------------------------------------------
+# The store, the command, the recipe
+
+
+class TinySource:
+    classes = ["background", "a", "b", "c"]
+
+    def __init__(self, count: int = 5) -> None:
+        self.ids = [f"im{i}" for i in range(count)]
+
+    def load_image(self, image_id: str) -> np.ndarray:
+        index = int(image_id[2:])
+        return _image(24 + 4 * (index % 2), 28, seed=index)  # two sizes, interleaved
+
+    def image_labels(self, image_id: str) -> np.ndarray:
+        index = int(image_id[2:])
+        return np.array([1 + index % 3] if index % 2 else [1, 3])
+
+
+def test_store_run_batches_resumes_and_shards(tmp_path: Path) -> None:
+    net = _random_net(3, torch.float32)
+    source, store = TinySource(), MapStore(tmp_path / "advcam")
+    settings = {"iterations": 2, "scales": (1.0, 0.5), "images_per_batch": 2}
+    rank1 = DistInfo(rank=1, world_size=2)
+    assert make_advcams(net, source, store, progress=False, dist=rank1, **settings) == 2
+    assert store.ids() == ["im1", "im3"]
+    assert make_advcams(net, source, store, progress=False, **settings) == 3
+    assert make_advcams(net, source, store, progress=False, **settings) == 0
+    for image_id in source.ids:
+        maps = store.load(image_id)
+        direct = compute_advcam(net, source.load_image(image_id), source.image_labels(image_id), iterations=2,
+                                scales=(1.0, 0.5))
+        np.testing.assert_array_equal(maps.keys, direct.keys)
+        np.testing.assert_allclose(maps.high_res, direct.high_res.numpy(), atol=2e-3)  # float16 on disk
+        assert maps.strided.shape == direct.strided.shape
+    with pytest.raises(ConfigError, match="foreground classes"):
+        make_advcams(_random_net(5, torch.float32), source, tmp_path / "other", progress=False)
+
+
+def test_make_advcam_command_on_a_voc_folder(tmp_path: Path) -> None:
+    from helpers import make_voc
+
+    from wsss.cli import main
+
+    fixture = make_voc(tmp_path / "voc", classes=["background", "cat", "dog", "bird"])
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "cam.pt"
+    CamNet("resnet18_w16", 3, freeze_bn=False, frozen_stages=0, classes=fixture.classes).save(checkpoint)
+    out = tmp_path / "maps"
+    args = ["make-advcam", "--data", str(fixture.root), "--checkpoint", str(checkpoint), "--out", str(out),
+            "--device", "cpu", "--no-progress", "--scales", "1.0", "--iterations", "2",
+            "--reference-scale-weight"]
+    assert main(args) == 0
+    store = MapStore(out)
+    assert store.ids() == sorted(fixture.ids)
+    first = store.load(fixture.ids[0])
+    np.testing.assert_array_equal(first.keys, fixture.labels[fixture.ids[0]])
+    assert first.image_size == fixture.sizes[fixture.ids[0]]
+    assert main([*args[:-1], "--iterations", "0"]) == 2  # a clear error, exit status 2
+
+
+def test_recipe_wires_advcam_stages() -> None:
+    from wsss.pipeline.recipes import Context, build_stages, load_recipe
+
+    recipe = load_recipe("synth/demo", ["methods=[cam, advcam]", "advcam.iterations=5"])
+    assert recipe.advcam.iterations == 5 and recipe.advcam.mask_weight == 7.0
+    stages = {stage.name: stage for stage in build_stages(Context(recipe, Path("work")))}
+    assert stages["advcam.maps"].needs == ("classifier",)
+    assert stages["advcam.seed_eval"].needs == ("advcam.maps",)
+    # batching settings do not change the maps, so they do not rerun the stage
+    faster = load_recipe("synth/demo", ["methods=[cam, advcam]", "advcam.iterations=5",
+                                        "advcam.images_per_batch=4", "advcam.max_batch_pairs=2"])
+    faster_stage = {s.name: s for s in build_stages(Context(faster, Path("work")))}["advcam.maps"]
+    assert faster_stage.depends_on == stages["advcam.maps"].depends_on
+    with pytest.raises(ConfigError, match="iterations"):
+        load_recipe("synth/demo", ["methods=[advcam]", "advcam.iterations=0"])
