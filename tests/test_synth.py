@@ -331,6 +331,26 @@ def test_parts_are_a_small_share_of_their_object_and_inside_its_mask(small_set):
     assert stats["part_fraction"] == pytest.approx(np.mean(fractions), abs=1e-3)
 
 
+def test_part_position_moves_the_part_between_the_rim_and_the_middle():
+    def part_offsets(position):
+        """Distance from each object's centroid to its part's centroid, over the object's size."""
+        drawer = synth.SceneDrawer(small_config(part_position=position, noise_std=0.0))
+        offsets = []
+        for index in range(30):
+            for obj in drawer.scene(synth.image_rng(0, "train", index), "x").drawn:
+                ys, xs = np.nonzero(obj.mask)
+                part_ys, part_xs = np.nonzero(obj.part)
+                offset = np.hypot(part_ys.mean() - ys.mean(), part_xs.mean() - xs.mean())
+                offsets.append(offset / np.sqrt(obj.mask.sum()))
+        return np.asarray(offsets)
+
+    rim, middle = part_offsets((0.5, 1.0)), part_offsets((0.0, 0.5))
+    assert len(rim) > 30 and len(middle) > 30
+    # Measured at 64 px: medians 0.43 (rim) and 0.28 (middle) of the object's side sqrt(area).
+    assert np.median(middle) < 0.35 < np.median(rim)
+    assert np.median(rim) - np.median(middle) > 0.1
+
+
 def test_objects_are_not_box_shaped(small_set):
     fills = []
     for name in split_ids(small_set, "trainval"):

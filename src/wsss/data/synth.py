@@ -140,6 +140,10 @@ class SynthConfig:
 
     part_fraction: tuple[float, float] = (0.10, 0.18)
     """Range of the part's share of the object's area (drawn per object)."""
+    part_position: tuple[float, float] = (0.5, 1.0)
+    """Range of the part centre's place among the object's pixels, as quantiles of their
+    normalised distance from the object's centre: (0.5, 1) the outer half (a "head" on the
+    rim), (0, 0.5) the inner half, (0, 1) anywhere."""
     part_period: float = 0.04
     """Period of the part pattern as a fraction of ``size`` (5 px at 128 px; floor 3 px)."""
     body_evidence: float = 0.3
@@ -193,6 +197,9 @@ class SynthConfig:
             low, high = getattr(self, name)
             if not 0 < low <= high <= 1:
                 raise bad(name, "must be a range 0 < low <= high <= 1")
+        low, high = self.part_position
+        if not 0 <= low <= high <= 1:
+            raise bad("part_position", "must be a range 0 <= low <= high <= 1")
         if self.part_fraction[1] > 0.5:
             raise bad("part_fraction", "must stay below half the object")
         for name in (
@@ -692,11 +699,13 @@ class SceneDrawer:
             family, local = "ellipse", u * u + v * v <= 1.0
         full_area = int(local.sum())
 
-        # The part: the pixels nearest a point in the outer half of the shape (a "head").
+        # The part: the pixels nearest a point drawn in a band of distances from the centre
+        # (by default the outer half of the shape: a "head").
         rho = np.hypot(u, v)[local]
         ys, xs = np.nonzero(local)
-        outer = np.flatnonzero(rho >= np.median(rho))
-        pick = outer[int(rng.integers(outer.size))]
+        low, high = np.quantile(rho, cfg.part_position)
+        band = np.flatnonzero((rho >= low) & (rho <= high))
+        pick = band[int(rng.integers(band.size))]
         part_area = max(1, int(round(rng.uniform(*cfg.part_fraction) * full_area)))
         part_local = nearest_pixels(local, (ys[pick], xs[pick]), part_area)
 
