@@ -116,3 +116,21 @@ def test_invalid_options() -> None:
         CamNet("resnet18_w16", 0)
     with pytest.raises(ConfigError, match="background"):
         CamNet("resnet18_w16", 3, classes=["a", "b", "c"])
+
+
+def test_load_cam_net_for_checks_the_dataset_classes(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from wsss.errors import ConfigError
+    from wsss.models.cam_net import CamNet, load_cam_net_for
+
+    classes = ("background", "a", "b")
+    net = CamNet("resnet18_w16", 2, classes=list(classes))
+    net.save(tmp_path / "c.pt")
+    same = SimpleNamespace(num_classes=3, classes=list(classes))
+    assert load_cam_net_for(tmp_path / "c.pt", same).num_classes == 2
+    renamed = SimpleNamespace(num_classes=3, classes=["background", "a", "z"])
+    with pytest.raises(ConfigError, match="c.pt: checkpoint classes .* differ"):
+        load_cam_net_for(tmp_path / "c.pt", renamed)
+    with pytest.raises(ConfigError, match="c.pt"):
+        load_cam_net_for(tmp_path / "c.pt", SimpleNamespace(num_classes=4, classes=["background", "a", "b", "c"]))

@@ -62,19 +62,13 @@ def settings_from_args(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from wsss.attribution.advcam import make_advcams, resolve_config
     from wsss.data.voc import VOCDataset
-    from wsss.errors import ConfigError
-    from wsss.models.cam_net import load_cam_net
+    from wsss.models.cam_net import load_cam_net_for
     from wsss.training.classifier import resolve_device
 
     config = resolve_config(None, settings_from_args(args))
     device = resolve_device(args.device)
     dataset = VOCDataset(args.data, split=args.split)
-    model = load_cam_net(args.checkpoint, num_classes=dataset.num_classes - 1).to(device)
-    if model.classes is not None and list(model.classes) != list(dataset.classes):
-        raise ConfigError(
-            f"{args.checkpoint}: checkpoint classes {model.classes} differ from the dataset's "
-            f"{dataset.classes}"
-        )
+    model = load_cam_net_for(args.checkpoint, dataset, device)
     started = time.perf_counter()
     done = make_advcams(model, dataset, args.out, config=config, device=device, progress=not args.no_progress)
     seconds = time.perf_counter() - started

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from wsss.attribution.cam import CAM_SCALES, make_cams
     from wsss.data.voc import VOCDataset
     from wsss.errors import ConfigError
-    from wsss.models.cam_net import load_cam_net
+    from wsss.models.cam_net import load_cam_net_for
     from wsss.training.classifier import resolve_device
 
     scales = tuple(args.scales) if args.scales else CAM_SCALES
@@ -34,12 +34,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--scales must be positive, got {list(scales)}")
     device = resolve_device(args.device)
     dataset = VOCDataset(args.data, split=args.split)
-    model = load_cam_net(args.checkpoint, num_classes=dataset.num_classes - 1).to(device)
-    if model.classes is not None and list(model.classes) != list(dataset.classes):
-        raise ConfigError(
-            f"{args.checkpoint}: checkpoint classes {model.classes} differ from the dataset's "
-            f"{dataset.classes}"
-        )
+    model = load_cam_net_for(args.checkpoint, dataset, device)
     started = time.perf_counter()
     done = make_cams(model, dataset, args.out, device=device, scales=scales, flip=not args.no_flip,
                      progress=not args.no_progress)

@@ -232,6 +232,20 @@ def load_cam_net(
     return net
 
 
+def load_cam_net_for(path: str | os.PathLike, dataset: Any, device: str | torch.device = "cpu") -> CamNet:
+    """The classifier at ``path``, checked against ``dataset``'s classes, on ``device``.
+
+    Raises:
+        ConfigError: the checkpoint classifies another number of classes, or other class names.
+    """
+    model = load_cam_net(path, num_classes=dataset.num_classes - 1, map_location=device).to(device)
+    if model.classes is not None and list(model.classes) != list(dataset.classes):
+        raise ConfigError(
+            f"checkpoint classes {list(model.classes)} differ from the dataset's {list(dataset.classes)}", path
+        )
+    return model
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a CAM-network checkpoint dict with ``weights_only=True``, checking its format."""
     path = Path(path)

@@ -171,11 +171,10 @@ def cam_maps_stage(ctx: Context, method: str = "cam") -> Stage:
 
     def run() -> None:
         from wsss.attribution.cam import make_cams
-        from wsss.models.cam_net import load_cam_net
+        from wsss.models.cam_net import load_cam_net_for
 
         dataset = ctx.dataset(recipe.data.seed_split)
-        model = load_cam_net(ctx.classifier_path, num_classes=dataset.num_classes - 1,
-                             map_location=ctx.device).to(ctx.device)
+        model = load_cam_net_for(ctx.classifier_path, dataset, ctx.device)
         make_cams(model, dataset, ctx.maps_dir(method), device=ctx.device,
                   scales=recipe.cam.scales, flip=recipe.cam.flip, progress=recipe.runtime.progress)
 
@@ -190,11 +189,10 @@ def advcam_maps_stage(ctx: Context, method: str = "advcam") -> Stage:
 
     def run() -> None:
         from wsss.attribution.advcam import make_advcams
-        from wsss.models.cam_net import load_cam_net
+        from wsss.models.cam_net import load_cam_net_for
 
         dataset = ctx.dataset(recipe.data.seed_split)
-        model = load_cam_net(ctx.classifier_path, num_classes=dataset.num_classes - 1,
-                             map_location=ctx.device).to(ctx.device)
+        model = load_cam_net_for(ctx.classifier_path, dataset, ctx.device)
         make_advcams(model, dataset, ctx.maps_dir(method), config=recipe.advcam, device=ctx.device,
                      progress=recipe.runtime.progress)
 
