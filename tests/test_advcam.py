@@ -316,7 +316,10 @@ def test_store_run_batches_resumes_and_shards(tmp_path: Path) -> None:
     rank1 = DistInfo(rank=1, world_size=2)
     assert make_advcams(net, source, store, progress=False, dist=rank1, **settings) == 2
     assert store.ids() == ["im1", "im3"]
+    net.train()  # as make_cams, the run works in eval mode; here on a copy, so net stays as it is
     assert make_advcams(net, source, store, progress=False, **settings) == 3
+    assert net.training and all(p.requires_grad for p in net.parameters())
+    net.eval()
     assert make_advcams(net, source, store, progress=False, **settings) == 0
     for image_id in source.ids:
         maps = store.load(image_id)

@@ -166,10 +166,7 @@ def reference_advcam(
                     step_direction = gradient / (gradient.abs().max() + 1e-12)
                     stepped = current + config.step_size * step_direction
                     current = torch.clamp(stepped, current.min().item(), current.max().item())
-            if maps is not None:
-                per_scale.append(maps)
-    if not per_scale:
-        raise ValueError("no AdvCAM step was run (iterations must be at least 1)")
+            per_scale.append(maps)
     strided, high_res = assemble_maps(per_scale, image.shape[:2], model.output_stride)
     return CamResult(keys=keys, strided=normalise_maps(strided).float(),
                      high_res=normalise_maps(high_res).float())
