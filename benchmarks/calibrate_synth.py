@@ -118,6 +118,13 @@ VARIANTS: dict[str, Variant] = {
                 note="inner parts on objects larger relative to the blur of stride-8 maps"),
         Variant("inner_s192", synth={"part_position": [0.0, 0.5], "size": 192},
                 note="inner parts, 192 px: 1.5x more pixels per map cell of object"),
+        Variant("inner_group8", synth={"part_position": [0.0, 0.5], "classes_per_body_group": 8},
+                note="inner parts, one body look for all 8 classes: bodies say 'object', barely which"),
+        Variant("inner_ctx4", synth={"part_position": [0.0, 0.5], "context_classes": 4},
+                note="inner parts, four classes own a context (boat/water, train/rail, bird/sky, cow/grass)"),
+        Variant("inner_big_group8", synth={"part_position": [0.0, 0.5], "object_size": [0.6, 0.95],
+                                           "classes_per_body_group": 8},
+                note="large objects (less relative blur) whose far body is hard to tell from background"),
     ]
 }
 
