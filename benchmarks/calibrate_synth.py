@@ -125,6 +125,10 @@ VARIANTS: dict[str, Variant] = {
         Variant("inner_big_group8", synth={"part_position": [0.0, 0.5], "object_size": [0.6, 0.95],
                                            "classes_per_body_group": 8},
                 note="large objects (less relative blur) whose far body is hard to tell from background"),
+        Variant("inner_e20", synth={"part_position": [0.0, 0.5]}, classifier=["classifier.epochs=20"],
+                note="inner parts, twice the training: a more confident, more part-focused classifier?"),
+        Variant("inner_e5", synth={"part_position": [0.0, 0.5]}, classifier=["classifier.epochs=5"],
+                note="inner parts, half the training"),
     ]
 }
 
