@@ -129,6 +129,8 @@ VARIANTS: dict[str, Variant] = {
                 note="inner parts, twice the training: a more confident, more part-focused classifier?"),
         Variant("inner_e5", synth={"part_position": [0.0, 0.5]}, classifier=["classifier.epochs=5"],
                 note="inner parts, half the training"),
+        Variant("inner_pale", synth={"part_position": [0.0, 0.5], "body_saturation": [0.1, 0.45]},
+                note="inner parts, bodies as pale as backgrounds can be: less 'objectness' away from the part"),
     ]
 }
 

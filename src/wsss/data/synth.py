@@ -152,6 +152,9 @@ class SynthConfig:
     extremes, against an instance hue jitter of ``body_jitter``."""
     classes_per_body_group: int = 4
     """Classes sharing one body appearance (colour family and texture); groups = ceil(K / this)."""
+    body_saturation: tuple[float, float] = (0.35, 0.6)
+    """Range of a body's colour saturation (backgrounds draw theirs in 0.05..0.3): the lower it
+    reaches, the less a body stands out from the background as "some object"."""
     body_jitter: float = 0.035
     """Standard deviation of an instance's body hue around its class hue (colour-wheel units)."""
 
@@ -193,7 +196,7 @@ class SynthConfig:
         probs = np.asarray(self.objects_per_image, dtype=float)
         if probs.ndim != 1 or not 1 <= probs.size <= 255 or (probs < 0).any() or probs.sum() <= 0:
             raise bad("objects_per_image", "must be non-negative probabilities of 1, 2, ... (<= 255) objects")
-        for name in ("object_size", "object_aspect", "part_fraction", "clutter_size"):
+        for name in ("object_size", "object_aspect", "part_fraction", "clutter_size", "body_saturation"):
             low, high = getattr(self, name)
             if not 0 < low <= high <= 1:
                 raise bad(name, "must be a range 0 < low <= high <= 1")
@@ -646,7 +649,7 @@ class SceneDrawer:
                 family = SHAPE_FAMILIES[int(rng.integers(len(SHAPE_FAMILIES)))]
                 group = int(rng.integers(self.groups))
                 colour = _hsv(rng.normal(self.group_hues[group], cfg.body_jitter),
-                              rng.uniform(0.35, 0.6), rng.uniform(0.45, 0.8))  # fmt: skip
+                              rng.uniform(*cfg.body_saturation), rng.uniform(0.45, 0.8))  # fmt: skip
                 texture = BODY_TEXTURES[group % len(BODY_TEXTURES)]
             else:
                 family = CLUTTER_SHAPES[int(rng.integers(len(CLUTTER_SHAPES)))]
@@ -728,7 +731,7 @@ class SceneDrawer:
         cfg, spec, g = self.config, self.specs[obj.class_id - 1], obj.geometry
         dx, dy = g["dx"], g["dy"]
         hue = rng.normal(spec.body_hue, cfg.body_jitter)
-        body = _hsv(hue, rng.uniform(0.35, 0.6), rng.uniform(0.45, 0.8))
+        body = _hsv(hue, rng.uniform(*cfg.body_saturation), rng.uniform(0.45, 0.8))
         shade = body_texture(rng, spec.body_texture, *dx.shape)
         shade = shade * (1.0 + 0.15 * (dx * math.cos(light) + dy * math.sin(light)) / g["radius"])
         paint = body * shade[..., None]
