@@ -1,0 +1,685 @@
+"""Training IRN on IR labels and writing its boundary maps (IRN ``step/train_irn.py``).
+
+**Supervision.** An IR label (:mod:`wsss.refine.ir_labels`; 0 background, 1..K classes, 255
+unsure) is downsampled to stride 4 (nearest) and turned into labels of pixel pairs by the path
+index at radius 10 (:mod:`wsss.refine.path_index`): a pair is *bg-pos* when both pixels are
+background, *fg-pos* when both hold the same class, *neg* when their labels differ, and is ignored
+when either is 255.
+
+**Losses** (IRN ``AffinityDisplacementLoss`` and ``train_irn.py``), with the affinity
+``a_ij = 1 - max_{k on the path i->j} sigmoid(edge_k)`` and displacements D (dy, dx):
+
+* ``L_bg = mean_bg-pos -log(a + 1e-5)``, ``L_fg = mean_fg-pos -log(a + 1e-5)``,
+  ``L_neg = mean_neg -log(1 + 1e-5 - a)``;
+* ``L_dp_fg = mean_fg-pos |D_i - D_j - delta_ij|`` and ``L_dp_bg = mean_bg-pos |D_i - D_j|``,
+  each averaged over the two components as well (delta_ij = (dy, dx) from i to j);
+* ``total = (L_bg / 2 + L_fg / 2 + L_neg) / 2 + (L_dp_fg + L_dp_bg) / 2``.
+
+Means are ``sum / (count + 1e-5)`` over the batch, as the reference.
+
+**Recipe.** IRN: ImageNet ResNet-50 frozen, random rescale 0.5-1.5, flip, 512 crop (image padded
+with the mean colour, label with 255), batch 32, 3 epochs, SGD lr 0.1 (displacement branch 10x),
+weight decay 1e-4, poly decay. After training the mean displacement over images is stored in the
+model's ``mean_shift`` (IRN measures it on ``infer_list`` 512-px crops; here on the training
+images at their own size).
+
+**Backbone.** IRN starts from ImageNet weights (``IrnConfig.weights``). On the generated
+benchmark there is no ImageNet: ``init_backbone_from`` copies the backbone of our trained CAM
+classifier (its architecture, output stride and dilation are taken from that checkpoint), which
+is then frozen like IRN's.
+
+Example:
+    >>> result = train_irn(dataset, "work/ir_label", irn_recipe("synth"), device=torch.device("cpu"),
+    ...                    out="work/irn.pt", init_backbone_from="work/classifier.pt")
+    >>> make_edges(result.model, dataset, "work/edges", device=torch.device("cpu"))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import os
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, resize_image, scaled_size, to_chw_tensor
+from wsss.errors import ConfigError, DataError
+from wsss.io import image_size, read_label_png, write_bytes
+from wsss.maps import strided_size
+from wsss.models.irn import IRNet, edge_and_displacement
+from wsss.pipeline.stages import DistInfo, run_per_image
+from wsss.refine.path_index import PathIndex, max_along_paths, pair_indices
+from wsss.training.classifier import resolve_device, seed_everything
+from wsss.training.schedule import build_sgd, poly_lr_scheduler
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "AffinityDisplacementLoss",
+    "IrnConfig",
+    "IrnLosses",
+    "IrnTrainResult",
+    "IrnTrainingDataset",
+    "build_irn",
+    "irn_recipe",
+    "load_edges",
+    "make_edges",
+    "pair_labels",
+    "save_edges",
+    "synth_recipe",
+    "train_irn",
+]
+
+IGNORE_INDEX = 255
+LABEL_STRIDE = 4  # IRN: labels rescaled by 0.25 to the network's stride-4 outputs
+EPS = 1e-5  # IRN train_irn.py / resnet50_irn.py
+
+
+@dataclass
+class IrnConfig:
+    """How to train IRN. Defaults are IRN's (``run_sample.py``, ``step/train_irn.py``)."""
+
+    backbone: str = "resnet50"  # IRN net/resnet50_irn.py
+    output_stride: int | None = 16  # IRN resnet50(strides=[2, 2, 2, 1])
+    dilated: bool | None = False  # IRN: layer4 stride 1 without dilation
+    weights: str | None = None  # IRN: ImageNet resnet50 (a local torchvision-format file here)
+    head_width: float | None = None  # None: stem width / 64 (1 for ResNet-50, IRN's widths)
+    radius: int = 10  # IRN train_irn.py PathIndex(radius=10)
+    lr: float = 0.1  # IRN --irn_learning_rate (edge branch)
+    displacement_lr_mult: float = 10.0  # IRN train_irn.py: 10 * lr for the displacement branch
+    weight_decay: float = 1e-4  # IRN --irn_weight_decay
+    momentum: float = 0.0  # IRN's evident intent (see reference_momentum_quirk)
+    nesterov: bool = False
+    reference_momentum_quirk: bool = False  # True: IRN's PolyOptimizer -> SGD momentum = 1e-4
+    poly_power: float = 0.9  # IRN PolyOptimizer
+    batch_size: int = 32  # IRN --irn_batch_size
+    epochs: int = 3  # IRN --irn_num_epoches
+    crop_size: int = 512  # IRN --irn_crop_size; image padded with 0 (normalised), label with 255
+    rescale: tuple[float, float] | None = (0.5, 1.5)  # IRN train_irn.py rescale=(0.5, 1.5)
+    hflip: bool = True  # IRN hor_flip=True
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # IRN TorchvisionNormalize
+    std: tuple[float, float, float] = IMAGENET_STD
+    num_workers: int | None = None  # IRN: cpu_count // 2 (None); 0 loads in the main process
+    seed: int = 0  # IRN sets none
+    mean_shift_images: int | None = None  # images measured for the mean displacement; None: all
+    edge_scales: tuple[float, ...] = (1.0,)  # IRN EdgeDisplacement: one scale
+    edge_flip: bool = True  # IRN: edge logits averaged with the flipped image's
+    edge_pad_to: int | None = None  # IRN pads inputs to 512 (cropping larger ones); None: no pad
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "IrnConfig":
+        """A copy with ``changes``; unknown keys are a :class:`ConfigError`."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"unknown IRN option(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+
+def irn_recipe_default() -> IrnConfig:
+    """IRN's recipe (PASCAL VOC, ImageNet-pretrained ResNet-50 given as ``weights``)."""
+    return IrnConfig()
+
+
+def synth_recipe() -> IrnConfig:
+    """The generated benchmark: 128 px images, the CAM classifier's small backbone, on CPU.
+
+    The backbone comes from the trained classifier (``train_irn(init_backbone_from=...)``), so
+    ``backbone``/``output_stride``/``dilated`` here only matter without one. The images are
+    128 px, so the crop is the image size (labels 32 x 32 at stride 4) and batches are small to
+    get enough updates from about a thousand images.
+
+    Measured on a 160-image set (a briefly trained classifier; IR labels at IRN's thresholds
+    covering 93% of the pixels at 78% precision): after 200 updates the mean boundary
+    probability is 0.32 on ground-truth class boundaries against 0.16 elsewhere (momentum 0,
+    IRN's: 0.37 against 0.33); about 0.2 s per update on two idle CPU threads. The
+    displacement loss hardly moves in that budget (it only serves instance masks).
+    """
+    return IrnConfig(
+        backbone="resnet18_w16",  # the synth classifier's backbone
+        output_stride=8,
+        dilated=None,
+        weights=None,
+        radius=10,  # IRN's radius; objects are 15-25 px at stride 4
+        batch_size=8,
+        epochs=3,
+        crop_size=128,
+        rescale=(0.75, 1.25),
+        momentum=0.9,  # heads from scratch on few updates: momentum helps
+        num_workers=0,
+        mean_shift_images=200,
+    )
+
+
+RECIPES = {"irn": irn_recipe_default, "synth": synth_recipe}
+
+
+def irn_recipe(name: str) -> IrnConfig:
+    """A named recipe (``irn`` or ``synth``)."""
+    try:
+        return RECIPES[name]()
+    except KeyError:
+        raise ConfigError(f"unknown IRN recipe {name!r}; known: {', '.join(sorted(RECIPES))}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Pair labels and losses
+
+
+def pair_labels(labels: torch.Tensor, index: PathIndex) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """bg-pos, fg-pos and neg indicators of the pixel pairs of ``index`` (IRN ``GetAffinityLabel...``).
+
+    Args:
+        labels: (B, h, w) integer labels at stride 4 (0 background, 1..K, 255 ignored).
+        index: the path index.
+
+    Returns:
+        Three float32 tensors (B, D, h', w') in the grid of :func:`~wsss.refine.path_index.
+        max_along_paths`: both background; same foreground class; different labels. Pairs
+        touching 255 are 0 in all three.
+    """
+    if labels.dim() != 3:
+        raise ValueError(f"labels must be (B, h, w), got shape {tuple(labels.shape)}")
+    height, width = labels.shape[-2:]
+    source, destination = pair_indices(height, width, index, device=labels.device)
+    flat = labels.reshape(labels.shape[0], -1).long()
+    from_label = flat[:, source]
+    to_label = flat[:, destination]
+    valid = (from_label != IGNORE_INDEX) & (to_label != IGNORE_INDEX)
+    same = from_label == to_label
+    bg_pos = valid & same & (from_label == 0)
+    fg_pos = valid & same & (from_label > 0)
+    neg = valid & ~same
+    return bg_pos.float(), fg_pos.float(), neg.float()
+
+
+@dataclass
+class IrnLosses:
+    """The loss terms of one batch (scalars) and their IRN-weighted total."""
+
+    bg_pos: torch.Tensor
+    fg_pos: torch.Tensor
+    neg: torch.Tensor
+    dp_fg: torch.Tensor
+    dp_bg: torch.Tensor
+
+    @property
+    def total(self) -> torch.Tensor:
+        """``(bg_pos / 2 + fg_pos / 2 + neg) / 2 + (dp_fg + dp_bg) / 2`` (IRN train_irn.py)."""
+        return (self.bg_pos / 2 + self.fg_pos / 2 + self.neg) / 2 + (self.dp_fg + self.dp_bg) / 2
+
+    def as_dict(self) -> dict[str, float]:
+        terms = {f.name: float(getattr(self, f.name).detach()) for f in dataclasses.fields(self)}
+        terms["total"] = float(self.total.detach())
+        return terms
+
+
+class AffinityDisplacementLoss:
+    """IRN's affinity and displacement losses for a path index (pair indices cached per size).
+
+    Args:
+        radius: the path-index radius (IRN: 10).
+    """
+
+    def __init__(self, radius: int = 10) -> None:
+        self.index = PathIndex(radius)
+        self._pairs: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _pair_indices(self, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (height, width, str(device))
+        if key not in self._pairs:
+            self._pairs[key] = pair_indices(height, width, self.index, device=device)
+        return self._pairs[key]
+
+    def affinity(self, edge_logits: torch.Tensor) -> torch.Tensor:
+        """``1 - max sigmoid(edge)`` along each path: (B, D, h', w') from logits (B, 1, h, w)."""
+        return 1.0 - max_along_paths(torch.sigmoid(edge_logits[:, 0]), self.index)
+
+    def pair_displacement(self, displacement: torch.Tensor) -> torch.Tensor:
+        """``D_source - D_destination`` for every pair: (B, 2, D, h', w')."""
+        height, width = displacement.shape[-2:]
+        source, destination = self._pair_indices(height, width, displacement.device)
+        flat = displacement.flatten(2)
+        return flat[:, :, source] - flat[:, :, destination]
+
+    def __call__(self, edge_logits: torch.Tensor, displacement: torch.Tensor, labels: torch.Tensor) -> IrnLosses:
+        """The loss terms for network outputs and stride-4 labels (B, h, w) of the same size."""
+        if edge_logits.shape[-2:] != labels.shape[-2:] or displacement.shape[-2:] != labels.shape[-2:]:
+            raise ValueError(
+                f"outputs {tuple(edge_logits.shape[-2:])} / {tuple(displacement.shape[-2:])} and labels "
+                f"{tuple(labels.shape[-2:])} differ in size"
+            )
+        bg_pos, fg_pos, neg = pair_labels(labels, self.index)
+        affinity = self.affinity(edge_logits)
+        pos_loss = -torch.log(affinity + EPS)
+        neg_loss = -torch.log(1.0 + EPS - affinity)
+        pair_disp = self.pair_displacement(displacement)
+        offsets = torch.as_tensor(self.index.offsets.T, dtype=pair_disp.dtype, device=pair_disp.device)
+        dp_fg = (pair_disp - offsets.view(1, 2, -1, 1, 1)).abs()
+        dp_bg = pair_disp.abs()
+        fg_weight, bg_weight = fg_pos.unsqueeze(1), bg_pos.unsqueeze(1)
+        return IrnLosses(
+            bg_pos=(bg_pos * pos_loss).sum() / (bg_pos.sum() + EPS),
+            fg_pos=(fg_pos * pos_loss).sum() / (fg_pos.sum() + EPS),
+            neg=(neg * neg_loss).sum() / (neg.sum() + EPS),
+            dp_fg=(dp_fg * fg_weight).sum() / (2 * fg_pos.sum() + EPS),
+            dp_bg=(dp_bg * bg_weight).sum() / (2 * bg_pos.sum() + EPS),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+def downsample_label(label: np.ndarray, stride: int = LABEL_STRIDE) -> np.ndarray:
+    """Nearest-neighbour (PIL) resize of a label map by ``1 / stride`` (IRN ``pil_rescale(.., 0)``)."""
+    height, width = label.shape
+    size = scaled_size(height, width, 1.0 / stride)
+    return np.asarray(Image.fromarray(label).resize((size[1], size[0]), Image.NEAREST))
+
+
+def _crop_pair(image: np.ndarray, label: np.ndarray, crop_size: int, rng: np.random.Generator
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """One random ``crop_size`` window for both (IRN ``random_crop``): pad 0 / 255 where smaller."""
+    height, width = label.shape
+    out_image = np.zeros((crop_size, crop_size, image.shape[2]), dtype=image.dtype)
+    out_label = np.full((crop_size, crop_size), IGNORE_INDEX, dtype=label.dtype)
+
+    def window(length: int) -> tuple[int, int, int]:
+        if length > crop_size:
+            return 0, int(rng.integers(0, length - crop_size + 1)), crop_size
+        return int(rng.integers(0, crop_size - length + 1)), 0, length
+
+    out_top, top, h = window(height)
+    out_left, left, w = window(width)
+    out_image[out_top:out_top + h, out_left:out_left + w] = image[top:top + h, left:left + w]
+    out_label[out_top:out_top + h, out_left:out_left + w] = label[top:top + h, left:left + w]
+    return out_image, out_label
+
+
+class IrnTrainingDataset(Dataset):
+    """Augmented (image, stride-4 IR label) pairs for IRN training.
+
+    Items are dicts ``{"id", "image": float32 (3, S, S), "label": int64 (S/4, S/4)}``.
+
+    Args:
+        source: ``ids``, ``load_image`` (and optionally ``num_classes``, ``image_path``).
+        label_dir: folder of ``<id>.png`` IR labels.
+        config: crop, rescale, flip and normalisation.
+        ids: subset of ``source.ids``.
+    """
+
+    def __init__(self, source: Any, label_dir: str | os.PathLike, config: IrnConfig,
+                 ids: Sequence[str] | None = None) -> None:
+        self.source = source
+        self.label_dir = Path(label_dir)
+        self.config = config
+        self.ids = list(source.ids if ids is None else ids)
+        self.num_classes = getattr(source, "num_classes", None)
+
+    def label_path(self, image_id: str) -> Path:
+        return self.label_dir / f"{image_id}.png"
+
+    def check(self) -> None:
+        """Every label exists and has its image's size (reads only file headers).
+
+        Raises:
+            DataError: naming the first missing or mis-sized label file.
+        """
+        if not self.label_dir.is_dir():
+            raise DataError("IR-label folder not found", self.label_dir)
+        for image_id in self.ids:
+            path = self.label_path(image_id)
+            if not path.is_file():
+                raise DataError("IR label not found (run the IR-label stage first)", path)
+            if hasattr(self.source, "image_size"):
+                expected = tuple(self.source.image_size(image_id))
+            elif hasattr(self.source, "image_path"):
+                expected = image_size(self.source.image_path(image_id))
+            else:
+                continue
+            found = image_size(path)
+            if found != expected:
+                raise DataError(
+                    f"IR label is {found[1]}x{found[0]} (WxH) but its image is {expected[1]}x{expected[0]}", path
+                )
+
+    def load(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """The image and its IR label, checked against each other."""
+        image = self.source.load_image(image_id)
+        path = self.label_path(image_id)
+        label = read_label_png(path)
+        if label.shape != image.shape[:2]:
+            raise DataError(
+                f"IR label is {label.shape[1]}x{label.shape[0]} (WxH) but its image is "
+                f"{image.shape[1]}x{image.shape[0]}", path,
+            )
+        if self.num_classes is not None:
+            bad = (label >= self.num_classes) & (label != IGNORE_INDEX)
+            if bad.any():
+                raise DataError(
+                    f"IR label value {int(label[bad][0])} is not a class (0..{self.num_classes - 1}) or 255", path
+                )
+        return image, label
+
+    def transform(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """IRN's augmentation: rescale, flip, normalise, crop; then the label to stride 4."""
+        config = self.config
+        if config.rescale is not None:
+            low, high = config.rescale
+            scale = low + rng.random() * (high - low)
+            size = scaled_size(*label.shape, scale)
+            image = resize_image(image, size)  # bicubic, IRN order 3
+            label = np.asarray(Image.fromarray(label).resize((size[1], size[0]), Image.NEAREST))
+        if config.hflip and rng.random() < 0.5:
+            image, label = image[:, ::-1], label[:, ::-1]
+        array = normalize(np.ascontiguousarray(image), config.mean, config.std)
+        array, label = _crop_pair(array, np.ascontiguousarray(label), config.crop_size, rng)
+        return array, downsample_label(label)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        image_id = self.ids[item]
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        image, label = self.transform(*self.load(image_id), rng)
+        return {"id": image_id, "image": to_chw_tensor(image),
+                "label": torch.from_numpy(label.astype(np.int64))}
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class IrnTrainResult:
+    """What :func:`train_irn` returns.
+
+    Attributes:
+        model: the trained network (eval mode, on ``device``), with its mean shift measured.
+        history: one dict per epoch: ``epoch``, ``step``, mean loss terms, ``lr``, ``seconds``.
+        seconds: training time (mean-shift measurement excluded).
+        checkpoint: where the model was saved, if anywhere.
+    """
+
+    model: IRNet
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    checkpoint: Path | None = None
+
+
+def build_irn(config: IrnConfig, init_backbone_from: str | os.PathLike | None = None) -> IRNet:
+    """The untrained network of ``config``; with a classifier checkpoint, its backbone.
+
+    With ``init_backbone_from`` the backbone architecture (name, output stride, dilation) is the
+    checkpoint's; ``config.backbone`` must name the same backbone.
+
+    Raises:
+        ConfigError: the checkpoint's backbone differs from ``config.backbone``.
+        DataError: the checkpoint is missing or not a CAM classifier.
+    """
+    if init_backbone_from is None:
+        return IRNet(config.backbone, output_stride=config.output_stride, dilated=config.dilated,
+                     weights=config.weights, head_width=config.head_width)
+    from wsss.models.cam_net import read_checkpoint
+
+    classifier = read_checkpoint(init_backbone_from)["config"]
+    if classifier["backbone"] != config.backbone:
+        raise ConfigError(
+            f"the classifier uses backbone {classifier['backbone']!r} but the IRN config says "
+            f"{config.backbone!r}", init_backbone_from,
+        )
+    model = IRNet(classifier["backbone"], output_stride=int(classifier["output_stride"]),
+                  dilated=classifier.get("dilated"), head_width=config.head_width)
+    model.load_backbone_from_classifier(init_backbone_from)
+    log.info("IRN backbone initialised from the classifier %s", init_backbone_from)
+    return model
+
+
+@torch.no_grad()
+def measure_mean_displacement(model: IRNet, source: Any, ids: Sequence[str], *, device: torch.device,
+                              config: IrnConfig, progress: bool = False) -> torch.Tensor:
+    """Mean (dy, dx) of the raw displacement over ``ids`` (IRN stores it in ``mean_shift``)."""
+    was_training = model.training
+    model.eval()
+    saved = model.mean_shift.running_mean.clone()
+    model.mean_shift.running_mean.zero_()
+    try:
+        means = []
+        for image_id in tqdm(ids, desc="mean shift", disable=not progress, leave=False):
+            tensor = to_chw_tensor(normalize(source.load_image(image_id), config.mean, config.std))
+            _, displacement = model(tensor[None].to(device))
+            means.append(displacement.float().mean(dim=(0, 2, 3)))
+        return torch.stack(means).mean(0) if means else torch.zeros(2, device=device)
+    finally:
+        model.mean_shift.running_mean.copy_(saved)
+        model.train(was_training)
+
+
+def train_irn(
+    dataset: Any,
+    ir_label_dir: str | os.PathLike,
+    config: IrnConfig | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    out: str | os.PathLike | None = None,
+    init_backbone_from: str | os.PathLike | None = None,
+    progress: bool = True,
+    seed: int | None = None,
+    max_steps: int | None = None,
+) -> IrnTrainResult:
+    """Train IRN's boundary and displacement branches on IR labels.
+
+    Args:
+        dataset: training images (``ids``, ``load_image``; ``num_classes`` and ``image_size`` or
+            ``image_path`` for checks).
+        ir_label_dir: folder of ``<id>.png`` IR labels (:func:`wsss.refine.ir_labels.make_ir_labels`).
+        config: the recipe (default: IRN's).
+        device: where to train.
+        out: checkpoint path, written atomically at the end.
+        init_backbone_from: a CAM-classifier checkpoint whose backbone IRN uses (the benchmark's
+            stand-in for IRN's ImageNet backbone); ``None`` uses ``config.weights``.
+        progress: show tqdm bars.
+        seed: overrides ``config.seed``.
+        max_steps: stop after this many updates (the schedule still spans all epochs); for tests.
+
+    Returns:
+        An :class:`IrnTrainResult`.
+
+    Raises:
+        DataError: a missing, mis-sized or out-of-range IR label (naming the file).
+        ConfigError: fewer images than a batch, or backbone mismatches.
+    """
+    config = config or IrnConfig()
+    if seed is not None:
+        config = config.replace(seed=int(seed))
+    device = resolve_device(device)
+    seed_everything(config.seed)
+
+    data = IrnTrainingDataset(dataset, ir_label_dir, config)
+    if len(data) < config.batch_size:
+        raise ConfigError(f"the training set has {len(data)} images, fewer than one batch of {config.batch_size}")
+    if config.crop_size % LABEL_STRIDE:
+        raise ConfigError(f"crop_size must be a multiple of {LABEL_STRIDE}, got {config.crop_size}")
+    data.check()
+    model = build_irn(config, init_backbone_from).to(device)
+    loss_fn = AffinityDisplacementLoss(config.radius)
+
+    num_workers = (os.cpu_count() or 2) // 2 if config.num_workers is None else config.num_workers
+    loader = DataLoader(
+        data, batch_size=config.batch_size, shuffle=True, drop_last=True,  # IRN: drop_last=True
+        num_workers=num_workers, pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed), persistent_workers=num_workers > 0,
+    )
+    steps_per_epoch = len(data) // config.batch_size
+    total_steps = steps_per_epoch * config.epochs  # IRN: (len(train) // batch) * epochs
+    edge_params, displacement_params = model.parameter_groups()
+    optimizer = build_sgd(
+        [(edge_params, 1.0), (displacement_params, config.displacement_lr_mult)], config.lr,
+        weight_decay=config.weight_decay, momentum=config.momentum, nesterov=config.nesterov,
+        reference_momentum_quirk=config.reference_momentum_quirk,
+    )
+    scheduler = poly_lr_scheduler(optimizer, total_steps, config.poly_power)
+    log.info("training IRN (%s) on %d images for %d steps on %s", model.backbone.name, len(data),
+             total_steps, device)
+
+    result = IrnTrainResult(model=model)
+    step = 0
+    stop = total_steps if max_steps is None else min(total_steps, int(max_steps))
+    for epoch in range(config.epochs):
+        if step >= stop:
+            break
+        model.train()
+        started = time.perf_counter()
+        sums: dict[str, float] = {}
+        count = 0
+        bar = tqdm(loader, desc=f"irn epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+        for batch in bar:
+            images = batch["image"].to(device, non_blocking=True)
+            labels = batch["label"].to(device, non_blocking=True)
+            edge, displacement = model(images)
+            losses = loss_fn(edge, displacement, labels)
+            optimizer.zero_grad(set_to_none=True)
+            losses.total.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            count += 1
+            for name, value in losses.as_dict().items():
+                sums[name] = sums.get(name, 0.0) + value
+            bar.set_postfix(loss=f"{losses.total.item():.4f}")
+            if step >= stop:
+                break
+        seconds = time.perf_counter() - started
+        result.seconds += seconds
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": step,
+                                  **{k: v / max(count, 1) for k, v in sums.items()},
+                                  "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
+        log.info("irn epoch %d/%d: loss %.4f (bg %.3f fg %.3f neg %.3f dp_fg %.3f dp_bg %.3f) %.1f s",
+                 epoch + 1, config.epochs, record.get("total", float("nan")), record.get("bg_pos", 0),
+                 record.get("fg_pos", 0), record.get("neg", 0), record.get("dp_fg", 0),
+                 record.get("dp_bg", 0), seconds)
+        result.history.append(record)
+
+    ids = data.ids if config.mean_shift_images is None else data.ids[: config.mean_shift_images]
+    shift = measure_mean_displacement(model, dataset, ids, device=device, config=config, progress=progress)
+    model.mean_shift.running_mean.copy_(shift.to(model.mean_shift.running_mean))
+    model.eval()
+    if out is not None:
+        model.save(out, extra={"recipe": config.to_dict(), "history": result.history,
+                               "train_seconds": result.seconds,
+                               "init_backbone_from": None if init_backbone_from is None else str(init_backbone_from)})
+        result.checkpoint = Path(out)
+        log.info("saved %s", out)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Boundary maps per image
+
+EDGE_SUFFIX = ".npz"
+
+
+def save_edges(path: str | os.PathLike, edge: np.ndarray, displacement: np.ndarray | None = None) -> None:
+    """Write ``edge`` (h, w) and optionally ``displacement`` (2, h, w) as float16, atomically."""
+    arrays = {"edge": np.asarray(edge, dtype=np.float16)}
+    if displacement is not None:
+        arrays["displacement"] = np.asarray(displacement, dtype=np.float16)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    write_bytes(path, buffer.getvalue())
+
+
+def load_edges(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a file of :func:`save_edges`: ``edge`` float32 (h, w), ``displacement`` or None.
+
+    Raises:
+        DataError: missing or corrupt file, wrong shapes, or an edge map outside [0, 1].
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "edge" not in data.files:
+                raise DataError("not a wsss boundary-map file (needs an 'edge' array)", path)
+            edge = data["edge"].astype(np.float32)
+            displacement = data["displacement"].astype(np.float32) if "displacement" in data.files else None
+    except FileNotFoundError:
+        raise DataError("boundary-map file not found", path) from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"corrupt boundary-map file ({exc})", path) from None
+    if edge.ndim != 2:
+        raise DataError(f"edge map must be (h, w), got shape {edge.shape}", path)
+    if not np.isfinite(edge).all() or (edge.size and (edge.min() < 0 or edge.max() > 1)):
+        raise DataError("edge map must hold finite values in [0, 1]", path)
+    if displacement is not None and displacement.shape != (2, *edge.shape):
+        raise DataError(f"displacement must be (2, {edge.shape[0]}, {edge.shape[1]}), got {displacement.shape}", path)
+    return edge, displacement
+
+
+def make_edges(
+    model: IRNet,
+    dataset: Any,
+    out_dir: str | os.PathLike,
+    *,
+    device: torch.device | str = "cpu",
+    ids: Sequence[str] | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = True,
+    pad_to: int | None = None,
+    displacement: bool = True,
+    dist: DistInfo | None = None,
+    progress: bool = True,
+) -> int:
+    """Write ``<out_dir>/<id>.npz`` (edge float16 (h, w) at stride 4, displacement (2, h, w)).
+
+    Resumable (existing files are skipped) and sharded by ``RANK``/``WORLD_SIZE``. The model is
+    put in eval mode for the run and restored afterwards.
+
+    Args:
+        model: a trained :class:`~wsss.models.irn.IRNet`.
+        dataset: ``ids`` and ``load_image``.
+        out_dir: where the files go.
+        device: where to run the network.
+        ids: subset of ``dataset.ids``.
+        scales, flip, pad_to: see :func:`~wsss.models.irn.edge_and_displacement`.
+        displacement: also store the displacement field.
+        dist: this process's rank.
+        progress: show a progress bar.
+
+    Returns:
+        How many images were processed in this call.
+    """
+    out_dir = Path(out_dir)
+    device = torch.device(device)
+    ids = list(dataset.ids if ids is None else ids)
+
+    def path(image_id: str) -> Path:
+        return out_dir / f"{image_id}{EDGE_SUFFIX}"
+
+    def work(image_id: str) -> None:
+        image = dataset.load_image(image_id)
+        edge, disp = edge_and_displacement(model, image, device, scales, flip, pad_to=pad_to)
+        assert edge.shape == strided_size(*image.shape[:2])
+        save_edges(path(image_id), edge, disp if displacement else None)
+
+    was_training = model.training
+    model.eval()
+    try:
+        return run_per_image(ids, work, lambda image_id: path(image_id).is_file(), desc="edges",
+                             dist=dist, progress=progress)
+    finally:
+        model.train(was_training)
