@@ -43,14 +43,17 @@ def test_demo_on_an_existing_dataset_with_other_classes_and_size(tmp_path: Path)
                    progress=False)
     out = tmp_path / "demo"
     code = main(["demo", "--data", str(root), "--ood", str(root / "ood" / "ood.txt"), "--out", str(out),
-                 "--set", "classifier.epochs=1", "--set", "cam.scales=[1.0]"])
+                 "--set", "methods=[cam]", "--set", "classifier.epochs=1", "--set", "cam.scales=[1.0]",
+                 "--set", "irn.epochs=1", "--set", "segmentation.epochs=1"])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["dataset"]["classes"] == (root / "classes.txt").read_text().split()
     assert len(results["dataset"]["classes"]) == 4
     assert not (out / "data").exists()  # nothing generated
     config = (out / "work" / "config.yaml").read_text()
-    assert "crop_size: 96" in config  # the recipe followed the dataset's image size
+    assert config.count("crop_size: 96") == 3  # classifier, IRN and DeepLab followed the image size
+    assert results["methods"]["cam"]["final_miou"] is not None  # the whole chain ran
+    assert results["fully_supervised"]["final_miou"] is not None
 
 
 def test_run_resumes_a_killed_extraction(tmp_path: Path) -> None:
@@ -60,7 +63,8 @@ def test_run_resumes_a_killed_extraction(tmp_path: Path) -> None:
     work = tmp_path / "work"
     args = ["run", "synth/demo", "--work", str(work), "--set", f"data.root={root}",
             "--set", "classifier.epochs=1", "--set", "classifier.crop_size=64",
-            "--set", "classifier.resize_long=[56, 72]", "--set", "runtime.progress=false"]
+            "--set", "classifier.resize_long=[56, 72]", "--set", "runtime.progress=false",
+            "--set", "methods=[cam]", "--set", "until=seeds"]
     assert main(args) == 0
     store = work / "maps" / "cam"
     first = {p.name: np.load(p)["high_res"] for p in store.iterdir()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wsss.pipeline.demo import QUICK_SYNTH
+from wsss.pipeline.demo import QUICK_SEED_IMAGES, QUICK_SYNTH, SEED_IMAGES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default="synth/demo", help="recipe (default: %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe setting (repeatable)")
+    parser.add_argument("--seed-images", type=int, metavar="N",
+                        help="the first N training images get seeds, pseudo masks and the segmentation "
+                             f"network; 0 = all (default: {SEED_IMAGES}, --quick: {QUICK_SEED_IMAGES})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated set and of training")
 
 
@@ -35,5 +38,6 @@ def run(args: argparse.Namespace) -> int:
     if args.ood and not args.data:
         raise DataError("--ood goes with --data (the generated set has its own OoD images)")
     run_demo(Path(args.out), data=args.data, ood=args.ood, quick=args.quick, recipe=args.recipe,
-             overrides=args.overrides, seed=args.seed)
+             overrides=args.overrides, seed=args.seed,
+             seed_images=args.seed_images)
     return 0

@@ -24,10 +24,15 @@ def run(args: argparse.Namespace) -> int:
 
     from wsss.pipeline.recipes import Context, build_stages, load_recipe
     from wsss.pipeline.runner import Runner
+    from wsss.segmentation.train import distributed_context
 
     recipe = load_recipe(args.recipe, args.overrides)
     ctx = Context(recipe, Path(args.work))
-    results = Runner(ctx.workdir, recipe).run(build_stages(ctx))
+    # under torchrun: one process group for the whole run (barriers between stages, DDP training)
+    with distributed_context(ctx.device) as (dist, _):
+        results = Runner(ctx.workdir, recipe).run(build_stages(ctx))
+    if not dist.is_main:
+        return 0
     for name, result in results.items():
         state = "skipped (done)" if result.skipped else f"{result.seconds:.1f} s"
         print(f"{name:<24} {state}")

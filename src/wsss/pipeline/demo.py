@@ -15,13 +15,33 @@ import numpy as np
 
 from wsss.errors import DataError
 from wsss.io import image_size, read_json, write_json, write_text
-from wsss.pipeline.recipes import Context, build_stages, load_recipe, seed_summary
+from wsss.pipeline.recipes import (NEEDS_WOOD_CLASSIFIER, Context, build_stages, final_summary, load_recipe,
+                                   seed_summary)
 from wsss.pipeline.runner import Runner
 
 log = logging.getLogger(__name__)
 
 QUICK_SYNTH = {"train": 160, "val": 60, "ood": 60}
-QUICK_OVERRIDES = ("classifier.epochs=4",)
+QUICK_OVERRIDES = (  # a smoke run of every stage: fewer epochs and steps than the benchmark's recipe
+    "classifier.epochs=4", "wood.epochs=1", "advcam.iterations=8", "rib.steps=3", "irn.epochs=1",
+    "segmentation.epochs=3",
+)
+SEED_IMAGES = 200
+"""Training images that get seeds, pseudo masks and a segmentation network (the classifier sees
+them all): per-image methods (AdvCAM, RIB) cost seconds per image on a CPU."""
+QUICK_SEED_IMAGES = 40
+
+
+def seed_subset(dataset, count: int, path: Path) -> Path | None:
+    """Write the first ``count`` ids of ``dataset`` as a split file; None when that is all of them."""
+    from wsss.io import write_text
+
+    if count <= 0 or count >= len(dataset.ids):
+        return None
+    text = "\n".join(dataset.ids[:count]) + "\n"
+    if not path.exists() or path.read_text() != text:
+        write_text(path, text)
+    return path
 
 
 def prepare_data(out: Path, seed: int, quick: bool) -> tuple[Path, Path]:
@@ -41,9 +61,11 @@ def typical_long_side(dataset, sample: int = 50) -> int:
 
 
 def size_overrides(long_side: int) -> list[str]:
-    """Crop and rescale range of the synth recipe, scaled to another dataset's image size."""
+    """Crop and rescale ranges of the synth recipe, scaled to another dataset's image size."""
     low, high = round(long_side * 0.875), round(long_side * 1.125)
-    return [f"classifier.crop_size={long_side}", f"classifier.resize_long=[{low}, {high}]"]
+    return [f"classifier.crop_size={long_side}", f"classifier.resize_long=[{low}, {high}]",
+            f"rib.other_crop_size={long_side}", f"rib.other_resize_long=[{low}, {high}]",
+            f"irn.crop_size={long_side}", f"segmentation.crop_size={long_side}"]
 
 
 def _scores_from_json(result: dict[str, Any], classes: Sequence[str], name: str):
@@ -60,14 +82,17 @@ def _cell(value: float | None, threshold: float | None = None) -> str:
 
 
 def summary_table(results: dict[str, Any]) -> str:
-    header = ["method", "seed mIoU, oracle t", "seed mIoU, label-free t", "pseudo mIoU", "final mIoU", "seconds"]
+    header = ["method", "seed mIoU, oracle t", "seed mIoU, label-free t", "pseudo mIoU", "final mIoU",
+              "% of FS", "seconds"]
     rows = [header]
     for method, r in results["methods"].items():
         rows.append([method, _cell(r["seed_miou"], r["seed_threshold"]),
                      _cell(r["seed_miou_label_free"], r["seed_threshold_label_free"]),
-                     _cell(r["pseudo_miou"]), _cell(r["final_miou"]), f"{r['seconds']:.0f}"])
+                     _cell(r["pseudo_miou"]), _cell(r["final_miou"]),
+                     _cell(r.get("final_fraction_of_fully_supervised")), f"{r['seconds']:.0f}"])
     fs = results["fully_supervised"]
-    rows.append(["fully supervised", "-", "-", "-", _cell(fs.get("final_miou")), "-"])
+    rows.append(["fully supervised", "-", "-", "-", _cell(fs.get("final_miou")), "-",
+                 f"{fs['seconds']:.0f}" if fs.get("seconds") is not None else "-"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -75,7 +100,8 @@ def summary_table(results: dict[str, Any]) -> str:
 
 
 def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quick: bool = False,
-             recipe: str = "synth/demo", overrides: Sequence[str] = (), seed: int = 0) -> dict[str, Any]:
+             recipe: str = "synth/demo", overrides: Sequence[str] = (), seed: int = 0,
+             seed_images: int | None = None) -> dict[str, Any]:
     """Run the demo into ``out``; return what it writes to ``out/results.json``."""
     from wsss.data.voc import VOCDataset
     from wsss.evaluation.tables import format_table
@@ -98,37 +124,80 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
     if ood_list is not None:
         settings.append(f"data.ood_list={ood_list}")
     config = load_recipe(recipe, settings)
+    if seed_images is None:
+        seed_images = QUICK_SEED_IMAGES if quick else SEED_IMAGES
+    seed_split = f"split '{config.data.seed_split}'"
+    subset = seed_subset(VOCDataset(root, config.data.seed_split), seed_images, out / "seed_split.txt")
+    if subset is not None:
+        seed_split = f"the first {seed_images} images of {seed_split}"
+        config = load_recipe(recipe, [*settings, f"data.seed_split={subset}"])
     ctx = Context(config, out / "work")
-    stage_results = Runner(ctx.workdir, config).run(build_stages(ctx))
+    from wsss.segmentation.train import distributed_context
+
+    with distributed_context(ctx.device) as (dist_info, _):
+        stage_results = Runner(ctx.workdir, config).run(build_stages(ctx))
+    if not dist_info.is_main:
+        return {}
 
     classes = ctx.dataset(config.data.seed_split).classes
     results: dict[str, Any] = {"methods": {}, "fully_supervised": {"final_miou": None},
                                "dataset": {"root": str(root), "classes": list(classes),
-                                           "generated": data is None, "quick": quick}}
-    score_rows, curves = [], {}
+                                           "generated": data is None, "quick": quick,
+                                           "seed_images": len(ctx.dataset(config.data.seed_split))}}
+    seed_rows, pseudo_rows, final_rows, curves = [], [], [], {}
+
+    def rows_of(method: str, what: str, label: str) -> list:
+        path = ctx.eval_path(method, what)
+        if not path.is_file():
+            return []
+        return [_scores_from_json(r, classes, label) for r in read_json(path)["results"]]
+
     for method in config.methods:
         summary = seed_summary(ctx, method)
+        shared = ("classifier", "wood.classifier") if method in NEEDS_WOOD_CLASSIFIER else ("classifier",)
         seconds = sum(r.seconds for name, r in stage_results.items()
-                      if name == "classifier" or name.startswith(f"{method}."))
-        results["methods"][method] = {**summary, "pseudo_miou": None, "final_miou": None,
+                      if name in shared or name.startswith(f"{method}."))
+        results["methods"][method] = {**summary, "pseudo_miou": final_summary(ctx, method, "pseudo"),
+                                      "final_miou": final_summary(ctx, method, "final"),
                                       "seconds": round(seconds, 1)}
         report = read_json(ctx.seed_eval_path(method))
         for result in report["results"]:
             kind = "oracle" if result["threshold_uses_ground_truth"] else result["protocol"].split(" t=")[0]
-            score_rows.append(_scores_from_json(result, classes, f"{method} seed, {kind}"))
+            seed_rows.append(_scores_from_json(result, classes, f"{method}, {kind}"))
+        pseudo_rows += rows_of(method, "pseudo", method)
+        final_rows += rows_of(method, "final", method)
         sweep = report["sweep"]
         curves[method] = (np.asarray(sweep["thresholds"]), np.asarray(sweep["miou"]) / 100.0)
+    fully = final_summary(ctx, "fully_supervised", "final")
+    results["fully_supervised"] = {"final_miou": fully,
+                                   "seconds": round(sum(r.seconds for n, r in stage_results.items()
+                                                        if n.startswith("fully_supervised.")), 1)}
+    final_rows += rows_of("fully_supervised", "final", "fully supervised")
+    if fully:
+        for r in results["methods"].values():
+            r["final_fraction_of_fully_supervised"] = (round(100.0 * r["final_miou"] / fully, 1)
+                                                       if r["final_miou"] is not None else None)
     results["seconds"] = round(time.perf_counter() - start, 1)
 
     plot_sweep(curves, out / "seed_sweep.png", title="Seed mIoU against the background threshold")
     seed_set = ctx.dataset(config.data.seed_split)
     seed_grid(seed_set, {m: ctx.maps_dir(m) for m in config.methods}, seed_set.ids[:8], out / "seed_maps.png")
-    text = "\n\n".join([
+    sections = [
         summary_table(results),
-        format_table(score_rows, classes, title=f"Seeds on split '{config.data.seed_split}', per class (IoU %)"),
+        format_table(seed_rows, classes, title=f"Seeds on {seed_split}, per class (IoU %)"),
+    ]
+    if pseudo_rows:
+        sections.append(format_table(pseudo_rows, classes,
+                                     title=f"Pseudo masks (IRN random walk) on {seed_split}, per class (IoU %)"))
+    if final_rows:
+        sections.append(format_table(final_rows, classes, title=f"Segmentation on split '{config.data.val_split}', "
+                                     "trained on the pseudo masks of the same images, per class (IoU %)"))
+    sections.append(
         "Oracle: the background threshold is chosen on the ground truth (the papers' protocol). "
-        "Label-free: chosen from the maps alone. Pseudo masks and final segmentation: not implemented yet.",
-    ])
+        "Label-free: chosen from the maps alone. Pseudo masks and final segmentation use no ground "
+        "truth; the fully supervised row trains the same network on the ground-truth masks."
+    )
+    text = "\n\n".join(sections)
     write_text(out / "results.txt", text + "\n")
     write_json(out / "results.json", results)
     print(text)

@@ -1,0 +1,75 @@
+"""Recipes: which stages a method gets, in which order, with which reference defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wsss.errors import ConfigError
+from wsss.pipeline.recipes import REFINE_DEFAULTS, Context, build_stages, load_recipe
+from wsss.pipeline.runner import fingerprint
+
+ALL = "methods=[cam, advcam, rib, wood, advcam_wood]"
+
+
+def _stages(*overrides: str) -> dict:
+    recipe = load_recipe("synth/demo", ["data.root=/nowhere", "data.ood_list=/nowhere/ood.txt", *overrides])
+    return {stage.name: stage for stage in build_stages(Context(recipe, Path("work")))}
+
+
+def test_every_method_runs_the_whole_chain_in_order() -> None:
+    stages = _stages(ALL)
+    names = list(stages)
+    chain = ["maps", "seed_eval", "ir_labels", "irn", "edges", "pseudo", "pseudo_eval", "seg", "predict",
+             "final_eval"]
+    for method in ("cam", "advcam", "rib", "wood", "advcam_wood"):
+        positions = [names.index(f"{method}.{step}") for step in chain]
+        assert positions == sorted(positions)
+        assert stages[f"{method}.pseudo"].needs == (f"{method}.maps", f"{method}.edges")
+        assert stages[f"{method}.seg"].needs == (f"{method}.pseudo",)
+    # the W-OoD methods read the fine-tuned classifier, trained once
+    assert names.count("wood.classifier") == 1
+    assert stages["wood.maps"].needs == ("wood.classifier",)
+    assert stages["advcam_wood.maps"].needs == ("wood.classifier",)
+    assert stages["cam.maps"].needs == ("classifier",)
+    assert names[-3:] == ["fully_supervised.seg", "fully_supervised.predict", "fully_supervised.final_eval"]
+    # trainings that are not distributed run on rank 0; DeepLab trains on every rank (DDP)
+    assert stages["classifier"].main_only and stages["wood.classifier"].main_only and stages["cam.irn"].main_only
+    assert not stages["cam.seg"].main_only and not stages["cam.maps"].main_only
+
+
+def test_until_stops_the_chain() -> None:
+    seeds = _stages("methods=[cam]", "until=seeds")
+    assert list(seeds) == ["classifier", "cam.maps", "cam.seed_eval"]
+    pseudo = _stages("methods=[cam]", "until=pseudo")
+    assert list(pseudo)[-1] == "cam.pseudo_eval" and "fully_supervised.seg" not in pseudo
+    assert "fully_supervised.seg" not in _stages("methods=[cam]", "fully_supervised=false")
+    with pytest.raises(ConfigError, match="until"):
+        load_recipe("synth/demo", ["until=masks"])
+
+
+def test_each_method_gets_its_reference_thresholds_unless_set() -> None:
+    # The fingerprints differ between methods exactly because their reference values differ.
+    stages = _stages(ALL)
+    assert REFINE_DEFAULTS["advcam"].cam_power == 1.5 and REFINE_DEFAULTS["rib"].cam_power == 1.3
+    assert REFINE_DEFAULTS["cam"].fg_threshold == 0.30 and REFINE_DEFAULTS["cam"].bg_threshold == 0.05
+    assert stages["cam.ir_labels"].depends_on == {"fg": 0.30, "bg": 0.05, "crf": "irn"}
+    assert stages["rib.ir_labels"].depends_on == {"fg": 0.35, "bg": 0.17, "crf": "irn"}
+    assert stages["advcam.pseudo"].depends_on["cam_power"] == 1.5
+    assert stages["advcam_wood.pseudo"].depends_on["bg"] == 0.22
+    forced = _stages(ALL, "ir_labels.fg_threshold=0.4", "random_walk.cam_power=2.0")
+    assert all(forced[f"{m}.ir_labels"].depends_on["fg"] == 0.4 for m in REFINE_DEFAULTS)
+    assert all(forced[f"{m}.pseudo"].depends_on["cam_power"] == 2.0 for m in REFINE_DEFAULTS)
+    assert fingerprint(forced["cam.pseudo"].depends_on) != fingerprint(stages["cam.pseudo"].depends_on)
+
+
+def test_wood_needs_ood_images_and_bad_settings_fail_before_training() -> None:
+    with pytest.raises(ConfigError, match="ood_list"):
+        load_recipe("synth/demo", ["data.root=/nowhere", "methods=[wood]"])
+    with pytest.raises(ConfigError, match="merge"):
+        load_recipe("synth/demo", ["seg_inference.merge=median"])
+    with pytest.raises(ConfigError, match="epochs"):
+        load_recipe("synth/demo", ["methods=[cam]", "segmentation.epochs=0"])
+    with pytest.raises(ConfigError, match="rib"):
+        load_recipe("synth/demo", ["methods=[rib]", "rib.steps=0"])
