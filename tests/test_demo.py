@@ -51,7 +51,7 @@ def test_demo_on_an_existing_dataset_with_other_classes_and_size(tmp_path: Path)
     assert len(results["dataset"]["classes"]) == 4
     assert not (out / "data").exists()  # nothing generated
     config = (out / "work" / "config.yaml").read_text()
-    assert config.count("crop_size: 96") == 3  # classifier, IRN and DeepLab followed the image size
+    assert config.count("crop_size: 96") == 4  # classifier, RIB's other images, IRN, DeepLab: the image size
     assert results["methods"]["cam"]["final_miou"] is not None  # the whole chain ran
     assert results["fully_supervised"]["final_miou"] is not None
 
