@@ -24,12 +24,12 @@ def run(args: argparse.Namespace) -> int:
 
     from wsss.pipeline.recipes import Context, build_stages, load_recipe
     from wsss.pipeline.runner import Runner
-    from wsss.segmentation.train import distributed_context
+    from wsss.segmentation.train import PIPELINE_TIMEOUT, distributed_context
 
     recipe = load_recipe(args.recipe, args.overrides)
     ctx = Context(recipe, Path(args.work))
     # under torchrun: one process group for the whole run (barriers between stages, DDP training)
-    with distributed_context(ctx.device) as (dist, _):
+    with distributed_context(ctx.device, timeout=PIPELINE_TIMEOUT) as (dist, _):
         results = Runner(ctx.workdir, recipe).run(build_stages(ctx))
     if not dist.is_main:
         return 0

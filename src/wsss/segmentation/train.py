@@ -36,6 +36,8 @@ Example:
 
 from __future__ import annotations
 
+import datetime
+
 import contextlib
 import dataclasses
 import io
@@ -239,14 +241,20 @@ class SegTrainResult:
 
 
 # --------------------------------------------------------------------------------- distributed
+PIPELINE_TIMEOUT = datetime.timedelta(days=2)
+"""Collective timeout for a whole pipeline run: ranks wait at a barrier while rank 0 trains."""
+
+
 @contextlib.contextmanager
-def distributed_context(device: torch.device) -> Iterator[tuple[DistInfo, torch.device]]:
+def distributed_context(device: torch.device, timeout: datetime.timedelta | None = None
+                        ) -> Iterator[tuple[DistInfo, torch.device]]:
     """This process's place among ``torchrun`` workers, and the device it trains on.
 
     With ``WORLD_SIZE`` > 1 in the environment, joins the default process group (NCCL for CUDA,
     gloo for CPU) and leaves it on exit; a CUDA device becomes ``cuda:LOCAL_RANK``. A group the
     caller already initialised is used as it is and left alone. Without those variables: one
-    process, no group.
+    process, no group. ``timeout`` bounds collective waits (torch's default when None); a
+    pipeline whose other ranks wait while rank 0 trains a classifier needs hours.
 
     Raises:
         ConfigError: ``WORLD_SIZE`` > 1 without torchrun's rendezvous variables.
@@ -273,7 +281,8 @@ def distributed_context(device: torch.device) -> Iterator[tuple[DistInfo, torch.
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            **({} if timeout is None else {"timeout": timeout}))
     log.info("rank %d of %d joined the process group (%s) on %s",
              info.rank, info.world_size, dist.get_backend(), device)
     try:
