@@ -34,8 +34,6 @@ QUICK_SEED_IMAGES = 40
 
 def seed_subset(dataset, count: int, path: Path) -> Path | None:
     """Write the first ``count`` ids of ``dataset`` as a split file; None when that is all of them."""
-    from wsss.io import write_text
-
     if count <= 0 or count >= len(dataset.ids):
         return None
     text = "\n".join(dataset.ids[:count]) + "\n"
