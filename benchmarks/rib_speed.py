@@ -45,18 +45,12 @@ import time
 import numpy as np
 import torch
 
+# the shared helpers of the AdvCAM benchmark (this folder is on sys.path when a script runs)
+from advcam_speed import random_image, relative_difference, timed
+
 from wsss.attribution.rib import DisjointClassIndex, OtherImageBatches, RibConfig, compute_rib
 from wsss.attribution.rib_reference import reference_rib
 from wsss.models.cam_net import CamNet, load_cam_net
-
-
-def random_image(size: int, rng: np.random.Generator) -> np.ndarray:
-    """A smooth random RGB image (upsampled noise), closer to a photo than white noise."""
-    coarse = rng.integers(0, 256, size=(size // 8 + 1, size // 8 + 1, 3)).astype(np.float32)
-    image = torch.nn.functional.interpolate(torch.from_numpy(coarse).permute(2, 0, 1)[None],
-                                            size=(size, size), mode="bilinear", align_corners=False)
-    image = image[0].permute(1, 2, 0)
-    return np.clip(image.numpy() + rng.normal(0, 12, size=(size, size, 3)), 0, 255).astype(np.uint8)
 
 
 class RandomPool:
@@ -84,17 +78,6 @@ def reference_disjoint_scan(pool: RandomPool, image_id: str) -> list[str]:
     """The reference's per-image search: a Python pass over every image's labels."""
     target = set(pool.image_labels(image_id).tolist())
     return [i for i in pool.ids if not target & set(pool.image_labels(i).tolist())]
-
-
-def timed(function, count: int):
-    """``function()`` and its (wall, process CPU) seconds divided by ``count``."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = function()
-    return result, ((time.perf_counter() - wall) / count, (time.process_time() - cpu) / count)
-
-
-def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
 def main() -> None:
