@@ -42,6 +42,19 @@ def test_int_is_accepted_for_float_but_not_the_reverse() -> None:
         build(Outer, None, ["epochs=2.5"])
 
 
+def test_exponent_without_a_dot_is_a_float(tmp_path: Path) -> None:
+    # YAML 1.1 (PyYAML) reads 8e-6 as the string '8e-6'; a float setting takes it as the number
+    assert build(Outer, None, ["inner.lr=8e-6"]).inner.lr == 8e-6
+    assert build(Outer, None, ["inner.scales=[1e0, 2E+1]"]).inner.scales == (1.0, 20.0)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("inner:\n  lr: -3e-4\n")
+    assert build(Outer, recipe).inner.lr == -3e-4
+    with pytest.raises(ConfigError, match="expected a number, got '8e'"):
+        build(Outer, None, ["inner.lr=8e"])
+    with pytest.raises(ConfigError, match="expected an integer"):
+        build(Outer, None, ["epochs=1e3"])
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
