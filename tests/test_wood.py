@@ -24,6 +24,7 @@ from wsss.training.wood import (
     kmeans,
     ood_classification_loss,
     ood_climb,
+    OoDSubset,
     ood_prototypes,
     pooled_features,
     push_threshold,
@@ -349,6 +350,36 @@ def test_train_wood_is_repeatable_and_each_loss_matters(tiny_setup) -> None:
     assert not torch.equal(weight, plain)
     no_ood, _ = run(ood_weight=0.0)
     assert not torch.equal(no_ood, plain) and not torch.equal(no_ood, weight)
+
+
+def test_ood_subset_draws_distinct_images_per_seed(tiny_setup) -> None:
+    _, _, ood, _ = tiny_setup
+    subset = OoDSubset(ood, 4, seed=0)
+    assert len(subset) == 4 and len(set(subset.indices)) == 4 and subset.indices == sorted(subset.indices)
+    assert all(0 <= i < len(ood) for i in subset.indices)
+    np.testing.assert_array_equal(subset.load_image(1), ood.load_image(subset.indices[1]))
+    assert OoDSubset(ood, 4, seed=0).indices == subset.indices
+    draws = {tuple(OoDSubset(ood, 3, seed=s).indices) for s in range(8)}
+    assert len(draws) > 1  # the seed chooses the images
+    assert OoDSubset(ood, len(ood), seed=5).indices == list(range(len(ood)))
+    with pytest.raises(ConfigError, match="ood.txt.*ood_images is 7 but the OoD list has 6"):
+        OoDSubset(ood, 7)
+
+
+def test_train_wood_with_fewer_ood_images(tiny_setup, tmp_path) -> None:
+    _, dataset, ood, init = tiny_setup
+    out = tmp_path / "wood4.pt"
+    config = tiny_wood_config(ood_images=4)
+    result = train_wood(dataset, ood, config, tiny_classifier_config(), device="cpu", out=out, init=init,
+                        progress=False, seed=3)
+    extra = torch.load(out, weights_only=True)["extra"]
+    assert extra["ood_images"] == 4 and extra["wood"]["ood_images"] == 4
+    assert [sum(sizes) for sizes in extra["ood_cluster_sizes"]] == [4]  # k-means saw only the 4 images
+    full = train_wood(dataset, ood, tiny_wood_config(), tiny_classifier_config(), device="cpu", init=init,
+                      progress=False, seed=3)
+    assert not torch.equal(result.model.classifier.weight, full.model.classifier.weight)
+    with pytest.raises(ConfigError, match="wood.ood_images must be at least 1"):
+        tiny_wood_config(ood_images=0).validate()
 
 
 # --- bad input -----------------------------------------------------------------------------

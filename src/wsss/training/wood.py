@@ -127,6 +127,9 @@ class WoodConfig:
     freeze_bn: bool | None = True
     refresh_prototypes_every: int = 0  # wsss: recompute the prototypes every N epochs; 0 = never (reference)
     feature_batch_size: int = 16  # wsss: same-size images per forward when computing prototypes (speed only)
+    # wsss: use only this many of the listed OoD images, drawn with the run's seed; None = all.
+    # The |D_ood| ablation of the W-OoD supplement (Table A1) varies it.
+    ood_images: int | None = None
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on settings that cannot work."""
@@ -155,6 +158,11 @@ class WoodConfig:
             raise ConfigError(f"wood.lr must be positive, got {self.lr}")
         if self.refresh_prototypes_every < 0:
             raise ConfigError(f"wood.refresh_prototypes_every must be >= 0, got {self.refresh_prototypes_every}")
+        if self.ood_images is not None and self.ood_images < 1:
+            raise ConfigError(
+                f"wood.ood_images must be at least 1 (null = all), got {self.ood_images}; "
+                "for no OoD images use the classifier itself (method cam)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -559,6 +567,33 @@ def ood_climb(
 # --- training ------------------------------------------------------------------------------
 
 
+class OoDSubset:
+    """``count`` of the OoD images, drawn without replacement with ``seed`` (in list order).
+
+    Raises:
+        ConfigError: more images asked for than the list holds.
+    """
+
+    def __init__(self, ood: Any, count: int, seed: int = 0) -> None:
+        total = len(ood)
+        if count > total:
+            raise ConfigError(f"wood.ood_images is {count} but the OoD list has {total} images",
+                              getattr(ood, "list_file", None))
+        generator = torch.Generator().manual_seed(int(seed))
+        self.ood = ood
+        self.indices = sorted(torch.randperm(total, generator=generator)[:count].tolist())
+        self.list_file = getattr(ood, "list_file", None)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load_image(self, index: int) -> np.ndarray:
+        return self.ood.load_image(self.indices[index])
+
+    def __repr__(self) -> str:
+        return f"OoDSubset({self.ood!r}, {len(self)} images)"
+
+
 class _OoDTrainingImages(Dataset):
     """OoD images with the classifier's training augmentation, for a ``DataLoader``."""
 
@@ -642,6 +677,8 @@ def train_wood(
     device = resolve_device(device)
     if len(ood) == 0:
         raise DataError("OoD image list is empty", getattr(ood, "list_file", None))
+    if config.ood_images is not None:
+        ood = OoDSubset(ood, config.ood_images, seed)
     seed_everything(seed)
 
     num_classes, classes = _num_foreground_classes(dataset)
