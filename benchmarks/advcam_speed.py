@@ -83,6 +83,23 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
+def benchmark_net(checkpoint: str | None, num_classes: int, positive_classifier: bool = False) -> CamNet:
+    """A trained classifier, or the synth recipe's architecture (``resnet18_w16``, output stride
+    8) with random weights and random but non-trivial BatchNorm, as a trained net has; with
+    ``positive_classifier`` the class weights get a positive mean so every class has a map."""
+    if checkpoint:
+        return load_cam_net(checkpoint)
+    net = CamNet("resnet18_w16", num_classes, output_stride=8, freeze_bn=False, frozen_stages=0)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.running_mean.uniform_(-0.2, 0.2)
+        if positive_classifier:
+            net.classifier.weight.normal_(0.05, 0.1)
+    return net
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 320], help="image sizes (square)")
@@ -103,14 +120,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    if args.checkpoint:
-        net = load_cam_net(args.checkpoint)
-    else:
-        net = CamNet("resnet18_w16", args.num_classes, output_stride=8, freeze_bn=False, frozen_stages=0)
-        for module in net.modules():  # random but non-trivial BatchNorm, as a trained net has
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.weight.data.uniform_(0.5, 1.5)
-                module.running_mean.uniform_(-0.2, 0.2)
+    net = benchmark_net(args.checkpoint, args.num_classes)
     # the reference's Net.train() (called by its model.eval()) freezes conv1 and bn1; every other
     # parameter gets a gradient in both of its backward passes
     net.backbone.conv1.requires_grad_(False)

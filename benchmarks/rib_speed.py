@@ -46,11 +46,10 @@ import numpy as np
 import torch
 
 # the shared helpers of the AdvCAM benchmark (this folder is on sys.path when a script runs)
-from advcam_speed import random_image, relative_difference, timed
+from advcam_speed import benchmark_net, random_image, relative_difference, timed
 
 from wsss.attribution.rib import DisjointClassIndex, OtherImageBatches, RibConfig, compute_rib
 from wsss.attribution.rib_reference import reference_rib
-from wsss.models.cam_net import CamNet, load_cam_net
 
 
 class RandomPool:
@@ -103,17 +102,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    if args.checkpoint:
-        net = load_cam_net(args.checkpoint)
-    else:
-        net = CamNet("resnet18_w16", args.num_classes, output_stride=8, freeze_bn=False, frozen_stages=0)
-        with torch.no_grad():
-            for module in net.modules():  # random but non-trivial BatchNorm, as a trained net has
-                if isinstance(module, torch.nn.BatchNorm2d):
-                    module.weight.uniform_(0.5, 1.5)
-                    module.running_mean.uniform_(-0.2, 0.2)
-            net.classifier.weight.normal_(0.05, 0.1)
-    net.eval()
+    net = benchmark_net(args.checkpoint, args.num_classes, positive_classifier=True).eval()
     crop = args.crop or args.size
     config = RibConfig(steps=args.steps, batch_size=args.batch, margin=args.margin, lr=args.lr,
                        explode_ratio=args.explode_ratio,
