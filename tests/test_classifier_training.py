@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsss.data.transforms import ClassificationDataset, TrainTransform, random_crop
+from wsss.data.transforms import ClassificationDataset, TrainTransform, random_crop, random_crop_arrays
 from wsss.errors import ConfigError
 from wsss.models.cam_net import load_cam_net
 from wsss.training.classifier import (
@@ -109,6 +109,21 @@ def test_random_crop_pads_or_crops_each_axis() -> None:
     window = out[rows[0]:rows[0] + 6, :, 0]
     first_column = int(window[0, 0] - 1)
     np.testing.assert_array_equal(window, image[:, first_column:first_column + 10, 0])
+
+
+def test_random_crop_arrays_cut_one_window_with_their_own_fills() -> None:
+    image = np.arange(6 * 20 * 3, dtype=np.float32).reshape(6, 20, 3) + 1
+    label = (np.arange(6 * 20).reshape(6, 20) % 7).astype(np.uint8)
+    crop, label_crop = random_crop_arrays([image, label], [0.0, 255], 10, np.random.default_rng(4))
+    np.testing.assert_array_equal(crop, random_crop(image, 10, np.random.default_rng(4)))  # same draws
+    assert crop.shape == (10, 10, 3) and label_crop.shape == (10, 10) and label_crop.dtype == np.uint8
+    inside = crop[:, :, 0] != 0
+    assert inside.sum() == 60 and (label_crop[~inside] == 255).all()
+    # every kept pixel keeps its label: recover each pixel's source position from the image values
+    flat = (crop[inside][:, 0] - 1).astype(int) // 3
+    np.testing.assert_array_equal(label_crop[inside], label.reshape(-1)[flat])
+    with pytest.raises(ValueError, match="sizes differ"):
+        random_crop_arrays([image, label[:5]], [0.0, 255], 10, np.random.default_rng(0))
 
 
 def test_train_transform_is_reproducible_and_normalised() -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "TrainTransform",
     "normalize",
     "random_crop",
+    "random_crop_arrays",
     "resize_image",
     "to_chw_tensor",
 ]
@@ -82,8 +83,14 @@ def random_crop(image: np.ndarray, crop_size: int, rng: np.random.Generator,
     As IRN: each axis independently either crops a random window of the image (image larger)
     or places the whole image at a random offset in the window (image smaller).
     """
-    height, width = image.shape[:2]
-    out = np.full((crop_size, crop_size, *image.shape[2:]), fill, dtype=image.dtype)
+    return random_crop_arrays([image], [fill], crop_size, rng)[0]
+
+
+def random_crop_arrays(arrays: Sequence[np.ndarray], fills: Sequence[float], crop_size: int,
+                       rng: np.random.Generator) -> list[np.ndarray]:
+    """:func:`random_crop` of same-size arrays (an image and its label map) with one window;
+    ``fills[i]`` pads ``arrays[i]``. Draws from ``rng`` exactly as one :func:`random_crop`."""
+    height, width = arrays[0].shape[:2]
 
     def window(length: int) -> tuple[int, int, int]:
         # (offset in output, offset in image, extent)
@@ -93,8 +100,14 @@ def random_crop(image: np.ndarray, crop_size: int, rng: np.random.Generator,
 
     out_top, img_top, h = window(height)
     out_left, img_left, w = window(width)
-    out[out_top:out_top + h, out_left:out_left + w] = image[img_top:img_top + h, img_left:img_left + w]
-    return out
+    crops = []
+    for array, fill in zip(arrays, fills, strict=True):
+        if array.shape[:2] != (height, width):
+            raise ValueError(f"random_crop_arrays: sizes differ, {array.shape[:2]} and {(height, width)}")
+        out = np.full((crop_size, crop_size, *array.shape[2:]), fill, dtype=array.dtype)
+        out[out_top:out_top + h, out_left:out_left + w] = array[img_top:img_top + h, img_left:img_left + w]
+        crops.append(out)
+    return crops
 
 
 @dataclass

@@ -35,7 +35,7 @@ from wsss.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     normalize,
-    random_crop,
+    random_crop_arrays,
     resize_image,
     scaled_size,
     to_chw_tensor,
@@ -212,11 +212,7 @@ class SegmentationTransform:
             image, mask = image[:, ::-1], mask[:, ::-1]
         array = normalize(image, self.mean, self.std)
         if self.crop_size is not None:
-            # The same window in both: replay the generator's state for the second crop.
-            state = rng.bit_generator.state
-            array = random_crop(array, self.crop_size, rng, fill=0.0)
-            rng.bit_generator.state = state
-            mask = random_crop(mask, self.crop_size, rng, fill=IGNORE_INDEX)
+            array, mask = random_crop_arrays([array, mask], [0.0, IGNORE_INDEX], self.crop_size, rng)
         return to_chw_tensor(array), torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
 
 

@@ -52,7 +52,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, resize_image, scaled_size, to_chw_tensor
+from wsss.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, normalize, random_crop_arrays, resize_image,
+                                  scaled_size, to_chw_tensor)
 from wsss.errors import ConfigError, DataError
 from wsss.io import image_size, read_label_png, write_bytes
 from wsss.maps import strided_size
@@ -290,25 +291,6 @@ def downsample_label(label: np.ndarray, stride: int = LABEL_STRIDE) -> np.ndarra
     return np.asarray(Image.fromarray(label).resize((size[1], size[0]), Image.NEAREST))
 
 
-def _crop_pair(image: np.ndarray, label: np.ndarray, crop_size: int, rng: np.random.Generator
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """One random ``crop_size`` window for both (IRN ``random_crop``): pad 0 / 255 where smaller."""
-    height, width = label.shape
-    out_image = np.zeros((crop_size, crop_size, image.shape[2]), dtype=image.dtype)
-    out_label = np.full((crop_size, crop_size), IGNORE_INDEX, dtype=label.dtype)
-
-    def window(length: int) -> tuple[int, int, int]:
-        if length > crop_size:
-            return 0, int(rng.integers(0, length - crop_size + 1)), crop_size
-        return int(rng.integers(0, crop_size - length + 1)), 0, length
-
-    out_top, top, h = window(height)
-    out_left, left, w = window(width)
-    out_image[out_top:out_top + h, out_left:out_left + w] = image[top:top + h, left:left + w]
-    out_label[out_top:out_top + h, out_left:out_left + w] = label[top:top + h, left:left + w]
-    return out_image, out_label
-
-
 class IrnTrainingDataset(Dataset):
     """Augmented (image, stride-4 IR label) pairs for IRN training.
 
@@ -387,7 +369,9 @@ class IrnTrainingDataset(Dataset):
         if config.hflip and rng.random() < 0.5:
             image, label = image[:, ::-1], label[:, ::-1]
         array = normalize(np.ascontiguousarray(image), config.mean, config.std)
-        array, label = _crop_pair(array, np.ascontiguousarray(label), config.crop_size, rng)
+        # IRN random_crop: one window for both, padded 0 / 255 where smaller
+        array, label = random_crop_arrays([array, np.ascontiguousarray(label)], [0.0, IGNORE_INDEX],
+                                          config.crop_size, rng)
         return array, downsample_label(label)
 
     def __len__(self) -> int:
