@@ -33,7 +33,7 @@ from wsss.errors import ConfigError, DataError
 from wsss.maps import MapStore
 from wsss.models.backbones import Bottleneck, ResNet
 from wsss.models.cam_net import CamNet
-from wsss.pipeline.stages import DistInfo
+from wsss.runtime import DistInfo
 
 torch.set_num_threads(1)
 
@@ -282,7 +282,7 @@ def test_bad_input_is_a_clear_error(net64: CamNet) -> None:
         compute_advcam(net64, _image(), [], where="img7.jpg")
     with pytest.raises(ConfigError, match=r"class id\(s\) \[4\] outside 1\.\.3"):
         compute_advcam(net64, _image(), [1, 4])
-    with pytest.raises(ConfigError, match=r"unknown AdvCAM setting\(s\) \['iteration'\]"):
+    with pytest.raises(ConfigError, match=r"unknown AdvCAM option\(s\): iteration"):
         compute_advcam(net64, _image(), [1], iteration=3)
     with pytest.raises(ConfigError, match="advcam.scales must be positive"):
         compute_advcam(net64, _image(), [1], scales=(1.0, 0.0))

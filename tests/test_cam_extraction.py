@@ -21,7 +21,7 @@ from wsss.attribution.cam import (
 from wsss.errors import ConfigError, DataError
 from wsss.maps import MapStore
 from wsss.models.cam_net import CamNet
-from wsss.pipeline.stages import DistInfo
+from wsss.runtime import DistInfo
 
 torch.set_num_threads(1)
 

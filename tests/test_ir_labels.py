@@ -13,7 +13,7 @@ from wsss.data.voc import VOCDataset
 from wsss.errors import ConfigError, DataError
 from wsss.io import read_label_png
 from wsss.maps import LocalizationMaps, MapStore
-from wsss.pipeline.stages import DistInfo
+from wsss.runtime import DistInfo
 from wsss.refine.crf import CrfParams
 from wsss.refine.ir_labels import (
     IR_LABEL_THRESHOLDS,

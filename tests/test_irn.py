@@ -14,8 +14,8 @@ from wsss.errors import ConfigError, DataError
 from wsss.io import write_label_png
 from wsss.models.cam_net import CamNet
 from wsss.models.irn import IRNet, edge_and_displacement, load_irn
-from wsss.pipeline.stages import DistInfo
-from wsss.refine.path_index import PathIndex
+from wsss.runtime import DistInfo
+from wsss.models.path_index import PathIndex
 from wsss.training.irn import (
     AffinityDisplacementLoss,
     IrnConfig,

@@ -1,4 +1,4 @@
-"""wsss.refine.path_index: IRN's search offsets, paths, and the max of the boundary map along them."""
+"""wsss.models.path_index: IRN's search offsets, paths, and the max of the boundary map along them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsss.refine.path_index import PathIndex, max_along_paths, pair_indices
+from wsss.models.path_index import PathIndex, max_along_paths, pair_indices
 
 
 def disc_without_origin(radius: int) -> set[tuple[int, int]]:

@@ -4,7 +4,7 @@ import pytest
 
 from wsss.io import write_text
 from wsss.pipeline.runner import Runner, Stage
-from wsss.pipeline.stages import DistInfo, dist_info_from_env, run_per_image, shard
+from wsss.runtime import DistInfo, dist_info_from_env, run_per_image, shard
 
 
 def test_shard_covers_every_id_once() -> None:

@@ -33,7 +33,7 @@ from wsss.attribution.rib_reference import reference_gndrp, reference_rib
 from wsss.errors import ConfigError, DataError
 from wsss.maps import MapStore
 from wsss.models.cam_net import CamNet
-from wsss.pipeline.stages import DistInfo
+from wsss.runtime import DistInfo
 
 torch.set_num_threads(1)
 

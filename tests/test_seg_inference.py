@@ -13,7 +13,7 @@ from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss.errors import ConfigError
 from wsss.io import read_label_png
 from wsss.models.deeplab import create_segmentation_model
-from wsss.pipeline.stages import DistInfo
+from wsss.runtime import DistInfo
 from wsss.segmentation.inference import predict, predict_dataset, predict_logits, predict_probs
 
 CPU = torch.device("cpu")

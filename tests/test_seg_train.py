@@ -21,12 +21,12 @@ from torch.utils.data import DistributedSampler
 
 from wsss.data.voc import VOCDataset
 from wsss.errors import ConfigError, DataError
+from wsss.runtime import distributed_context
 from wsss.segmentation.data import MaskSource, SegmentationTrainDataset, SegmentationTransform
 from wsss.segmentation.train import (
     CHECKPOINT_FORMAT,
     SegTrainConfig,
     _EpochBatches,
-    distributed_context,
     load_trained_model,
     read_training_checkpoint,
     seg_recipe,

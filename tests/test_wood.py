@@ -16,10 +16,10 @@ from wsss.data.voc import VOCDataset
 from wsss.errors import ConfigError, DataError
 from wsss.models.cam_net import load_cam_net, load_cam_net_for
 from wsss.training.classifier import classifier_recipe, train_classifier
+from wsss.models.climbing import climb_step
 from wsss.training.wood import (
     WoodConfig,
     class_prototypes,
-    climb_step,
     distance_loss,
     kmeans,
     ood_classification_loss,

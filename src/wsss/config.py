@@ -196,3 +196,33 @@ def build(cls: type[T], recipe: str | Path | dict[str, Any] | None = None,
 
 def dump_yaml(config: Any) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def replace_fields(config: T, changes: dict[str, Any], what: str) -> T:
+    """A copy of the dataclass ``config`` with ``changes``.
+
+    Raises:
+        ConfigError: a key that is not a field ("unknown <what> option(s): ...").
+    """
+    known = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} option(s): {', '.join(unknown)}")
+    return dataclasses.replace(config, **changes)
+
+
+RUN_ONLY = "run_only"
+"""Field metadata key: the setting changes speed or memory, not results (``run_only_field``)."""
+
+
+def run_only_field(default: Any) -> Any:
+    """A dataclass field whose value changes how a result is computed, not the result itself
+    (batching, workers, checkpoint interval): stages leave it out of their fingerprint, and a
+    resumed training may change it."""
+    return dataclasses.field(default=default, metadata={RUN_ONLY: True})
+
+
+def result_settings(config: Any) -> dict[str, Any]:
+    """``to_dict(config)`` without its run-only fields (see :func:`run_only_field`)."""
+    return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)
+            if not f.metadata.get(RUN_ONLY)}

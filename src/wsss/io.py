@@ -25,6 +25,9 @@ from wsss.errors import DataError
 
 PathLike = str | os.PathLike
 
+IGNORE_INDEX = 255
+"""The label of pixels that no loss or score counts (VOC's object borders, unsure pseudo labels)."""
+
 
 @contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:

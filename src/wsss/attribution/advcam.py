@@ -42,7 +42,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -53,7 +52,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from tqdm import tqdm
 
 from wsss.attribution.cam import (
     CAM_SCALES,
@@ -66,10 +64,12 @@ from wsss.attribution.cam import (
     multiscale_inputs,
     normalise_maps,
 )
+from wsss.config import replace_fields
 from wsss.errors import ConfigError
 from wsss.io import image_size
 from wsss.maps import MapStore
-from wsss.pipeline.stages import DistInfo, dist_info_from_env, shard
+from wsss.models.climbing import climb_step
+from wsss.runtime import DistInfo, run_per_image_batched
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,6 @@ __all__ = [
     "AdvCamConfig",
     "adversarial_climb",
     "attribution_maps",
-    "climb_step",
     "climbing_copy",
     "compute_advcam",
     "compute_advcam_batch",
@@ -87,7 +86,6 @@ __all__ = [
 ]
 
 GAP2D_POS_EPS = 1e-12  # reference misc/torchutils.gap2d_pos: sum / (count of positives + 1e-12)
-GRAD_NORM_EPS = 1e-12  # reference adv_climb: g / (max|g| + 1e-12)
 
 
 @dataclass
@@ -259,26 +257,13 @@ def adversarial_climb(
         drift = ((regions - initial).abs() * mask).sum(dim=(-2, -1))
         objective = (class_margin - mask_weight * drift).sum()
         (gradient,) = torch.autograd.grad(objective, image)
-        image = climb_step(image.detach(), gradient, step_size)
+        image = climb_step(image.detach(), gradient, step_size, "image", bounds="image")
     return accumulated
-
-
-def climb_step(image: torch.Tensor, gradient: torch.Tensor, step_size: float) -> torch.Tensor:
-    """``clamp(x + xi g / (max|g| + 1e-12), min x, max x)`` with max, min and max over each
-    trajectory's whole (B, 3, h, w) pair (dims 1..4 of ``image``)."""
-    dims = tuple(range(1, image.dim()))
-    norm = gradient.abs().amax(dim=dims, keepdim=True)
-    stepped = image + step_size * (gradient / (norm + GRAD_NORM_EPS))
-    return torch.clamp(stepped, image.amin(dim=dims, keepdim=True), image.amax(dim=dims, keepdim=True))
 
 
 def resolve_config(config: AdvCamConfig | None, settings: dict) -> AdvCamConfig:
     """``config`` (default: the reference's) with keyword ``settings`` replacing fields, validated."""
-    config = config or AdvCamConfig()
-    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(AdvCamConfig)})
-    if unknown:
-        raise ConfigError(f"unknown AdvCAM setting(s) {unknown}")
-    config = dataclasses.replace(config, **settings)
+    config = replace_fields(config or AdvCamConfig(), settings, "AdvCAM")
     config.validate()
     return config
 
@@ -392,7 +377,7 @@ def make_advcams(
     """Write AdvCAM maps for every image of ``source`` into a :class:`~wsss.maps.MapStore`.
 
     Resumable (images already in the store are skipped; a killed run loses at most one batch) and
-    sharded by ``RANK``/``WORLD_SIZE`` (or ``dist``), as :func:`~wsss.pipeline.stages.run_per_image`.
+    sharded by ``RANK``/``WORLD_SIZE`` (or ``dist``), as :func:`~wsss.runtime.run_per_image`.
     Same-size images are batched ``config.images_per_batch`` at a time. The climbing runs on an
     eval-mode copy of ``model``; ``model`` itself is not modified.
 
@@ -419,14 +404,6 @@ def make_advcams(
             f"the dataset has {len(classes) - 1} foreground classes, the classifier {model.num_classes}"
         )
     device = torch.device(device)
-    dist = dist or dist_info_from_env()
-    mine = shard(ids, dist.rank, dist.world_size)
-    todo = [image_id for image_id in mine if not store.has(image_id)]
-    if len(mine) > len(todo):
-        log.info("advcam: %d of %d already done, resuming", len(mine) - len(todo), len(mine))
-    if not todo:
-        return 0
-
     def where(image_id: str):
         return source.image_path(image_id) if hasattr(source, "image_path") else image_id
 
@@ -435,17 +412,21 @@ def make_advcams(
             return image_size(source.image_path(image_id))
         return source.load_image(image_id).shape[:2]
 
-    net = climbing_copy(model)
-    with tqdm(total=len(todo), desc="advcam", disable=not progress, leave=False) as bar:
-        for group in _size_groups(todo, size_of, config.images_per_batch):
-            images = [source.load_image(image_id) for image_id in group]
-            keys = [check_keys(_image_keys(source, i), net.num_classes, where(i)) for i in group]
-            sizes = {image.shape[:2] for image in images}
-            if len(sizes) > 1:  # a header that disagrees with the pixels: fall back to one by one
-                results = [_climb_images(net, [im], [k], config, device)[0] for im, k in zip(images, keys)]
-            else:
-                results = _climb_images(net, images, keys, config, device)
-            for image_id, result in zip(group, results):
-                store.save(image_id, result.to_maps())
-                bar.update()
-    return len(todo)
+    nets: list[nn.Module] = []  # the climbing copy, made once there is work to do
+
+    def work(group: list[str]) -> None:
+        if not nets:
+            nets.append(climbing_copy(model))
+        net = nets[0]
+        images = [source.load_image(image_id) for image_id in group]
+        keys = [check_keys(_image_keys(source, i), net.num_classes, where(i)) for i in group]
+        if len({image.shape[:2] for image in images}) > 1:  # a header that disagrees with the pixels
+            results = [_climb_images(net, [im], [k], config, device)[0] for im, k in zip(images, keys)]
+        else:
+            results = _climb_images(net, images, keys, config, device)
+        for image_id, result in zip(group, results):
+            store.save(image_id, result.to_maps())
+
+    return run_per_image_batched(ids, work, store.has,
+                                 lambda todo: _size_groups(todo, size_of, config.images_per_batch),
+                                 desc="advcam", dist=dist, progress=progress)

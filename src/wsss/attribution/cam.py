@@ -39,7 +39,7 @@ from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, resize_
 from wsss.errors import ConfigError, DataError
 from wsss.maps import LocalizationMaps, MapStore, strided_size
 from wsss.models.cam_net import CamNet
-from wsss.pipeline.stages import DistInfo, run_per_image
+from wsss.runtime import DistInfo, eval_mode, run_per_image
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +260,5 @@ def make_cams(
                              device=device, scales=scales, flip=flip, where=where)
         store.save(image_id, result.to_maps())
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return run_per_image(ids, work, store.has, desc="cam", dist=dist, progress=progress)
-    finally:
-        model.train(was_training)

@@ -74,7 +74,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -101,9 +100,10 @@ from wsss.attribution.cam import (
     normalise_maps,
 )
 from wsss.data.transforms import TrainTransform
+from wsss.config import replace_fields
 from wsss.errors import ConfigError, DataError
 from wsss.maps import MapStore
-from wsss.pipeline.stages import DistInfo, run_per_image
+from wsss.runtime import DistInfo, eval_mode, run_per_image
 from wsss.training.schedule import build_sgd, poly_lr_scheduler
 
 log = logging.getLogger(__name__)
@@ -192,11 +192,7 @@ class RibConfig:
 
 def resolve_config(config: RibConfig | None, settings: dict) -> RibConfig:
     """``config`` (default: the reference's) with keyword ``settings`` replacing fields, validated."""
-    config = config or RibConfig()
-    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(RibConfig)})
-    if unknown:
-        raise ConfigError(f"unknown RIB setting(s) {unknown}")
-    config = dataclasses.replace(config, **settings)
+    config = replace_fields(config or RibConfig(), settings, "RIB")
     config.validate()
     return config
 
@@ -662,7 +658,7 @@ def make_ribs(
     Other images are drawn from all of ``pool``'s images (default: ``source``'s; the reference
     takes targets and other images from the same train_aug list). Resumable and sharded by
     ``RANK``/``WORLD_SIZE`` (or ``dist``) through
-    :func:`~wsss.pipeline.stages.run_per_image`; the other images of an image depend only on
+    :func:`~wsss.runtime.run_per_image`; the other images of an image depend only on
     ``seed`` and its id, so the maps do not depend on sharding or resuming. The model is switched
     to eval mode for the run and back afterwards, and is otherwise not modified.
 
@@ -720,12 +716,8 @@ def make_ribs(
         stops[result.stop] = stops.get(result.stop, 0) + 1
         store.save(image_id, result.to_maps())
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         done = run_per_image(targets, work, store.has, desc="rib", dist=dist, progress=progress)
-    finally:
-        model.train(was_training)
     if done:  # every image exploding at step 1, or stopping on the margin at step 0, is worth seeing
         ended = ", ".join(f"{reason}: {count}" for reason, count in sorted(stops.items()))
         log.info("rib: %d images; ended by %s", done, ended)

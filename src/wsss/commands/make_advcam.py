@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from wsss.attribution.advcam import make_advcams, resolve_config
     from wsss.data.voc import VOCDataset
     from wsss.models.cam_net import load_cam_net_for
-    from wsss.training.classifier import resolve_device
+    from wsss.runtime import resolve_device
 
     config = resolve_config(None, settings_from_args(args))
     device = resolve_device(args.device)

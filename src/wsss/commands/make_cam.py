@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from wsss.data.voc import VOCDataset
     from wsss.errors import ConfigError
     from wsss.models.cam_net import load_cam_net_for
-    from wsss.training.classifier import resolve_device
+    from wsss.runtime import resolve_device
 
     scales = tuple(args.scales) if args.scales else CAM_SCALES
     if any(s <= 0 for s in scales):

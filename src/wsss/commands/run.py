@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     from wsss.pipeline.recipes import Context, build_stages, load_recipe
     from wsss.pipeline.runner import Runner
-    from wsss.segmentation.train import PIPELINE_TIMEOUT, distributed_context
+    from wsss.runtime import PIPELINE_TIMEOUT, distributed_context
 
     recipe = load_recipe(args.recipe, args.overrides)
     ctx = Context(recipe, Path(args.work))

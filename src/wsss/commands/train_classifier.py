@@ -42,7 +42,8 @@ def build_config(recipe: str, weights: str | None, overrides: list[str]):
 
 def run(args: argparse.Namespace) -> int:
     from wsss.data.voc import VOCDataset
-    from wsss.training.classifier import resolve_device, train_classifier
+    from wsss.runtime import resolve_device
+    from wsss.training.classifier import train_classifier
 
     config = build_config(args.recipe, args.weights, args.overrides)
     if config.weights is None and config.frozen_stages > 0:

@@ -28,11 +28,10 @@ from pycocotools.coco import COCO
 from tqdm import tqdm
 
 from wsss.errors import DataError
-from wsss.io import PathLike, image_size, read_image, read_json, voc_palette
+from wsss.io import IGNORE_INDEX, PathLike, image_size, read_image, read_json, voc_palette
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = 255
 
 
 def _decode(rle: dict[str, Any]) -> np.ndarray:

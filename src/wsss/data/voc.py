@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from wsss.data.labels import LABEL_FILE_NAME, ImageLabelFile, read_image_labels
 from wsss.errors import ConfigError, DataError
-from wsss.io import PathLike, image_size, read_image, read_label_png, voc_palette
+from wsss.io import IGNORE_INDEX, PathLike, image_size, read_image, read_label_png, voc_palette
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,6 @@ VOC_CLASSES: tuple[str, ...] = (
     "train",
     "tvmonitor",
 )
-IGNORE_INDEX = 255
 CLASSES_FILE_NAME = "classes.txt"
 IMAGE_FOLDER = "JPEGImages"
 MASK_FOLDERS = ("SegmentationClass", "SegmentationClassAug")

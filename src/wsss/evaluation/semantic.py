@@ -25,11 +25,10 @@ import numpy as np
 from tqdm import tqdm
 
 from wsss.errors import ConfigError, DataError
-from wsss.io import read_label_png
+from wsss.io import IGNORE_INDEX, read_label_png
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = 255
 UNLABELLED_MODES = ("background", "exclude")
 MISSING_SHOWN = 3  # ids listed in a "predictions missing" error
 

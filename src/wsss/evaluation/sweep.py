@@ -33,13 +33,13 @@ from tqdm import tqdm
 
 from wsss.errors import ConfigError, DataError
 from wsss.evaluation.semantic import (
-    IGNORE_INDEX,
     GroundTruth,
     SegmentationScores,
     check_pair,
     mean_iou,
     require_predictions,
 )
+from wsss.io import IGNORE_INDEX
 from wsss.maps import SUFFIX, LocalizationMaps, MapStore
 
 log = logging.getLogger(__name__)

@@ -130,7 +130,7 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
         seed_split = f"the first {seed_images} images of {seed_split}"
         config = load_recipe(recipe, [*settings, f"data.seed_split={subset}"])
     ctx = Context(config, out / "work")
-    from wsss.segmentation.train import PIPELINE_TIMEOUT, distributed_context
+    from wsss.runtime import PIPELINE_TIMEOUT, distributed_context
 
     with distributed_context(ctx.device, timeout=PIPELINE_TIMEOUT) as (dist_info, _):
         stage_results = Runner(ctx.workdir, config).run(build_stages(ctx))

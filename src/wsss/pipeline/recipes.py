@@ -212,7 +212,7 @@ class Context:
 
     @property
     def device(self):
-        from wsss.training.classifier import resolve_device
+        from wsss.runtime import resolve_device
 
         return resolve_device(self.recipe.runtime.device)
 

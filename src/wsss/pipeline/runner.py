@@ -6,7 +6,7 @@ the configuration its result depends on (``depends_on``), and how to clear a sta
 holding a fingerprint of its configuration chained with the fingerprints of the stages before
 it. On the next run a stage whose marker matches is skipped; one whose configuration (or an
 upstream stage's) changed is cleared and run again. Per-image stages also resume inside
-themselves (see :func:`wsss.pipeline.stages.run_per_image`), so a killed run loses at most the
+themselves (see :func:`wsss.runtime.run_per_image`), so a killed run loses at most the
 image it was working on.
 
 Under ``torchrun`` every rank runs every stage (per-image stages shard their ids by rank); the
@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from wsss.config import dump_yaml, to_dict
 from wsss.io import read_json, write_json, write_text
-from wsss.pipeline.stages import DistInfo, dist_info_from_env
+from wsss.runtime import DistInfo, barrier, dist_info_from_env
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +35,6 @@ def fingerprint(value: Any) -> str:
     """A stable short hash of a JSON-able value (dataclasses allowed)."""
     text = json.dumps(to_dict(value), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def barrier() -> None:
-    """Wait for all ranks when torch.distributed is initialised; otherwise do nothing."""
-    try:
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 @dataclass

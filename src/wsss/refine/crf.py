@@ -23,9 +23,8 @@ each named after the code it comes from. Energies in the usual notation::
 (pydensecrf's ``compat`` is the Potts weight w; ``sxy``/``srgb`` the standard deviations theta.)
 No preset rescales ``sxy`` with the image size: IRN, DeepLab and BANA use fixed pixel units.
 
-Per-image CRF work is CPU-bound and single-threaded, so :func:`run_per_image_parallel` runs a
-per-image stage in worker processes (``spawn``-safe), keeping :func:`~wsss.pipeline.stages.
-run_per_image`'s sharding and resuming.
+Per-image CRF work is CPU-bound and single-threaded: stages run it in worker processes with
+:func:`wsss.runtime.run_per_image_parallel`.
 
 Example:
     >>> q = dense_crf(image, probs, "deeplab")              # (C, H, W) float32, sums to 1
@@ -35,18 +34,14 @@ Example:
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, fields
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
-from tqdm import tqdm
 
+from wsss.config import replace_fields
 from wsss.errors import ConfigError, DataError
-from wsss.pipeline.stages import DistInfo, dist_info_from_env, run_per_image, shard
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +51,6 @@ __all__ = [
     "crf_from_labels",
     "crf_params",
     "dense_crf",
-    "run_per_image_parallel",
 ]
 
 UNARY_CLIP = 1e-5  # pydensecrf.utils.unary_from_softmax default clip, used by DeepLab's CRF
@@ -94,13 +88,7 @@ class CrfParams:
 
     def replace(self, **changes: Any) -> "CrfParams":
         """A copy with ``changes``; unknown keys are a :class:`ConfigError`."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise ConfigError(f"unknown CRF option(s): {', '.join(unknown)}")
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values.update(changes)
-        return CrfParams(**values)
+        return replace_fields(self, changes, "CRF")
 
 
 CRF_PRESETS: dict[str, CrfParams] = {
@@ -256,87 +244,3 @@ def crf_from_labels(
     unary = np.full((n_labels, labels.size), other, dtype=np.float32)
     unary[labels.reshape(-1).astype(np.intp), np.arange(labels.size)] = -np.log(gt_prob)
     return _inference(image, unary, params).argmax(axis=0).astype(np.int64)
-
-
-# --------------------------------------------------------------------------------------------
-# Running a per-image stage in worker processes
-
-_WORKER_FUNCTION: Callable[[str], object] | None = None
-
-
-def _init_worker(work: Callable[[str], object]) -> None:
-    global _WORKER_FUNCTION
-    _WORKER_FUNCTION = work
-    # Each worker runs one image at a time on one core; torch, if the work uses it, should not
-    # start a thread per core in every worker.
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
-
-
-def _call_worker(image_id: str) -> str:
-    assert _WORKER_FUNCTION is not None
-    _WORKER_FUNCTION(image_id)
-    return image_id
-
-
-def run_per_image_parallel(
-    ids: Sequence[str],
-    work: Callable[[str], object],
-    is_done: Callable[[str], bool],
-    *,
-    workers: int = 0,
-    desc: str = "images",
-    dist: DistInfo | None = None,
-    progress: bool = True,
-) -> int:
-    """:func:`~wsss.pipeline.stages.run_per_image` with the work spread over processes.
-
-    This rank's shard of ``ids`` is computed and finished ids are skipped exactly as in
-    ``run_per_image``; the rest go to a pool of ``workers`` processes started with ``spawn``
-    (safe with torch and threads, and the same on every OS; a script calling this needs the
-    usual ``if __name__ == "__main__":`` guard). ``work`` is pickled once per worker, so it
-    must be a module-level function or a picklable callable object (e.g. a
-    ``functools.partial`` of one) whose state (dataset, paths, settings) pickles. Each call must
-    write its output atomically, as in ``run_per_image``; an error in any worker stops the run
-    and is raised here (outputs already written stay, so a rerun resumes).
-
-    Args:
-        ids: all image ids of the stage.
-        work: ``work(image_id)``, writing one output.
-        is_done: ``is_done(image_id)``, whether that output exists.
-        workers: number of processes; 0 runs in this process (no pickling needed).
-        desc: progress-bar label.
-        dist: this process's rank (default: from ``RANK``/``WORLD_SIZE``).
-        progress: show a progress bar.
-
-    Returns:
-        How many images were processed in this call.
-    """
-    workers = int(workers)
-    if workers < 0:
-        raise ConfigError(f"workers must be >= 0, got {workers}")
-    if workers == 0:
-        return run_per_image(ids, work, is_done, desc=desc, dist=dist, progress=progress)
-    dist = dist or dist_info_from_env()
-    mine = shard(ids, dist.rank, dist.world_size)
-    todo = [image_id for image_id in mine if not is_done(image_id)]
-    if len(mine) > len(todo):
-        log.info("%s: %d of %d already done, resuming", desc, len(mine) - len(todo), len(mine))
-    if not todo:
-        return 0
-    context = multiprocessing.get_context("spawn")
-    # concurrent.futures rather than multiprocessing.Pool: a worker that dies (e.g. a script
-    # without an ``if __name__ == "__main__":`` guard, which spawn re-imports) fails the run with
-    # BrokenProcessPool instead of hanging forever.
-    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_init_worker,
-                             initargs=(work,)) as pool:
-        futures = [pool.submit(_call_worker, image_id) for image_id in todo]
-        try:
-            for future in tqdm(as_completed(futures), total=len(todo), desc=desc,
-                               disable=not progress, leave=False):
-                future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-    return len(todo)

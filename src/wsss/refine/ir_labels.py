@@ -34,15 +34,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from wsss.errors import ConfigError, DataError
-from wsss.io import write_label_png
+from wsss.io import IGNORE_INDEX, write_label_png
 from wsss.maps import LocalizationMaps, MapStore
-from wsss.pipeline.stages import DistInfo
-from wsss.refine.crf import CrfParams, crf_from_labels, crf_params, run_per_image_parallel
+from wsss.refine.crf import CrfParams, crf_from_labels, crf_params
+from wsss.runtime import DistInfo, run_per_image_parallel
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "IGNORE_INDEX",
     "IR_LABEL_THRESHOLDS",
     "confident_labels",
     "ir_label_thresholds",
@@ -50,7 +49,6 @@ __all__ = [
     "make_ir_labels",
 ]
 
-IGNORE_INDEX = 255
 
 IR_LABEL_THRESHOLDS: dict[str, tuple[float, float]] = {
     "irn": (0.30, 0.05),  # IRN run_sample.py --conf_fg_thres / --conf_bg_thres

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from wsss.errors import ConfigError, DataError
 from wsss.io import image_size, write_label_png
 from wsss.maps import MapStore
-from wsss.pipeline.stages import DistInfo, run_per_image
+from wsss.runtime import DistInfo, run_per_image
 from wsss.refine.random_walk import BETA, BG_THRESHOLD, EXP_TIMES, RADIUS, propagate_to_labels
 
 

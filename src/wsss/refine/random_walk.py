@@ -5,7 +5,7 @@ Inter-pixel Relation Network (Ahn, Cho & Kwak, CVPR 2019, Sec. 3.3; reference
 spreads the stride-4 localization maps over regions bounded by the predicted class boundaries B:
 
 * affinity ``a_ij = 1 - max_{k in path(i, j)} B(k)`` for every pair of pixels within the radius
-  (:mod:`wsss.refine.path_index`), in both directions, and ``a_ii = 1`` (self-loops);
+  (:mod:`wsss.models.path_index`), in both directions, and ``a_ii = 1`` (self-loops);
 * ``A = a ** beta`` and the transition matrix ``T = A D^-1`` with ``D = diag(sum_i A_ij)``
   (IRN divides each column by its sum);
 * the maps, multiplied by ``1 - B``, walk ``t = 2 ** exp_times`` steps: ``v T^t``.
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from wsss.errors import DataError
-from wsss.refine.path_index import PathIndex, max_along_paths, pair_indices
+from wsss.models.path_index import PathIndex, max_along_paths, pair_indices
 
 # Defaults of IRN's make_sem_seg_labels: beta 10, exp_times 8 (256 steps), radius 5 at inference.
 BETA = 10.0

@@ -40,9 +40,9 @@ from wsss.data.transforms import (
     scaled_size,
     to_chw_tensor,
 )
-from wsss.data.voc import IGNORE_INDEX, MASK_FOLDERS, VOCDataset
+from wsss.data.voc import MASK_FOLDERS, VOCDataset
 from wsss.errors import DataError
-from wsss.io import read_label_png
+from wsss.io import IGNORE_INDEX, read_label_png
 
 log = logging.getLogger(__name__)
 

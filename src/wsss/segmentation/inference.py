@@ -34,7 +34,7 @@ from torch import nn
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, scaled_size, to_chw_tensor
 from wsss.errors import ConfigError
 from wsss.io import voc_palette, write_label_png
-from wsss.pipeline.stages import DistInfo, run_per_image
+from wsss.runtime import DistInfo, eval_mode, run_per_image
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def predict_dataset(
     """Predict every image of ``dataset`` and write ``out_dir/<id>.png`` palette label maps.
 
     Resumable (images whose PNG exists are skipped; PNGs are written atomically) and sharded by
-    ``RANK``/``WORLD_SIZE`` through :func:`wsss.pipeline.stages.run_per_image`. The model is put
+    ``RANK``/``WORLD_SIZE`` through :func:`wsss.runtime.run_per_image`. The model is put
     in eval mode for the run and restored afterwards.
 
     Args:
@@ -245,10 +245,6 @@ def predict_dataset(
                          merge=merge, mean=mean, std=std, crf=crf, where=where)
         write_label_png(output(image_id), labels, palette)
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return run_per_image(ids, work, lambda i: output(i).is_file(), desc="predict", dist=dist,
                              progress=progress)
-    finally:
-        model.train(was_training)

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from wsss.errors import ConfigError
+from wsss.io import IGNORE_INDEX
 
 __all__ = [
     "BalancedCrossEntropy",
@@ -60,7 +61,6 @@ __all__ = [
     "reliable_regions",
 ]
 
-IGNORE_INDEX = 255
 NAL_DAMPING = 7.0  # BANA configs/stage3_vgg.yml MODEL.DAMP; supplement Fig. 1: gamma = 7
 UNRELIABLE_WEIGHT = 0.1  # BANA MODEL.LAMBDA; supplement Eqs. 5 and 8: lambda = 0.1 for all three
 _EPS = 1e-12

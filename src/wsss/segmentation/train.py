@@ -36,9 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import datetime
-
-import contextlib
 import dataclasses
 import io
 import logging
@@ -59,13 +56,12 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from wsss import io as wio
-from wsss.config import dump_yaml
+from wsss.config import replace_fields, dump_yaml
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss.data.voc import VOCDataset
 from wsss.errors import ConfigError, DataError
-from wsss.pipeline.stages import DistInfo, dist_info_from_env
+from wsss.runtime import DistInfo, barrier, distributed_context, mean_over_processes, resolve_device, seed_everything
 from wsss.segmentation.data import MaskSource, SegmentationTrainDataset, SegmentationTransform
-from wsss.training.classifier import resolve_device, seed_everything
 from wsss.training.schedule import build_sgd, poly_lr_scheduler
 
 log = logging.getLogger(__name__)
@@ -76,7 +72,6 @@ __all__ = [
     "RECIPES",
     "SegTrainConfig",
     "SegTrainResult",
-    "distributed_context",
     "load_trained_model",
     "read_training_checkpoint",
     "seg_recipe",
@@ -140,11 +135,7 @@ class SegTrainConfig:
 
     def replace(self, **changes: Any) -> "SegTrainConfig":
         """A copy with ``changes``; unknown keys are a :class:`ConfigError`."""
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise ConfigError(f"unknown segmentation-training option(s): {', '.join(unknown)}")
-        return dataclasses.replace(self, **changes)
+        return replace_fields(self, changes, "segmentation-training")
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid option."""
@@ -238,70 +229,6 @@ class SegTrainResult:
     model_path: Path | None = None
     resumed_from: int = 0
     world_size: int = 1
-
-
-# --------------------------------------------------------------------------------- distributed
-PIPELINE_TIMEOUT = datetime.timedelta(days=2)
-"""Collective timeout for a whole pipeline run: ranks wait at a barrier while rank 0 trains."""
-
-
-@contextlib.contextmanager
-def distributed_context(device: torch.device, timeout: datetime.timedelta | None = None
-                        ) -> Iterator[tuple[DistInfo, torch.device]]:
-    """This process's place among ``torchrun`` workers, and the device it trains on.
-
-    With ``WORLD_SIZE`` > 1 in the environment, joins the default process group (NCCL for CUDA,
-    gloo for CPU) and leaves it on exit; a CUDA device becomes ``cuda:LOCAL_RANK``. A group the
-    caller already initialised is used as it is and left alone. Without those variables: one
-    process, no group. ``timeout`` bounds collective waits (torch's default when None); a
-    pipeline whose other ranks wait while rank 0 trains a classifier needs hours.
-
-    Raises:
-        ConfigError: ``WORLD_SIZE`` > 1 without torchrun's rendezvous variables.
-    """
-    if dist.is_available() and dist.is_initialized():
-        info = DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                        local_rank=dist_info_from_env().local_rank)
-        if device.type == "cuda":
-            device = torch.device("cuda", info.local_rank)
-        yield info, device
-        return
-    try:
-        info = dist_info_from_env()
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if info.world_size == 1:
-        yield info, device
-        return
-    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
-    if missing:
-        verb = "is" if len(missing) == 1 else "are"
-        raise ConfigError(f"WORLD_SIZE={info.world_size} is set but {' and '.join(missing)} {verb} not "
-                          "set: launch distributed training with torchrun")
-    if device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                            **({} if timeout is None else {"timeout": timeout}))
-    log.info("rank %d of %d joined the process group (%s) on %s",
-             info.rank, info.world_size, dist.get_backend(), device)
-    try:
-        yield info, device
-    finally:
-        dist.destroy_process_group()
-
-
-def _barrier(world_size: int) -> None:
-    if world_size > 1:
-        dist.barrier()
-
-
-def _mean_over_processes(value: torch.Tensor, world_size: int) -> float:
-    if world_size > 1:
-        value = value.detach().clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        value /= world_size
-    return float(value.item())
 
 
 class _EpochBatches(Sampler):
@@ -746,7 +673,7 @@ def _train(dataset: VOCDataset, masks: str | os.PathLike | MaskSource | None, co
                 scaler.update()
                 scheduler.step()
                 iteration += 1
-                loss_value = _mean_over_processes(loss.detach(), world)
+                loss_value = mean_over_processes(loss.detach(), world)
                 if not math.isfinite(loss_value):
                     raise FloatingPointError(
                         f"segmentation training diverged: loss {loss_value} at iteration {iteration} "
@@ -773,6 +700,6 @@ def _train(dataset: VOCDataset, masks: str | os.PathLike | MaskSource | None, co
             "model_config": _plain(getattr(model, "config", None) or {}), "model": model.state_dict(),
         })
         log.info("trained %d iterations in %.1f s; saved %s", iteration - start, seconds, model_path)
-    _barrier(world)  # every process returns once model.pt exists
+    barrier()  # every process returns once model.pt exists
     return SegTrainResult(model=model, iterations=iteration, history=history, seconds=seconds,
                           out_dir=out_dir, model_path=model_path, resumed_from=start, world_size=world)

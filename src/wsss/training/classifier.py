@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +32,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from wsss.data.transforms import ClassificationDataset, EvalTransform, ImageLabelSource, TrainTransform
+from wsss.config import replace_fields
 from wsss.errors import ConfigError
 from wsss.models.cam_net import CamNet
+from wsss.runtime import eval_mode, resolve_device, seed_everything
 from wsss.training.schedule import build_sgd, poly_lr_scheduler
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,6 @@ __all__ = [
     "classifier_recipe",
     "evaluate_classifier",
     "predict_logits",
-    "resolve_device",
-    "seed_everything",
     "train_classifier",
 ]
 
@@ -88,11 +87,7 @@ class ClassifierConfig:
 
     def replace(self, **changes: Any) -> "ClassifierConfig":
         """A copy with ``changes``; unknown keys are a :class:`ConfigError`."""
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise ConfigError(f"unknown classifier option(s): {', '.join(unknown)}")
-        return dataclasses.replace(self, **changes)
+        return replace_fields(self, changes, "classifier")
 
 
 def irn_recipe() -> ClassifierConfig:
@@ -140,28 +135,6 @@ def classifier_recipe(name: str) -> ClassifierConfig:
         return RECIPES[name]()
     except KeyError:
         raise ConfigError(f"unknown classifier recipe {name!r}; known: {', '.join(sorted(RECIPES))}") from None
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices): the one place seeds are set."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"``/``None`` -> CUDA if available else CPU; otherwise ``torch.device(name)``."""
-    if isinstance(name, torch.device):
-        return name
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"invalid device {name!r} ({exc})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available")
-    return device
 
 
 @dataclass
@@ -224,8 +197,6 @@ def predict_logits(
     """
     ids = list(source.ids if ids is None else ids)
     transform = transform or EvalTransform()
-    was_training = model.training
-    model.eval()
     logits, labels, batch = [], [], []
 
     def flush() -> None:
@@ -233,7 +204,7 @@ def predict_logits(
             logits.append(model(torch.stack(batch).to(device)).float().cpu())
             batch.clear()
 
-    try:
+    with eval_mode(model):
         for image_id in tqdm(ids, desc="classify", disable=not progress, leave=False):
             image = transform(source.load_image(image_id))
             if batch and (image.shape != batch[0].shape or len(batch) >= batch_size):
@@ -241,8 +212,6 @@ def predict_logits(
             batch.append(image)
             labels.append(np.asarray(source.label_vector(image_id), dtype=np.float32))
         flush()
-    finally:
-        model.train(was_training)
     k = model.num_classes
     return (torch.cat(logits).numpy() if logits else np.zeros((0, k), np.float32),
             np.stack(labels) if labels else np.zeros((0, k), np.float32))

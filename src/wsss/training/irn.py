@@ -2,7 +2,7 @@
 
 **Supervision.** An IR label (:mod:`wsss.refine.ir_labels`; 0 background, 1..K classes, 255
 unsure) is downsampled to stride 4 (nearest) and turned into labels of pixel pairs by the path
-index at radius 10 (:mod:`wsss.refine.path_index`): a pair is *bg-pos* when both pixels are
+index at radius 10 (:mod:`wsss.models.path_index`): a pair is *bg-pos* when both pixels are
 background, *fg-pos* when both hold the same class, *neg* when their labels differ, and is ignored
 when either is 255.
 
@@ -54,13 +54,13 @@ from tqdm import tqdm
 
 from wsss.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, normalize, random_crop_arrays, resize_image,
                                   scaled_size, to_chw_tensor)
+from wsss.config import replace_fields
 from wsss.errors import ConfigError, DataError
-from wsss.io import image_size, read_label_png, write_bytes
+from wsss.io import IGNORE_INDEX, image_size, read_label_png, write_bytes
 from wsss.maps import strided_size
 from wsss.models.irn import IRNet, edge_and_displacement
-from wsss.pipeline.stages import DistInfo, run_per_image
-from wsss.refine.path_index import PathIndex, max_along_paths, pair_indices
-from wsss.training.classifier import resolve_device, seed_everything
+from wsss.runtime import DistInfo, eval_mode, resolve_device, run_per_image, seed_everything
+from wsss.models.path_index import PathIndex, max_along_paths, pair_indices
 from wsss.training.schedule import build_sgd, poly_lr_scheduler
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,6 @@ __all__ = [
     "train_irn",
 ]
 
-IGNORE_INDEX = 255
 LABEL_STRIDE = 4  # IRN: labels rescaled by 0.25 to the network's stride-4 outputs
 EPS = 1e-5  # IRN train_irn.py / resnet50_irn.py
 
@@ -122,11 +121,7 @@ class IrnConfig:
 
     def replace(self, **changes: Any) -> "IrnConfig":
         """A copy with ``changes``; unknown keys are a :class:`ConfigError`."""
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise ConfigError(f"unknown IRN option(s): {', '.join(unknown)}")
-        return dataclasses.replace(self, **changes)
+        return replace_fields(self, changes, "IRN")
 
 
 def irn_recipe_default() -> IrnConfig:
@@ -187,7 +182,7 @@ def pair_labels(labels: torch.Tensor, index: PathIndex) -> tuple[torch.Tensor, t
         index: the path index.
 
     Returns:
-        Three float32 tensors (B, D, h', w') in the grid of :func:`~wsss.refine.path_index.
+        Three float32 tensors (B, D, h', w') in the grid of :func:`~wsss.models.path_index.
         max_along_paths`: both background; same foreground class; different labels. Pairs
         touching 255 are 0 in all three.
     """
@@ -438,20 +433,18 @@ def build_irn(config: IrnConfig, init_backbone_from: str | os.PathLike | None = 
 def measure_mean_displacement(model: IRNet, source: Any, ids: Sequence[str], *, device: torch.device,
                               config: IrnConfig, progress: bool = False) -> torch.Tensor:
     """Mean (dy, dx) of the raw displacement over ``ids`` (IRN stores it in ``mean_shift``)."""
-    was_training = model.training
-    model.eval()
     saved = model.mean_shift.running_mean.clone()
     model.mean_shift.running_mean.zero_()
     try:
-        means = []
-        for image_id in tqdm(ids, desc="mean shift", disable=not progress, leave=False):
-            tensor = to_chw_tensor(normalize(source.load_image(image_id), config.mean, config.std))
-            _, displacement = model(tensor[None].to(device))
-            means.append(displacement.float().mean(dim=(0, 2, 3)))
-        return torch.stack(means).mean(0) if means else torch.zeros(2, device=device)
+        with eval_mode(model):
+            means = []
+            for image_id in tqdm(ids, desc="mean shift", disable=not progress, leave=False):
+                tensor = to_chw_tensor(normalize(source.load_image(image_id), config.mean, config.std))
+                _, displacement = model(tensor[None].to(device))
+                means.append(displacement.float().mean(dim=(0, 2, 3)))
+            return torch.stack(means).mean(0) if means else torch.zeros(2, device=device)
     finally:
         model.mean_shift.running_mean.copy_(saved)
-        model.train(was_training)
 
 
 def train_irn(
@@ -660,10 +653,6 @@ def make_edges(
         assert edge.shape == strided_size(*image.shape[:2])
         save_edges(path(image_id), edge, disp if displacement else None)
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return run_per_image(ids, work, lambda image_id: path(image_id).is_file(), desc="edges",
                              dist=dist, progress=progress)
-    finally:
-        model.train(was_training)

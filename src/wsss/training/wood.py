@@ -66,15 +66,16 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from wsss.data.transforms import ClassificationDataset, EvalTransform, ImageLabelSource, TrainTransform
+from wsss.config import replace_fields
 from wsss.errors import ConfigError, DataError
 from wsss.models.cam_net import CamNet, load_cam_net
+from wsss.models.climbing import climb_step
+from wsss.runtime import eval_mode, resolve_device, seed_everything
 from wsss.training.classifier import (
     ClassifierConfig,
     TrainResult,
     _num_foreground_classes,
     evaluate_classifier,
-    resolve_device,
-    seed_everything,
 )
 from wsss.training.schedule import build_sgd, poly_lr_scheduler
 
@@ -84,7 +85,6 @@ __all__ = [
     "WOOD_RECIPES",
     "WoodConfig",
     "class_prototypes",
-    "climb_step",
     "distance_loss",
     "feature_distances",
     "kmeans",
@@ -96,9 +96,6 @@ __all__ = [
     "train_wood",
     "wood_recipe",
 ]
-
-# Added to the largest gradient magnitude before dividing by it (reference adv_climb).
-_CLIMB_EPS = 1e-12
 
 
 @dataclass
@@ -169,11 +166,7 @@ class WoodConfig:
 
     def replace(self, **changes: Any) -> "WoodConfig":
         """A copy with ``changes``; unknown keys are a :class:`ConfigError`."""
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise ConfigError(f"unknown wood option(s): {', '.join(unknown)}")
-        return dataclasses.replace(self, **changes)
+        return replace_fields(self, changes, "wood")
 
 
 def reference_recipe() -> WoodConfig:
@@ -318,8 +311,6 @@ def pooled_features(
     Consecutive images of equal size (after ``transform``) share a forward pass.
     """
     transform = transform or EvalTransform()
-    was_training = model.training
-    model.eval()
     pooled: list[torch.Tensor] = []
     batch: list[torch.Tensor] = []
 
@@ -328,15 +319,13 @@ def pooled_features(
             pooled.append(_pool(model, torch.stack(batch).to(device)).float().cpu())
             batch.clear()
 
-    try:
+    with eval_mode(model):
         for image in tqdm(images, total=total, desc=desc, disable=not progress, leave=False):
             tensor = transform(image)
             if batch and (tensor.shape != batch[0].shape or len(batch) >= batch_size):
                 flush()
             batch.append(tensor)
         flush()
-    finally:
-        model.train(was_training)
     if not pooled:
         return torch.zeros((0, model.backbone.out_channels))
     return torch.cat(pooled)
@@ -512,32 +501,6 @@ def ood_classification_loss(
     if keep is not None:
         per_image = per_image * keep.to(per_image.dtype)
     return per_image.sum() / (float(logits.shape[0]) if normaliser is None else float(normaliser))
-
-
-def climb_step(
-    images: torch.Tensor,
-    gradient: torch.Tensor,
-    step_size: float,
-    normalisation: Literal["batch", "image", "sign"] = "batch",
-    bounds: tuple[float, float] | None = None,
-) -> torch.Tensor:
-    """One step up the gradient, ``x + step_size * direction``, clamped to ``bounds``.
-
-    ``direction`` is ``g / (max|g| + 1e-12)`` with the max over the whole batch (``"batch"``,
-    the reference's ``adv_climb``) or over each image (``"image"``), or ``sign(g)``. ``bounds``
-    defaults to the batch's (min, max), as the reference clamps to the range of the data.
-    """
-    if normalisation == "batch":
-        direction = gradient / (gradient.abs().max() + _CLIMB_EPS)
-    elif normalisation == "image":
-        scale = gradient.abs().flatten(1).amax(dim=1).view(-1, *([1] * (gradient.ndim - 1)))
-        direction = gradient / (scale + _CLIMB_EPS)
-    elif normalisation == "sign":
-        direction = gradient.sign()
-    else:
-        raise ConfigError(f"unknown climb normalisation {normalisation!r}; known: batch, image, sign")
-    low, high = (float(images.min()), float(images.max())) if bounds is None else bounds
-    return (images + step_size * direction).clamp(low, high)
 
 
 def ood_climb(

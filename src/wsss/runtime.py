@@ -1,0 +1,329 @@
+"""Shared machinery of every stage: device, seeds, the torchrun process group, sharded loops.
+
+Nothing here knows about a method, a model or a dataset; every trainer, method and stage uses it:
+
+* **Device and seeds**: :func:`resolve_device` (``"auto"``: CUDA when available) and
+  :func:`seed_everything`, the one place seeds are set.
+* **Processes**: :class:`DistInfo` (this process's rank under ``torchrun``),
+  :func:`distributed_context` (joins and leaves the process group: NCCL on CUDA, gloo on CPU),
+  :func:`barrier`, :func:`mean_over_processes`.
+* **Per-image loops**: :func:`run_per_image` runs ``work(id)`` on this rank's unfinished ids
+  (:func:`shard`: every ``world_size``-th id), so a killed run resumes and ranks split the work;
+  :func:`run_per_image_batched` hands the same ids over in groups (same-size images batched on
+  one device); :func:`run_per_image_parallel` spreads them over worker processes (CPU-bound
+  work such as the dense CRF).
+* **Model mode**: :func:`eval_mode` puts a model in eval mode for a block and restores the mode
+  it had, whatever happens inside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import multiprocessing
+import os
+import random
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from wsss.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PIPELINE_TIMEOUT",
+    "DistInfo",
+    "barrier",
+    "dist_info_from_env",
+    "distributed_context",
+    "eval_mode",
+    "mean_over_processes",
+    "pending",
+    "resolve_device",
+    "run_per_image",
+    "run_per_image_batched",
+    "run_per_image_parallel",
+    "seed_everything",
+    "shard",
+]
+
+M = TypeVar("M", bound=nn.Module)
+
+
+# --------------------------------------------------------------------------------- device, seeds
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices): the one place seeds are set."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``/``None`` -> CUDA if available else CPU; otherwise ``torch.device(name)``.
+
+    Raises:
+        ConfigError: an unknown device name, or CUDA asked for where there is none.
+    """
+    if isinstance(name, torch.device):
+        return name
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"invalid device {name!r} ({exc})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+@contextlib.contextmanager
+def eval_mode(model: M) -> Iterator[M]:
+    """``model`` in eval mode for the block; its previous mode is restored on exit."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------------- processes
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits among ``torchrun`` workers (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_info_from_env(environ: dict[str, str] | None = None) -> DistInfo:
+    """Read ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` as set by ``torchrun``."""
+    env = os.environ if environ is None else environ
+    world = int(env.get("WORLD_SIZE", "1"))
+    rank = int(env.get("RANK", "0"))
+    local = int(env.get("LOCAL_RANK", str(rank)))
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"invalid RANK={rank} / WORLD_SIZE={world}")
+    return DistInfo(rank=rank, world_size=world, local_rank=local)
+
+
+PIPELINE_TIMEOUT = datetime.timedelta(days=2)
+"""Collective timeout for a whole pipeline run: ranks wait at a barrier while rank 0 trains."""
+
+
+@contextlib.contextmanager
+def distributed_context(device: torch.device, timeout: datetime.timedelta | None = None
+                        ) -> Iterator[tuple[DistInfo, torch.device]]:
+    """This process's place among ``torchrun`` workers, and the device it works on.
+
+    With ``WORLD_SIZE`` > 1 in the environment, joins the default process group (NCCL for CUDA,
+    gloo for CPU) and leaves it on exit; a CUDA device becomes ``cuda:LOCAL_RANK``. A group the
+    caller already initialised is used as it is and left alone. Without those variables: one
+    process, no group. ``timeout`` bounds collective waits (torch's default when None); a
+    pipeline whose other ranks wait while rank 0 trains a classifier needs hours
+    (:data:`PIPELINE_TIMEOUT`).
+
+    Raises:
+        ConfigError: ``WORLD_SIZE`` > 1 without torchrun's rendezvous variables.
+    """
+    if dist.is_available() and dist.is_initialized():
+        info = DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                        local_rank=dist_info_from_env().local_rank)
+        if device.type == "cuda":
+            device = torch.device("cuda", info.local_rank)
+        yield info, device
+        return
+    try:
+        info = dist_info_from_env()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if info.world_size == 1:
+        yield info, device
+        return
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise ConfigError(f"WORLD_SIZE={info.world_size} is set but {' and '.join(missing)} {verb} not "
+                          "set: launch distributed training with torchrun")
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            **({} if timeout is None else {"timeout": timeout}))
+    log.info("rank %d of %d joined the process group (%s) on %s",
+             info.rank, info.world_size, dist.get_backend(), device)
+    try:
+        yield info, device
+    finally:
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for all ranks when a process group is initialised; otherwise do nothing."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def mean_over_processes(value: torch.Tensor, world_size: int) -> float:
+    """The mean of a scalar tensor over ``world_size`` processes (itself with one)."""
+    if world_size > 1:
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= world_size
+    return float(value.item())
+
+
+# --------------------------------------------------------------------------------- per-image loops
+def shard(ids: Sequence[str], rank: int, world_size: int) -> list[str]:
+    """This rank's share of ``ids``: every ``world_size``-th id starting at ``rank``.
+
+    Strided rather than contiguous so that ranks get a similar mix of image sizes.
+    """
+    return list(ids[rank::world_size])
+
+
+def pending(ids: Sequence[str], is_done: Callable[[str], bool], *, desc: str = "images",
+            dist: DistInfo | None = None) -> list[str]:
+    """This rank's ids whose output does not exist yet (logging how many are done already)."""
+    dist = dist or dist_info_from_env()
+    mine = shard(ids, dist.rank, dist.world_size)
+    todo = [image_id for image_id in mine if not is_done(image_id)]
+    if len(mine) > len(todo):
+        log.info("%s: %d of %d already done, resuming", desc, len(mine) - len(todo), len(mine))
+    return todo
+
+
+def run_per_image(
+    ids: Sequence[str],
+    work: Callable[[str], object],
+    is_done: Callable[[str], bool],
+    *,
+    desc: str = "images",
+    dist: DistInfo | None = None,
+    progress: bool = True,
+) -> int:
+    """Run ``work`` on this rank's unfinished ids; return how many were processed now.
+
+    ``work(image_id)`` writes one output atomically and ``is_done(image_id)`` says whether it
+    exists, so a killed run loses at most the image it was working on.
+    """
+    todo = pending(ids, is_done, desc=desc, dist=dist)
+    for image_id in tqdm(todo, desc=desc, disable=not progress or not todo, leave=False):
+        work(image_id)
+    return len(todo)
+
+
+def run_per_image_batched(
+    ids: Sequence[str],
+    work: Callable[[list[str]], object],
+    is_done: Callable[[str], bool],
+    group: Callable[[list[str]], list[list[str]]],
+    *,
+    desc: str = "images",
+    dist: DistInfo | None = None,
+    progress: bool = True,
+) -> int:
+    """:func:`run_per_image` with the unfinished ids handed to ``work`` in groups.
+
+    ``group(todo)`` splits this rank's unfinished ids into the batches ``work(batch)`` takes
+    (e.g. same-size images, a few at a time); ``work`` writes one output per id, atomically, so a
+    killed run loses at most one batch.
+    """
+    todo = pending(ids, is_done, desc=desc, dist=dist)
+    with tqdm(total=len(todo), desc=desc, disable=not progress or not todo, leave=False) as bar:
+        for batch in group(todo):
+            work(batch)
+            bar.update(len(batch))
+    return len(todo)
+
+
+_WORKER_FUNCTION: Callable[[str], object] | None = None
+
+
+def _init_worker(work: Callable[[str], object]) -> None:
+    global _WORKER_FUNCTION
+    _WORKER_FUNCTION = work
+    # Each worker runs one image at a time on one core; torch, if the work uses it, should not
+    # start a thread per core in every worker.
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+def _call_worker(image_id: str) -> str:
+    assert _WORKER_FUNCTION is not None
+    _WORKER_FUNCTION(image_id)
+    return image_id
+
+
+def run_per_image_parallel(
+    ids: Sequence[str],
+    work: Callable[[str], object],
+    is_done: Callable[[str], bool],
+    *,
+    workers: int = 0,
+    desc: str = "images",
+    dist: DistInfo | None = None,
+    progress: bool = True,
+) -> int:
+    """:func:`run_per_image` with the work spread over processes.
+
+    This rank's shard of ``ids`` is computed and finished ids are skipped exactly as in
+    ``run_per_image``; the rest go to a pool of ``workers`` processes started with ``spawn``
+    (safe with torch and threads, and the same on every OS; a script calling this needs the
+    usual ``if __name__ == "__main__":`` guard). ``work`` is pickled once per worker, so it
+    must be a module-level function or a picklable callable object (e.g. a
+    ``functools.partial`` of one) whose state (dataset, paths, settings) pickles. Each call must
+    write its output atomically, as in ``run_per_image``; an error in any worker stops the run
+    and is raised here (outputs already written stay, so a rerun resumes).
+
+    Args:
+        ids: all image ids of the stage.
+        work: ``work(image_id)``, writing one output.
+        is_done: ``is_done(image_id)``, whether that output exists.
+        workers: number of processes; 0 runs in this process (no pickling needed).
+        desc: progress-bar label.
+        dist: this process's rank (default: from ``RANK``/``WORLD_SIZE``).
+        progress: show a progress bar.
+
+    Returns:
+        How many images were processed in this call.
+    """
+    workers = int(workers)
+    if workers < 0:
+        raise ConfigError(f"workers must be >= 0, got {workers}")
+    if workers == 0:
+        return run_per_image(ids, work, is_done, desc=desc, dist=dist, progress=progress)
+    todo = pending(ids, is_done, desc=desc, dist=dist)
+    if not todo:
+        return 0
+    context = multiprocessing.get_context("spawn")
+    # concurrent.futures rather than multiprocessing.Pool: a worker that dies (e.g. a script
+    # without an ``if __name__ == "__main__":`` guard, which spawn re-imports) fails the run with
+    # BrokenProcessPool instead of hanging forever.
+    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_init_worker,
+                             initargs=(work,)) as pool:
+        futures = [pool.submit(_call_worker, image_id) for image_id in todo]
+        try:
+            for future in tqdm(as_completed(futures), total=len(todo), desc=desc,
+                               disable=not progress, leave=False):
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return len(todo)
