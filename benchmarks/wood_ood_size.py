@@ -32,7 +32,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from wsss.io import read_json, write_bytes, write_json
-from wsss.pipeline.recipes import Context, build_stages, final_summary, load_recipe, seed_summary
+from wsss.methods import Context
+from wsss.pipeline.recipes import build_stages, final_summary, load_recipe, seed_summary
 from wsss.pipeline.runner import Runner
 
 
@@ -51,7 +52,7 @@ def class_scores(result: dict, index: int) -> tuple[float, float]:
 
 def method_row(ctx: Context, method: str, context_classes: list[int]) -> dict:
     summary = seed_summary(ctx, method)
-    oracle = next(r for r in read_json(ctx.seed_eval_path(method))["results"] if r["threshold_uses_ground_truth"])
+    oracle = next(r for r in read_json(ctx.eval_path(method, "seed"))["results"] if r["threshold_uses_ground_truth"])
     return {
         "seed": summary["seed_miou"], "threshold": summary["seed_threshold"], "fixed": summary["seed_miou_fixed"],
         "context": [class_scores(oracle, c) for c in context_classes],
@@ -118,7 +119,7 @@ def main() -> None:
     rows: dict[str, dict] = {}
     sizes: dict[str, int] = {}
     demo_ctx = Context(load_recipe(demo_work / "config.yaml"), demo_work)
-    if demo_ctx.seed_eval_path("cam").is_file():
+    if demo_ctx.eval_path("cam", "seed").is_file():
         rows["0 (classifier, no W-OoD)"] = method_row(demo_ctx, "cam", args.context_classes)
         sizes["0 (classifier, no W-OoD)"] = 0
     for name, overrides in runs:

@@ -355,7 +355,8 @@ def test_make_advcam_command_on_a_voc_folder(tmp_path: Path) -> None:
 
 
 def test_recipe_wires_advcam_stages() -> None:
-    from wsss.pipeline.recipes import Context, build_stages, load_recipe
+    from wsss.methods import Context
+    from wsss.pipeline.recipes import build_stages, load_recipe
 
     recipe = load_recipe("synth/demo", ["methods=[cam, advcam]", "advcam.iterations=5"])
     assert recipe.advcam.iterations == 5 and recipe.advcam.mask_weight == 7.0

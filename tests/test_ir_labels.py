@@ -14,11 +14,10 @@ from wsss.errors import ConfigError, DataError
 from wsss.io import read_label_png
 from wsss.maps import LocalizationMaps, MapStore
 from wsss.runtime import DistInfo
+from wsss.methods import get_method, registered_methods
 from wsss.refine.crf import CrfParams
 from wsss.refine.ir_labels import (
-    IR_LABEL_THRESHOLDS,
     confident_labels,
-    ir_label_thresholds,
     make_ir_label,
     make_ir_labels,
 )
@@ -67,7 +66,8 @@ def test_threshold_rule_matches_a_direct_computation() -> None:
     high_res = rng.random((3, 20, 30)).astype(np.float32) ** 2
     high_res[1, 0, :5] = 0.35  # exactly at the foreground threshold: a tie goes to background
     high_res[[0, 2], 0, :5] = 0.0
-    for fg, bg in IR_LABEL_THRESHOLDS.values():
+    # the methods' reference pairs (IRN, AdvCAM, RIB, W-OoD)
+    for fg, bg in sorted({(m.refine.fg_threshold, m.refine.bg_threshold) for m in map(get_method, registered_methods())}):
         label = make_ir_label(image, maps_of(high_res, [1, 4, 7]), fg, bg, SILENT_CRF)
         np.testing.assert_array_equal(label, direct_ir_label(high_res, [1, 4, 7], fg, bg))
     label = make_ir_label(image, maps_of(high_res, [1, 4, 7]), 0.35, 0.15, SILENT_CRF)
@@ -114,11 +114,6 @@ def test_bad_maps_and_settings() -> None:
         make_ir_label(image, maps_of(np.full((2, 24, 64), 0.5), [2, 2]), 0.3, 0.05)
     with pytest.raises(ConfigError, match="must not exceed"):
         make_ir_label(image, maps_of(np.full((1, 24, 64), 0.5), [2]), 0.05, 0.3)
-    assert ir_label_thresholds("advcam") == (0.35, 0.15)
-    assert ir_label_thresholds("irn") == (0.30, 0.05)
-    assert ir_label_thresholds("rib") == (0.35, 0.17)
-    with pytest.raises(ConfigError, match="unknown IR-label thresholds"):
-        ir_label_thresholds("psa")
 
 
 def _write_mask_maps(dataset: VOCDataset, directory: Path) -> MapStore:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from wsss.errors import ConfigError
-from wsss.pipeline.recipes import REFINE_DEFAULTS, Context, build_stages, load_recipe
+from wsss.methods import Context, get_method, registered_methods
+from wsss.pipeline.recipes import build_stages, load_recipe
 from wsss.pipeline.runner import fingerprint
 
 ALL = "methods=[cam, advcam, rib, wood, advcam_wood]"
@@ -52,15 +53,15 @@ def test_until_stops_the_chain() -> None:
 def test_each_method_gets_its_reference_thresholds_unless_set() -> None:
     # The fingerprints differ between methods exactly because their reference values differ.
     stages = _stages(ALL)
-    assert REFINE_DEFAULTS["advcam"].cam_power == 1.5 and REFINE_DEFAULTS["rib"].cam_power == 1.3
-    assert REFINE_DEFAULTS["cam"].fg_threshold == 0.30 and REFINE_DEFAULTS["cam"].bg_threshold == 0.05
+    assert get_method("advcam").refine.cam_power == 1.5 and get_method("rib").refine.cam_power == 1.3
+    assert get_method("cam").refine.fg_threshold == 0.30 and get_method("cam").refine.bg_threshold == 0.05
     assert stages["cam.ir_labels"].depends_on == {"fg": 0.30, "bg": 0.05, "crf": "irn"}
     assert stages["rib.ir_labels"].depends_on == {"fg": 0.35, "bg": 0.17, "crf": "irn"}
     assert stages["advcam.pseudo"].depends_on["cam_power"] == 1.5
     assert stages["advcam_wood.pseudo"].depends_on["bg"] == 0.22
     forced = _stages(ALL, "ir_labels.fg_threshold=0.4", "random_walk.cam_power=2.0")
-    assert all(forced[f"{m}.ir_labels"].depends_on["fg"] == 0.4 for m in REFINE_DEFAULTS)
-    assert all(forced[f"{m}.pseudo"].depends_on["cam_power"] == 2.0 for m in REFINE_DEFAULTS)
+    assert all(forced[f"{m}.ir_labels"].depends_on["fg"] == 0.4 for m in registered_methods())
+    assert all(forced[f"{m}.pseudo"].depends_on["cam_power"] == 2.0 for m in registered_methods())
     assert fingerprint(forced["cam.pseudo"].depends_on) != fingerprint(stages["cam.pseudo"].depends_on)
 
 
@@ -73,3 +74,49 @@ def test_wood_needs_ood_images_and_bad_settings_fail_before_training() -> None:
         load_recipe("synth/demo", ["methods=[cam]", "segmentation.epochs=0"])
     with pytest.raises(ConfigError, match="rib"):
         load_recipe("synth/demo", ["methods=[rib]", "rib.steps=0"])
+
+
+def test_an_unknown_method_is_an_error_listing_the_registered_ones() -> None:
+    with pytest.raises(ConfigError, match=r"unknown method 'camm'; registered: cam, advcam, rib, wood, advcam_wood"):
+        load_recipe("synth/demo", ["methods=[camm]"])
+    with pytest.raises(ConfigError, match="unknown method"):
+        get_method("bana")
+
+
+def test_a_registered_method_adds_its_section_and_stages() -> None:
+    """One module and its registration are all a method needs (the worked example of docs/design.md)."""
+    import dataclasses
+
+    from wsss.methods import base
+    from wsss.methods.chain import image_level_chain
+    from wsss.methods.base import Method, RefineDefaults, Stage, register, remover
+
+    @dataclasses.dataclass
+    class BlurConfig:
+        sigma: float = 2.0
+
+    class BlurCam(Method):
+        name = "blurcam"
+        sections = {"blurcam": BlurConfig}
+        refine = RefineDefaults(0.3, 0.05, 1.0, 0.25, "a test")
+
+        def stages(self, ctx: Context) -> list[Stage]:
+            maps = Stage("blurcam.maps", run=lambda: None, needs=("classifier",),
+                         clear=remover(ctx.maps_dir(self.name)), depends_on=ctx.recipe.blurcam.sigma)
+            return image_level_chain(ctx, self.name, maps, self.refine)
+
+    register(BlurCam)
+    try:
+        from wsss.pipeline import recipes
+
+        recipe = recipes.build(recipes._recipe_class(), None, ["methods=[blurcam, cam]", "blurcam.sigma=3",
+                                                                "data.root=/nowhere"])
+        assert recipe.blurcam.sigma == 3.0
+        names = [stage.name for stage in build_stages(Context(recipe, Path("work")))]
+        assert names[:3] == ["classifier", "blurcam.maps", "blurcam.seed_eval"]
+        assert names.count("classifier") == 1 and "cam.maps" in names and "blurcam.pseudo" in names
+        with pytest.raises(ValueError, match="section 'cam'"):
+            register(type("Clash", (Method,), {"name": "clash", "sections": {"cam": BlurConfig}}))
+    finally:
+        base._REGISTRY.pop("blurcam", None)
+        base._REGISTRY.pop("clash", None)

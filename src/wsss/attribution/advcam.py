@@ -64,7 +64,7 @@ from wsss.attribution.cam import (
     multiscale_inputs,
     normalise_maps,
 )
-from wsss.config import replace_fields
+from wsss.config import replace_fields, run_only_field
 from wsss.errors import ConfigError
 from wsss.io import image_size
 from wsss.maps import MapStore
@@ -100,8 +100,8 @@ class AdvCamConfig:
     flip: bool = True  # reference: every scale with its horizontal flip
     half_iteration_scales: tuple[float, ...] = (0.5,)  # reference: scale 0.5 gets adv_iter // 2 steps
     reference_scale_weight: bool = False  # True: the reference's never-reset mul_for_scale (all scales x2)
-    images_per_batch: int = 1  # wsss: same-size images climbing together (speed only; more memory)
-    max_batch_pairs: int | None = None  # wsss: cap on flip pairs per forward pass (GPU memory); None = no cap
+    images_per_batch: int = run_only_field(1)  # wsss: same-size images climbing together (speed only; more memory)
+    max_batch_pairs: int | None = run_only_field(None)  # wsss: cap on flip pairs per forward (GPU memory); None = no cap
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on settings that cannot work."""

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from wsss.pipeline.recipes import Context, build_stages, load_recipe
+    from wsss.methods import Context
+    from wsss.pipeline.recipes import build_stages, load_recipe
     from wsss.pipeline.runner import Runner
     from wsss.runtime import PIPELINE_TIMEOUT, distributed_context
 

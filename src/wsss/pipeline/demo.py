@@ -15,8 +15,8 @@ import numpy as np
 
 from wsss.errors import DataError
 from wsss.io import image_size, read_json, write_json, write_text
-from wsss.pipeline.recipes import (NEEDS_WOOD_CLASSIFIER, Context, build_stages, final_summary, load_recipe,
-                                   seed_summary)
+from wsss.methods import Context, get_method
+from wsss.pipeline.recipes import build_stages, final_summary, load_recipe, seed_summary
 from wsss.pipeline.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,9 @@ QUICK_SEED_IMAGES = 40
 
 
 def seed_subset(dataset, count: int, path: Path) -> Path | None:
-    """Write the first ``count`` ids of ``dataset`` as a split file; None when that is all of them."""
-    if count <= 0 or count >= len(dataset.ids):
+    """Write the first ``count`` ids of ``dataset`` as a split file; None when that is all of them
+    (``count`` 0 or at least the split's size)."""
+    if not 0 < count < len(dataset.ids):
         return None
     text = "\n".join(dataset.ids[:count]) + "\n"
     if not path.exists() or path.read_text() != text:
@@ -109,7 +110,7 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     if data is None:
-        root, ood_list = prepare_data(out, seed, quick)
+        root, ood_list = out / "data", out / "data" / "ood" / "ood.txt"
         extra: list[str] = []
     else:
         root = Path(data)
@@ -124,15 +125,20 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
     config = load_recipe(recipe, settings)
     if seed_images is None:
         seed_images = QUICK_SEED_IMAGES if quick else SEED_IMAGES
-    seed_split = f"split '{config.data.seed_split}'"
-    subset = seed_subset(VOCDataset(root, config.data.seed_split), seed_images, out / "seed_split.txt")
-    if subset is not None:
-        seed_split = f"the first {seed_images} images of {seed_split}"
-        config = load_recipe(recipe, [*settings, f"data.seed_split={subset}"])
-    ctx = Context(config, out / "work")
-    from wsss.runtime import PIPELINE_TIMEOUT, distributed_context
+    from wsss.runtime import PIPELINE_TIMEOUT, barrier, distributed_context, resolve_device
 
-    with distributed_context(ctx.device, timeout=PIPELINE_TIMEOUT) as (dist_info, _):
+    # Under torchrun: one process group for the whole demo; rank 0 writes the data, the others wait.
+    with distributed_context(resolve_device(config.runtime.device), timeout=PIPELINE_TIMEOUT) as (dist_info, _):
+        if dist_info.is_main:
+            if data is None:
+                prepare_data(out, seed, quick)
+            seed_subset(VOCDataset(root, config.data.seed_split), seed_images, out / "seed_split.txt")
+        barrier()
+        seed_split = f"split '{config.data.seed_split}'"
+        if 0 < seed_images < len(VOCDataset(root, config.data.seed_split).ids):
+            seed_split = f"the first {seed_images} images of {seed_split}"
+            config = load_recipe(recipe, [*settings, f"data.seed_split={out / 'seed_split.txt'}"])
+        ctx = Context(config, out / "work")
         stage_results = Runner(ctx.workdir, config).run(build_stages(ctx))
     if not dist_info.is_main:
         return {}
@@ -152,13 +158,12 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
 
     for method in config.methods:
         summary = seed_summary(ctx, method)
-        shared = ("classifier", "wood.classifier") if method in NEEDS_WOOD_CLASSIFIER else ("classifier",)
-        seconds = sum(r.seconds for name, r in stage_results.items()
-                      if name in shared or name.startswith(f"{method}."))
+        own = {stage.name for stage in get_method(method).stages(ctx)}  # shared stages included
+        seconds = sum(r.seconds for name, r in stage_results.items() if name in own)
         results["methods"][method] = {**summary, "pseudo_miou": final_summary(ctx, method, "pseudo"),
                                       "final_miou": final_summary(ctx, method, "final"),
                                       "seconds": round(seconds, 1)}
-        report = read_json(ctx.seed_eval_path(method))
+        report = read_json(ctx.eval_path(method, "seed"))
         for result in report["results"]:
             kind = "oracle" if result["threshold_uses_ground_truth"] else result["protocol"].split(" t=")[0]
             seed_rows.append(_scores_from_json(result, classes, f"{method}, {kind}"))

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from wsss.config import dump_yaml, to_dict
 from wsss.io import read_json, write_json, write_text
+from wsss.methods.base import Stage
 from wsss.runtime import DistInfo, barrier, dist_info_from_env
 
 log = logging.getLogger(__name__)
@@ -35,29 +36,6 @@ def fingerprint(value: Any) -> str:
     """A stable short hash of a JSON-able value (dataclasses allowed)."""
     text = json.dumps(to_dict(value), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@dataclass
-class Stage:
-    """One step of a pipeline.
-
-    Attributes:
-        name: short unique name (also the marker's file name).
-        run: does the work; must write its outputs atomically.
-        depends_on: the configuration this stage's result depends on (fingerprinted).
-        clear: removes the stage's outputs when its configuration changed.
-        main_only: run on rank 0 only (the other ranks wait at the barrier).
-        needs: names of earlier stages whose results this one uses; their fingerprints are
-            chained into this one's, so a change upstream reruns it. ``None``: the stage just
-            before it (a linear chain).
-    """
-
-    name: str
-    run: Callable[[], Any]
-    depends_on: Any = None
-    clear: Callable[[], None] | None = None
-    main_only: bool = False
-    needs: tuple[str, ...] | None = None
 
 
 @dataclass

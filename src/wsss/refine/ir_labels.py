@@ -15,7 +15,7 @@ So a pixel is a confident foreground class where the foreground pass says so (wh
 background pass says), confident background where both passes say background, and ignored in
 between. The maps are used as stored (IRN raises them to no power here).
 
-Threshold pairs of the papers are in :data:`IR_LABEL_THRESHOLDS`.
+Each method's threshold pair (with its source) is its ``refine`` in :mod:`wsss.methods`.
 
 Example:
     >>> label = make_ir_label(image, MapStore("work/maps/cam").load(image_id), 0.30, 0.05)
@@ -42,33 +42,13 @@ from wsss.runtime import DistInfo, run_per_image_parallel
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "IR_LABEL_THRESHOLDS",
     "confident_labels",
-    "ir_label_thresholds",
     "make_ir_label",
     "make_ir_labels",
 ]
 
 
-IR_LABEL_THRESHOLDS: dict[str, tuple[float, float]] = {
-    "irn": (0.30, 0.05),  # IRN run_sample.py --conf_fg_thres / --conf_bg_thres
-    "advcam": (0.35, 0.15),  # AdvCAM run_sample.py
-    "rib": (0.35, 0.17),  # RIB run_sample.py (VOC)
-    "wood": (0.30, 0.15),  # W-OoD run_sample.py
-}
-"""(foreground threshold, background threshold) by the code they come from."""
-
 GT_PROB = 0.7  # IRN misc/imutils.py crf_inference_label gt_prob
-
-
-def ir_label_thresholds(name: str) -> tuple[float, float]:
-    """``(fg_threshold, bg_threshold)`` of a named method (see :data:`IR_LABEL_THRESHOLDS`)."""
-    try:
-        return IR_LABEL_THRESHOLDS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown IR-label thresholds {name!r}; known: {', '.join(sorted(IR_LABEL_THRESHOLDS))}"
-        ) from None
 
 
 def _check_thresholds(fg_threshold: float, bg_threshold: float) -> tuple[float, float]:
@@ -220,7 +200,7 @@ def make_ir_labels(
         dataset: ``ids``, ``load_image`` and optionally ``num_classes``, ``palette``.
         maps_dir: a :class:`~wsss.maps.MapStore` folder holding maps for every id.
         out_dir: where the PNGs go.
-        fg_threshold, bg_threshold: see :func:`make_ir_label` (presets: :data:`IR_LABEL_THRESHOLDS`).
+        fg_threshold, bg_threshold: see :func:`make_ir_label`.
         crf, gt_prob: see :func:`make_ir_label`.
         workers: worker processes for the CRF.
         ids: a subset of ``dataset.ids``.

@@ -1,0 +1,50 @@
+"""AdvCAM as a method: anti-adversarial climbing on the shared classifier, then IRN's chain.
+
+The algorithm is :mod:`wsss.attribution.advcam`. Refinement values: AdvCAM ``run_sample.py`` and
+``make_sem_seg_labels.py`` (``conf_fg_thres`` 0.35, ``conf_bg_thres`` 0.15, power 1.5,
+``sem_seg_bg_thres`` 0.25). Batching settings (``images_per_batch``, ``max_batch_pairs``) change
+speed and memory, not the maps, so changing them reruns nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wsss.attribution.advcam import AdvCamConfig
+from wsss.config import result_settings
+from wsss.methods.base import Context, Method, RefineDefaults, Stage, register, remover
+from wsss.methods.chain import image_level_chain
+
+__all__ = ["AdvCamMethod", "advcam_maps_stage"]
+
+
+def advcam_maps_stage(ctx: Context, method: str, classifier: str = "classifier",
+                      classifier_path: Path | None = None) -> Stage:
+    """AdvCAM maps of the classifier trained by stage ``classifier`` (checkpoint ``classifier_path``)."""
+    recipe = ctx.recipe
+    checkpoint = ctx.classifier_path if classifier_path is None else classifier_path
+
+    def run() -> None:
+        from wsss.attribution.advcam import make_advcams
+        from wsss.models.cam_net import load_cam_net_for
+
+        dataset = ctx.dataset(recipe.data.seed_split)
+        model = load_cam_net_for(checkpoint, dataset, ctx.device)
+        make_advcams(model, dataset, ctx.maps_dir(method), config=recipe.advcam, device=ctx.device,
+                     progress=recipe.runtime.progress)
+
+    return Stage(
+        f"{method}.maps", run=run, clear=remover(ctx.maps_dir(method)), needs=(classifier,),
+        depends_on={"split": recipe.data.seed_split, "advcam": result_settings(recipe.advcam)},
+    )
+
+
+@register
+class AdvCamMethod(Method):
+    name = "advcam"
+    description = "anti-adversarial climbing on the classifier (Lee et al., CVPR 2021)"
+    sections = {"advcam": AdvCamConfig}
+    refine = RefineDefaults(0.35, 0.15, 1.5, 0.25, "AdvCAM run_sample.py, make_sem_seg_labels.py")
+
+    def stages(self, ctx: Context) -> list[Stage]:
+        return image_level_chain(ctx, self.name, advcam_maps_stage(ctx, self.name), self.refine)

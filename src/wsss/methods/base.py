@@ -1,0 +1,271 @@
+"""What a method is and where methods are registered: stages, the run context, the registry.
+
+A **method** (CAM, AdvCAM, RIB, W-OoD, ...) is one module under :mod:`wsss.methods` holding a
+:class:`Method` subclass registered with :func:`register`. It declares:
+
+* ``sections``: the recipe sections it adds, name -> config dataclass (``{"advcam": AdvCamConfig}``);
+  a section two methods share (W-OoD's ``wood``) must be the same class in both;
+* ``refine``: its refinement values in its reference code (:class:`RefineDefaults`, with sources);
+* :meth:`Method.validate`: what to check before the first stage runs (settings, extra data);
+* :meth:`Method.stages`: its chain of :class:`Stage` objects. A stage's ``depends_on`` is its
+  fingerprint: the settings that change its output (run-only settings left out, see
+  :func:`wsss.config.result_settings`). Stages shared by several methods (the CAM classifier)
+  carry the same name in each, and the pipeline runs them once.
+
+The pipeline (:mod:`wsss.pipeline`) assembles the recipe schema from the registered sections,
+runs the stages and names no method. :class:`Context` is what every stage of a run shares: the
+recipe, the work-directory layout, the opened datasets and the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from wsss.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Context",
+    "DataConfig",
+    "Method",
+    "RefineDefaults",
+    "RuntimeConfig",
+    "Stage",
+    "get_method",
+    "method_sections",
+    "register",
+    "registered_methods",
+    "remover",
+]
+
+
+@dataclass
+class Stage:
+    """One step of a pipeline.
+
+    Attributes:
+        name: short unique name (also the marker's file name).
+        run: does the work; must write its outputs atomically.
+        depends_on: the configuration this stage's result depends on (fingerprinted).
+        clear: removes the stage's outputs when its configuration changed.
+        main_only: run on rank 0 only (the other ranks wait at the barrier).
+        needs: names of earlier stages whose results this one uses; their fingerprints are
+            chained into this one's, so a change upstream reruns it. ``None``: the stage just
+            before it (a linear chain).
+    """
+
+    name: str
+    run: Callable[[], Any]
+    depends_on: Any = None
+    clear: Callable[[], None] | None = None
+    main_only: bool = False
+    needs: tuple[str, ...] | None = None
+
+
+def remover(*paths: Path) -> Callable[[], None]:
+    """A ``Stage.clear`` that deletes ``paths`` (files or folders) where they exist."""
+
+    def clear() -> None:
+        for path in paths:
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+    return clear
+
+
+@dataclass
+class DataConfig:
+    """Where the images and labels are."""
+
+    root: str = ""  # a VOC-layout root (VOCdevkit/, VOCdevkit/VOC2012/ or the like) or a COCO JSON
+    train_split: str = "train"  # classifier training (IRN: train_aug)
+    seed_split: str = "train"  # seeds and pseudo masks are evaluated on train (IRN, AdvCAM: VOC train)
+    val_split: str = "val"  # final segmentation is evaluated on val
+    ood_list: str | None = None  # OoD images for W-OoD: a list of paths relative to the list's folder
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"  # auto: cuda when available, else cpu
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class RefineDefaults:
+    """A method's post-processing values in its reference code (``run_sample.py``).
+
+    Attributes:
+        fg_threshold, bg_threshold: IR labels' ``conf_fg_thres`` / ``conf_bg_thres``.
+        cam_power: the random walk's ``np_power`` (maps raised to it before the walk).
+        sem_seg_bg_threshold: the random walk's ``sem_seg_bg_thres``.
+        source: where the values come from.
+    """
+
+    fg_threshold: float
+    bg_threshold: float
+    cam_power: float
+    sem_seg_bg_threshold: float
+    source: str
+
+
+@dataclass
+class Context:
+    """What the stages of one run share: the recipe, the work directory, opened datasets.
+
+    The work directory's layout (``<workdir>/...``)::
+
+        classifier.pt                 the CAM classifier (shared by the image-level methods)
+        <name>.pt                     other classifiers a method trains (W-OoD: classifier_wood.pt)
+        maps/<method>/<id>.npz        localization maps (the map store)        -> seeds
+        ir_labels/<method>/<id>.png   confident fg / bg / 255 (two CRF passes)
+        irn/<method>.pt               IRN (boundary + displacement), trained on them
+        edges/<method>/<id>.npz       boundary maps at stride 4
+        pseudo/<method>/<id>.png      random-walk pseudo masks                  -> pseudo
+        seg/<method>/model.pt         DeepLab trained on the pseudo masks (and checkpoints)
+        predictions/<method>/<id>.png its predictions on the val split         -> final
+        eval/<method>_{seed,pseudo,final}.json
+    """
+
+    recipe: Any
+    workdir: Path
+    _datasets: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+
+    def dataset(self, split: str):
+        """The recipe's dataset for ``split`` (opened once per run)."""
+        from wsss.data.voc import VOCDataset
+
+        if not self.recipe.data.root:
+            raise ConfigError("no dataset: set data.root (e.g. --set data.root=PATH)")
+        if split not in self._datasets:
+            self._datasets[split] = VOCDataset(self.recipe.data.root, split)
+        return self._datasets[split]
+
+    @property
+    def device(self):
+        from wsss.runtime import resolve_device
+
+        return resolve_device(self.recipe.runtime.device)
+
+    def ood(self):
+        """The recipe's OoD images (W-OoD)."""
+        from wsss.data.ood import OoDImages
+
+        if not self.recipe.data.ood_list:
+            raise ConfigError("no OoD images: set data.ood_list=LIST")
+        return OoDImages(self.recipe.data.ood_list)
+
+    # ----------------------------------------------------------------------------- layout
+    def model_path(self, name: str = "classifier") -> Path:
+        """A network trained once per run and shared by stages: ``<workdir>/<name>.pt``."""
+        return self.workdir / f"{name}.pt"
+
+    @property
+    def classifier_path(self) -> Path:
+        return self.model_path("classifier")
+
+    def maps_dir(self, method: str) -> Path:
+        return self.workdir / "maps" / method
+
+    def eval_path(self, method: str, what: str) -> Path:
+        """``what``: seed, pseudo or final."""
+        return self.workdir / "eval" / f"{method}_{what}.json"
+
+    def ir_label_dir(self, method: str) -> Path:
+        return self.workdir / "ir_labels" / method
+
+    def irn_path(self, method: str) -> Path:
+        return self.workdir / "irn" / f"{method}.pt"
+
+    def edge_dir(self, method: str) -> Path:
+        return self.workdir / "edges" / method
+
+    def pseudo_dir(self, method: str) -> Path:
+        return self.workdir / "pseudo" / method
+
+    def seg_dir(self, method: str) -> Path:
+        return self.workdir / "seg" / method
+
+    def prediction_dir(self, method: str) -> Path:
+        return self.workdir / "predictions" / method
+
+
+class Method:
+    """A registered method: subclass it, set the class attributes, implement :meth:`stages`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    sections: ClassVar[dict[str, type]] = {}
+    refine: ClassVar[RefineDefaults | None] = None
+
+    def validate(self, recipe: Any) -> None:
+        """Check the method's settings and extra data before any stage runs.
+
+        The default validates every section that has a ``validate()`` method.
+        """
+        for section in self.sections:
+            config = getattr(recipe, section)
+            if hasattr(config, "validate"):
+                config.validate()
+
+    def stages(self, ctx: Context) -> list[Stage]:
+        """The method's chain, shared stages (e.g. the CAM classifier) included."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: add a :class:`Method` to the registry under ``cls.name``.
+
+    Raises:
+        ValueError: no name, a name registered already, or a section name another method
+            declares with another class.
+    """
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in _REGISTRY and type(_REGISTRY[cls.name]) is not cls:
+        raise ValueError(f"method {cls.name!r} is registered already ({type(_REGISTRY[cls.name]).__name__})")
+    known = method_sections()
+    for section, config_class in cls.sections.items():
+        if section in known and known[section] is not config_class:
+            raise ValueError(f"method {cls.name!r} declares section {section!r} as {config_class.__name__}, "
+                             f"another method as {known[section].__name__}")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def registered_methods() -> list[str]:
+    """The registered method names, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_method(name: str) -> Method:
+    """The registered method ``name``.
+
+    Raises:
+        ConfigError: no method of that name (the message lists the registered ones).
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}; registered: {', '.join(_REGISTRY)}") from None
+
+
+def method_sections() -> dict[str, type]:
+    """Every recipe section the registered methods declare: name -> config class."""
+    sections: dict[str, type] = {}
+    for method in _REGISTRY.values():
+        sections.update(method.sections)
+    return sections

@@ -1,0 +1,58 @@
+"""CAM (IRN recipe) as a method: multi-scale CAMs of the shared classifier, then IRN's chain.
+
+The algorithm is :mod:`wsss.attribution.cam` (IRN ``make_cam``); this module only places it in
+the chain. Refinement values: IRN ``run_sample.py`` (``conf_fg_thres`` 0.30, ``conf_bg_thres``
+0.05, ``sem_seg_bg_thres`` 0.25, no power).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsss.attribution.cam import CAM_SCALES
+from wsss.config import result_settings
+from wsss.methods.base import Context, Method, RefineDefaults, Stage, register, remover
+from wsss.methods.chain import image_level_chain
+
+__all__ = ["CamConfig", "CamMethod", "cam_maps_stage"]
+
+
+@dataclass
+class CamConfig:
+    """Multi-scale CAM extraction (IRN ``make_cam``)."""
+
+    scales: tuple[float, ...] = CAM_SCALES  # IRN --cam_scales
+    flip: bool = True  # IRN: every scale with its horizontal flip
+
+
+def cam_maps_stage(ctx: Context, method: str, classifier: str = "classifier",
+                   classifier_path: Path | None = None) -> Stage:
+    """CAMs of the classifier trained by stage ``classifier`` (its checkpoint ``classifier_path``)."""
+    recipe = ctx.recipe
+    checkpoint = ctx.classifier_path if classifier_path is None else classifier_path
+
+    def run() -> None:
+        from wsss.attribution.cam import make_cams
+        from wsss.models.cam_net import load_cam_net_for
+
+        dataset = ctx.dataset(recipe.data.seed_split)
+        model = load_cam_net_for(checkpoint, dataset, ctx.device)
+        make_cams(model, dataset, ctx.maps_dir(method), device=ctx.device,
+                  scales=recipe.cam.scales, flip=recipe.cam.flip, progress=recipe.runtime.progress)
+
+    return Stage(
+        f"{method}.maps", run=run, clear=remover(ctx.maps_dir(method)), needs=(classifier,),
+        depends_on={"split": recipe.data.seed_split, "cam": result_settings(recipe.cam)},
+    )
+
+
+@register
+class CamMethod(Method):
+    name = "cam"
+    description = "class activation maps of the classifier (IRN's recipe)"
+    sections = {"cam": CamConfig}
+    refine = RefineDefaults(0.30, 0.05, 1.0, 0.25, "IRN run_sample.py")
+
+    def stages(self, ctx: Context) -> list[Stage]:
+        return image_level_chain(ctx, self.name, cam_maps_stage(ctx, self.name), self.refine)

@@ -1,0 +1,268 @@
+"""The stages every image-level method shares, and their settings.
+
+After its own maps, every image-level method runs the same chain (IRN's), each step one
+:class:`~wsss.methods.base.Stage` built here::
+
+    classifier -> <method>.maps -> seed_eval -> ir_labels -> irn -> edges -> pseudo -> pseudo_eval
+               -> seg -> predict -> final_eval
+
+``until`` (seeds | pseudo | final) stops it early. The refinement values a method's reference
+uses (IR-label thresholds, the walk's power and background threshold) come from its
+:class:`~wsss.methods.base.RefineDefaults`; a recipe value that is set wins. The sections here are
+part of every recipe (:data:`SHARED_SECTIONS`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wsss.config import result_settings
+from wsss.methods.base import Context, RefineDefaults, Stage, remover
+from wsss.refine.random_walk import BETA, EXP_TIMES, RADIUS
+from wsss.segmentation.inference import SEG_SCALES
+from wsss.segmentation.train import SegTrainConfig
+from wsss.training.classifier import ClassifierConfig
+from wsss.training.irn import IrnConfig
+
+__all__ = [
+    "SHARED_SECTIONS",
+    "IrLabelConfig",
+    "RandomWalkConfig",
+    "SeedEvalConfig",
+    "SegInferenceConfig",
+    "UNTIL",
+    "classifier_stage",
+    "eval_stage",
+    "image_level_chain",
+    "refine_and_train",
+    "seg_stages",
+]
+
+UNTIL = ("seeds", "pseudo", "final")
+
+
+@dataclass
+class SeedEvalConfig:
+    """How seeds (maps) are scored: the three protocols side by side."""
+
+    sweep: str = "0.01:0.80:0.01"  # oracle: best threshold on ground truth (AdvCAM sweeps 0.15-0.34; wider here)
+    fixed_threshold: float = 0.15  # IRN --cam_eval_thres, fixed without ground truth
+    label_free: str = "otsu"  # threshold chosen from the maps alone
+
+
+@dataclass
+class IrLabelConfig:
+    """Seeds -> IR labels (IRN ``cam_to_ir_label``). None: the method's reference value."""
+
+    fg_threshold: float | None = None  # conf_fg_thres: IRN 0.30, AdvCAM/RIB 0.35, W-OoD 0.30
+    bg_threshold: float | None = None  # conf_bg_thres: IRN 0.05, AdvCAM 0.15, RIB 0.17, W-OoD 0.15
+    crf: str = "irn"  # CRF parameter set (wsss.refine.crf.CRF_PRESETS)
+    workers: int = 0  # CRF worker processes (0: in the main process)
+
+
+@dataclass
+class RandomWalkConfig:
+    """IRN's random walk (``make_sem_seg_labels``). None: the method's reference value."""
+
+    cam_power: float | None = None  # np_power: IRN/W-OoD 1.0, RIB 1.3, AdvCAM 1.5
+    bg_threshold: float | None = None  # sem_seg_bg_thres: IRN 0.25, RIB 0.27, AdvCAM+W-OoD 0.22
+    beta: float = BETA
+    exp_times: int = EXP_TIMES  # 2 ** 8 = 256 steps
+    radius: int = RADIUS
+
+
+@dataclass
+class SegInferenceConfig:
+    """Segmentation inference on the val split."""
+
+    scales: tuple[float, ...] = SEG_SCALES  # multi-scale inputs, each with its flip
+    flip: bool = True
+    merge: str = "max"  # max (AdvCAM, deeplab-pytorch) or mean (BANA)
+    crf: str | None = None  # a CRF preset (e.g. deeplab) for post-processing; None: none
+
+    def validate(self) -> None:
+        from wsss.errors import ConfigError
+
+        if self.merge not in ("max", "mean"):
+            raise ConfigError(f"seg_inference.merge must be max or mean, got {self.merge!r}")
+
+
+SHARED_SECTIONS: dict[str, type] = {
+    "classifier": ClassifierConfig,
+    "seed_eval": SeedEvalConfig,
+    "ir_labels": IrLabelConfig,
+    "irn": IrnConfig,
+    "random_walk": RandomWalkConfig,
+    "segmentation": SegTrainConfig,
+    "seg_inference": SegInferenceConfig,
+}
+"""Recipe sections of the shared chain: name -> config class."""
+
+
+def classifier_stage(ctx: Context) -> Stage:
+    """The CAM classifier on ``data.train_split`` (shared by the image-level methods)."""
+    recipe = ctx.recipe
+
+    def run() -> dict[str, Any]:
+        from wsss.training.classifier import train_classifier
+
+        result = train_classifier(
+            ctx.dataset(recipe.data.train_split), recipe.classifier, device=ctx.device,
+            out=ctx.classifier_path, val_source=ctx.dataset(recipe.data.val_split),
+            progress=recipe.runtime.progress, seed=recipe.runtime.seed,
+        )
+        return {"history": result.history, "seconds": result.seconds}
+
+    # one process trains (the classifier is small; its training is not distributed)
+    return Stage(
+        "classifier", run=run, clear=remover(ctx.classifier_path), needs=(), main_only=True,
+        depends_on={"data": [recipe.data.root, recipe.data.train_split],
+                    "classifier": result_settings(recipe.classifier), "seed": recipe.runtime.seed},
+    )
+
+
+def eval_stage(ctx: Context, method: str, what: str, needs: str, predictions: Path, split: str) -> Stage:
+    """Score ``predictions`` (a map store or label PNGs) on ``split``: seed, pseudo or final."""
+    recipe = ctx.recipe
+    path = ctx.eval_path(method, what)
+
+    def run() -> None:
+        from wsss.evaluation.run import evaluate_predictions, write_report
+
+        options = {}
+        if what == "seed":
+            options = dict(sweep=recipe.seed_eval.sweep, threshold=recipe.seed_eval.fixed_threshold,
+                           label_free=recipe.seed_eval.label_free)
+        report = evaluate_predictions(ctx.dataset(split), predictions, progress=recipe.runtime.progress,
+                                      **options)
+        write_report(report, path)
+
+    return Stage(f"{method}.{what}_eval", run=run, clear=remover(path), needs=(needs,),
+                 depends_on={"split": split, "seed_eval": recipe.seed_eval if what == "seed" else None},
+                 main_only=True)
+
+
+def _ir_label_stage(ctx: Context, method: str, defaults: RefineDefaults) -> Stage:
+    recipe = ctx.recipe
+    config = recipe.ir_labels
+    fg = defaults.fg_threshold if config.fg_threshold is None else config.fg_threshold
+    bg = defaults.bg_threshold if config.bg_threshold is None else config.bg_threshold
+    out = ctx.ir_label_dir(method)
+
+    def run() -> None:
+        from wsss.refine.ir_labels import make_ir_labels
+
+        make_ir_labels(ctx.dataset(recipe.data.seed_split), ctx.maps_dir(method), out, fg_threshold=fg,
+                       bg_threshold=bg, crf=config.crf, workers=config.workers, progress=recipe.runtime.progress)
+
+    return Stage(f"{method}.ir_labels", run=run, clear=remover(out), needs=(f"{method}.maps",),
+                 depends_on={"fg": fg, "bg": bg, "crf": config.crf})
+
+
+def _irn_stage(ctx: Context, method: str) -> Stage:
+    """IRN on the method's IR labels; its backbone starts from the shared CAM classifier's."""
+    recipe = ctx.recipe
+    path = ctx.irn_path(method)
+
+    def run() -> None:
+        from wsss.training.irn import train_irn
+
+        train_irn(ctx.dataset(recipe.data.seed_split), ctx.ir_label_dir(method), recipe.irn,
+                  device=ctx.device, out=path, init_backbone_from=ctx.classifier_path,
+                  progress=recipe.runtime.progress, seed=recipe.runtime.seed)
+
+    return Stage(f"{method}.irn", run=run, clear=remover(path), needs=(f"{method}.ir_labels", "classifier"),
+                 main_only=True, depends_on={"irn": result_settings(recipe.irn), "seed": recipe.runtime.seed})
+
+
+def _edges_stage(ctx: Context, method: str) -> Stage:
+    recipe = ctx.recipe
+    out = ctx.edge_dir(method)
+    irn = recipe.irn
+
+    def run() -> None:
+        from wsss.models.irn import load_irn
+        from wsss.training.irn import make_edges
+
+        model = load_irn(ctx.irn_path(method), map_location=ctx.device).to(ctx.device)
+        make_edges(model, ctx.dataset(recipe.data.seed_split), out, device=ctx.device,
+                   scales=irn.edge_scales, flip=irn.edge_flip, pad_to=irn.edge_pad_to,
+                   progress=recipe.runtime.progress)
+
+    return Stage(f"{method}.edges", run=run, clear=remover(out), needs=(f"{method}.irn",),
+                 depends_on=[irn.edge_scales, irn.edge_flip, irn.edge_pad_to])
+
+
+def _pseudo_stage(ctx: Context, method: str, defaults: RefineDefaults) -> Stage:
+    recipe = ctx.recipe
+    walk = recipe.random_walk
+    power = defaults.cam_power if walk.cam_power is None else walk.cam_power
+    bg = defaults.sem_seg_bg_threshold if walk.bg_threshold is None else walk.bg_threshold
+    out = ctx.pseudo_dir(method)
+
+    def run() -> None:
+        from wsss.refine.pseudo_masks import make_pseudo_masks
+
+        make_pseudo_masks(ctx.dataset(recipe.data.seed_split), ctx.maps_dir(method), ctx.edge_dir(method), out,
+                          cam_power=power, bg_threshold=bg, beta=walk.beta, exp_times=walk.exp_times,
+                          radius=walk.radius, device=ctx.device, progress=recipe.runtime.progress)
+
+    return Stage(f"{method}.pseudo", run=run, clear=remover(out), needs=(f"{method}.maps", f"{method}.edges"),
+                 depends_on={"cam_power": power, "bg": bg, "walk": walk})
+
+
+def seg_stages(ctx: Context, method: str, masks: Path | None, needs: tuple[str, ...]) -> list[Stage]:
+    """Train the segmentation network on ``masks`` (None: ground truth), predict val, score it."""
+    recipe = ctx.recipe
+    seg_dir, pred_dir = ctx.seg_dir(method), ctx.prediction_dir(method)
+    train_set = recipe.data.seed_split
+
+    def train() -> None:
+        from wsss.segmentation.train import train_segmentation
+
+        train_segmentation(ctx.dataset(train_set), masks, recipe.segmentation, device=ctx.device,
+                           out_dir=seg_dir, progress=recipe.runtime.progress)
+
+    def predict() -> None:
+        from wsss.segmentation.inference import predict_dataset
+        from wsss.segmentation.train import load_trained_model
+
+        dataset = ctx.dataset(recipe.data.val_split)
+        model, _ = load_trained_model(seg_dir / "model.pt", num_classes=dataset.num_classes,
+                                      map_location=ctx.device)
+        inference = recipe.seg_inference
+        predict_dataset(model.to(ctx.device), dataset, pred_dir, device=ctx.device, scales=inference.scales,
+                        flip=inference.flip, merge=inference.merge, crf=inference.crf,
+                        progress=recipe.runtime.progress)
+
+    return [
+        # every rank trains (DDP under torchrun)
+        Stage(f"{method}.seg", run=train, clear=remover(seg_dir), needs=needs,
+              depends_on={"train": train_set, "segmentation": result_settings(recipe.segmentation)}),
+        Stage(f"{method}.predict", run=predict, clear=remover(pred_dir), needs=(f"{method}.seg",),
+              depends_on={"val": recipe.data.val_split, "inference": recipe.seg_inference}),
+        eval_stage(ctx, method, "final", f"{method}.predict", pred_dir, recipe.data.val_split),
+    ]
+
+
+def refine_and_train(ctx: Context, method: str, defaults: RefineDefaults) -> list[Stage]:
+    """Seeds -> IR labels -> IRN -> random walk -> pseudo masks (-> segmentation), per ``until``."""
+    if ctx.recipe.until == "seeds":
+        return []
+    stages = [_ir_label_stage(ctx, method, defaults), _irn_stage(ctx, method), _edges_stage(ctx, method),
+              _pseudo_stage(ctx, method, defaults),
+              eval_stage(ctx, method, "pseudo", f"{method}.pseudo", ctx.pseudo_dir(method),
+                         ctx.recipe.data.seed_split)]
+    if ctx.recipe.until == "final":
+        stages += seg_stages(ctx, method, ctx.pseudo_dir(method), (f"{method}.pseudo",))
+    return stages
+
+
+def image_level_chain(ctx: Context, method: str, maps: Stage, defaults: RefineDefaults,
+                      before: tuple[Stage, ...] = ()) -> list[Stage]:
+    """The CAM classifier, ``before`` (e.g. W-OoD's fine-tuning), the method's ``maps`` stage
+    (named ``<method>.maps``), their seed evaluation and the shared refinement chain."""
+    seed_eval = eval_stage(ctx, method, "seed", maps.name, ctx.maps_dir(method), ctx.recipe.data.seed_split)
+    return [classifier_stage(ctx), *before, maps, seed_eval, *refine_and_train(ctx, method, defaults)]

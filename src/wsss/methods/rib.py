@@ -1,0 +1,47 @@
+"""RIB as a method: per-image fine-tuning of the shared classifier, then IRN's chain.
+
+The algorithm is :mod:`wsss.attribution.rib`. Its other images come from ``data.train_split``
+(the reference takes targets and other images from the same list) and are drawn with the run's
+seed. Refinement values: RIB ``run_sample.py`` for VOC (``conf_fg_thres`` 0.35,
+``conf_bg_thres`` 0.17, power 1.3, ``sem_seg_bg_thres`` 0.27).
+"""
+
+from __future__ import annotations
+
+from wsss.attribution.rib import RibConfig
+from wsss.config import result_settings
+from wsss.methods.base import Context, Method, RefineDefaults, Stage, register, remover
+from wsss.methods.chain import image_level_chain
+
+__all__ = ["RibMethod", "rib_maps_stage"]
+
+
+def rib_maps_stage(ctx: Context, method: str = "rib") -> Stage:
+    recipe = ctx.recipe
+
+    def run() -> None:
+        from wsss.attribution.rib import make_ribs
+        from wsss.models.cam_net import load_cam_net_for
+
+        dataset = ctx.dataset(recipe.data.seed_split)
+        model = load_cam_net_for(ctx.classifier_path, dataset, ctx.device)
+        make_ribs(model, dataset, ctx.maps_dir(method), config=recipe.rib, device=ctx.device,
+                  progress=recipe.runtime.progress, seed=recipe.runtime.seed,
+                  pool=ctx.dataset(recipe.data.train_split))
+
+    return Stage(
+        f"{method}.maps", run=run, clear=remover(ctx.maps_dir(method)), needs=("classifier",),
+        depends_on={"split": recipe.data.seed_split, "pool": recipe.data.train_split,
+                    "rib": result_settings(recipe.rib), "seed": recipe.runtime.seed},
+    )
+
+
+@register
+class RibMethod(Method):
+    name = "rib"
+    description = "reducing the information bottleneck: per-image fine-tuning (Lee et al., NeurIPS 2021)"
+    sections = {"rib": RibConfig}
+    refine = RefineDefaults(0.35, 0.17, 1.3, 0.27, "RIB run_sample.py (VOC)")
+
+    def stages(self, ctx: Context) -> list[Stage]:
+        return image_level_chain(ctx, self.name, rib_maps_stage(ctx, self.name), self.refine)

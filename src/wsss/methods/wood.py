@@ -1,0 +1,79 @@
+"""W-OoD as methods: the classifier fine-tuned with OoD images, then CAM (``wood``) or AdvCAM
+(``advcam_wood``, the paper's best seeds) on it, then IRN's chain.
+
+The training is :mod:`wsss.training.wood`. The fine-tuned classifier is one stage,
+``wood.classifier`` (checkpoint ``classifier_wood.pt``), run once for both methods. Refinement
+values: W-OoD ``run_sample.py`` (``wood``: 0.30 / 0.15, no power, 0.25) and
+``run_sample_pseudo_gt.py`` (``advcam_wood``: 0.30 / 0.15, power 1.5, 0.22).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wsss.attribution.advcam import AdvCamConfig
+from wsss.config import result_settings
+from wsss.errors import ConfigError
+from wsss.methods.advcam import advcam_maps_stage
+from wsss.methods.base import Context, Method, RefineDefaults, Stage, register, remover
+from wsss.methods.cam import CamConfig, cam_maps_stage
+from wsss.methods.chain import image_level_chain
+from wsss.training.wood import WoodConfig
+
+__all__ = ["AdvCamWoodMethod", "WOOD_CLASSIFIER", "WoodMethod", "wood_classifier_stage"]
+
+WOOD_CLASSIFIER = "wood.classifier"
+"""The stage that fine-tunes the classifier with OoD images (shared by both W-OoD methods)."""
+
+
+def wood_classifier_stage(ctx: Context) -> Stage:
+    """W-OoD: the CAM classifier fine-tuned with OoD images."""
+    recipe = ctx.recipe
+    out = ctx.model_path("classifier_wood")
+
+    def run() -> dict[str, Any]:
+        from wsss.training.wood import train_wood
+
+        result = train_wood(
+            ctx.dataset(recipe.data.train_split), ctx.ood(), recipe.wood, recipe.classifier,
+            device=ctx.device, out=out, init=ctx.classifier_path,
+            val_source=ctx.dataset(recipe.data.val_split), progress=recipe.runtime.progress,
+            seed=recipe.runtime.seed,
+        )
+        return {"history": result.history, "seconds": result.seconds}
+
+    return Stage(
+        WOOD_CLASSIFIER, run=run, clear=remover(out), needs=("classifier",), main_only=True,
+        depends_on={"ood": recipe.data.ood_list, "wood": result_settings(recipe.wood)},
+    )
+
+
+class _WoodBase(Method):
+    def validate(self, recipe: Any) -> None:
+        super().validate(recipe)
+        if not recipe.data.ood_list:
+            raise ConfigError("W-OoD needs OoD images: set data.ood_list=LIST")
+
+
+@register
+class WoodMethod(_WoodBase):
+    name = "wood"
+    description = "CAM of the classifier fine-tuned with out-of-distribution images (Lee et al., CVPR 2022)"
+    sections = {"cam": CamConfig, "wood": WoodConfig}
+    refine = RefineDefaults(0.30, 0.15, 1.0, 0.25, "W-OoD run_sample.py")
+
+    def stages(self, ctx: Context) -> list[Stage]:
+        maps = cam_maps_stage(ctx, self.name, WOOD_CLASSIFIER, ctx.model_path("classifier_wood"))
+        return image_level_chain(ctx, self.name, maps, self.refine, before=(wood_classifier_stage(ctx),))
+
+
+@register
+class AdvCamWoodMethod(_WoodBase):
+    name = "advcam_wood"
+    description = "AdvCAM of the W-OoD classifier (the W-OoD paper's best seeds)"
+    sections = {"advcam": AdvCamConfig, "wood": WoodConfig}
+    refine = RefineDefaults(0.30, 0.15, 1.5, 0.22, "W-OoD run_sample_pseudo_gt.py")
+
+    def stages(self, ctx: Context) -> list[Stage]:
+        maps = advcam_maps_stage(ctx, self.name, WOOD_CLASSIFIER, ctx.model_path("classifier_wood"))
+        return image_level_chain(ctx, self.name, maps, self.refine, before=(wood_classifier_stage(ctx),))
