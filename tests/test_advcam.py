@@ -314,10 +314,11 @@ def test_store_run_batches_resumes_and_shards(tmp_path: Path) -> None:
     source, store = TinySource(), MapStore(tmp_path / "advcam")
     settings = {"iterations": 2, "scales": (1.0, 0.5), "images_per_batch": 2}
     rank1 = DistInfo(rank=1, world_size=2)
-    assert make_advcams(net, source, store, progress=False, dist=rank1, **settings) == 2
-    assert store.ids() == ["im1", "im3"]
+    # same-size batches [im0 im2] [im4] [im1 im3] are dealt to the ranks: rank 1 takes the second
+    assert make_advcams(net, source, store, progress=False, dist=rank1, **settings) == 1
+    assert store.ids() == ["im4"]
     net.train()  # as make_cams, the run works in eval mode; here on a copy, so net stays as it is
-    assert make_advcams(net, source, store, progress=False, **settings) == 3
+    assert make_advcams(net, source, store, progress=False, **settings) == 4
     assert net.training and all(p.requires_grad for p in net.parameters())
     net.eval()
     assert make_advcams(net, source, store, progress=False, **settings) == 0
@@ -328,6 +329,11 @@ def test_store_run_batches_resumes_and_shards(tmp_path: Path) -> None:
         np.testing.assert_array_equal(maps.keys, direct.keys)
         np.testing.assert_allclose(maps.high_res, direct.high_res.numpy(), atol=2e-3)  # float16 on disk
         assert maps.strided.shape == direct.strided.shape
+    # one process writes the same bytes as two: every image climbs in the same batch
+    single = MapStore(tmp_path / "single")
+    assert make_advcams(net, source, single, progress=False, **settings) == 5
+    for image_id in source.ids:
+        assert single.path(image_id).read_bytes() == store.path(image_id).read_bytes()
     with pytest.raises(ConfigError, match="foreground classes"):
         make_advcams(_random_net(5, torch.float32), source, tmp_path / "other", progress=False)
 

@@ -1,53 +1,12 @@
+"""The pipeline runner: markers, fingerprints, what reruns and what is skipped."""
+
 from pathlib import Path
 
 import pytest
 
-from wsss.io import write_text
-from wsss.pipeline.runner import Runner, Stage
-from wsss.runtime import DistInfo, dist_info_from_env, run_per_image, shard
-
-
-def test_shard_covers_every_id_once() -> None:
-    ids = [str(i) for i in range(11)]
-    parts = [shard(ids, r, 3) for r in range(3)]
-    assert sorted(sum(parts, [])) == sorted(ids)
-    assert parts[1] == ["1", "4", "7", "10"]
-
-
-def test_dist_info_from_torchrun_env() -> None:
-    assert dist_info_from_env({}) == DistInfo(0, 1, 0)
-    info = dist_info_from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
-    assert (info.rank, info.world_size, info.local_rank, info.is_main) == (3, 4, 1, False)
-    with pytest.raises(ValueError):
-        dist_info_from_env({"RANK": "4", "WORLD_SIZE": "4"})
-
-
-def test_run_per_image_resumes_and_shards(tmp_path: Path) -> None:
-    ids = [f"im{i}" for i in range(6)]
-    done: list[str] = []
-
-    def work(image_id: str) -> None:
-        if image_id == "im3" and not (tmp_path / "crashed").exists():
-            (tmp_path / "crashed").touch()
-            raise RuntimeError("killed")
-        write_text(tmp_path / f"{image_id}.out", image_id)
-        done.append(image_id)
-
-    def is_done(image_id: str) -> bool:
-        return (tmp_path / f"{image_id}.out").exists()
-
-    with pytest.raises(RuntimeError):
-        run_per_image(ids, work, is_done, progress=False, dist=DistInfo(0, 1))
-    assert done == ["im0", "im1", "im2"]
-    assert run_per_image(ids, work, is_done, progress=False, dist=DistInfo(0, 1)) == 3
-    assert done == ["im0", "im1", "im2", "im3", "im4", "im5"]
-    assert run_per_image(ids, work, is_done, progress=False, dist=DistInfo(0, 1)) == 0
-    # rank 1 of 2 only sees odd positions
-    for p in tmp_path.glob("*.out"):
-        p.unlink()
-    done.clear()
-    run_per_image(ids, work, is_done, progress=False, dist=DistInfo(1, 2))
-    assert done == ["im1", "im3", "im5"]
+from wsss.methods.base import Stage
+from wsss.pipeline.runner import Runner
+from wsss.runtime import DistInfo
 
 
 def test_runner_skips_done_stages_and_reruns_changed_ones(tmp_path: Path) -> None:

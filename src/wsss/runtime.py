@@ -238,18 +238,30 @@ def run_per_image_batched(
     dist: DistInfo | None = None,
     progress: bool = True,
 ) -> int:
-    """:func:`run_per_image` with the unfinished ids handed to ``work`` in groups.
+    """:func:`run_per_image` for work done on batches of images.
 
-    ``group(todo)`` splits this rank's unfinished ids into the batches ``work(batch)`` takes
-    (e.g. same-size images, a few at a time); ``work`` writes one output per id, atomically, so a
-    killed run loses at most one batch.
+    ``group(ids)`` splits *all* the ids into the batches ``work(batch)`` takes (e.g. same-size
+    images, a few at a time); the batches, not the ids, are sharded by rank, and a batch runs
+    again whole unless every one of its outputs exists. So every image is computed in the same
+    batch whatever the number of processes and however often the run was resumed: batched
+    arithmetic (which may differ from one-by-one in the last bits) gives the same bytes. ``work``
+    writes one output per id, atomically; a killed run loses at most one batch.
+
+    Returns:
+        How many images were processed in this call.
     """
-    todo = pending(ids, is_done, desc=desc, dist=dist)
-    with tqdm(total=len(todo), desc=desc, disable=not progress or not todo, leave=False) as bar:
-        for batch in group(todo):
+    dist = dist or dist_info_from_env()
+    mine = shard(group(list(ids)), dist.rank, dist.world_size)
+    todo = [batch for batch in mine if not all(is_done(image_id) for image_id in batch)]
+    total = sum(len(batch) for batch in mine)
+    count = sum(len(batch) for batch in todo)
+    if total > count:
+        log.info("%s: %d of %d already done, resuming", desc, total - count, total)
+    with tqdm(total=count, desc=desc, disable=not progress or not todo, leave=False) as bar:
+        for batch in todo:
             work(batch)
             bar.update(len(batch))
-    return len(todo)
+    return count
 
 
 _WORKER_FUNCTION: Callable[[str], object] | None = None

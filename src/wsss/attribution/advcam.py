@@ -376,9 +376,10 @@ def make_advcams(
 ) -> int:
     """Write AdvCAM maps for every image of ``source`` into a :class:`~wsss.maps.MapStore`.
 
-    Resumable (images already in the store are skipped; a killed run loses at most one batch) and
-    sharded by ``RANK``/``WORLD_SIZE`` (or ``dist``), as :func:`~wsss.runtime.run_per_image`.
-    Same-size images are batched ``config.images_per_batch`` at a time. The climbing runs on an
+    Same-size images are batched ``config.images_per_batch`` at a time; batches are resumable (a
+    batch whose maps all exist is skipped; a killed run loses at most one batch) and sharded by
+    ``RANK``/``WORLD_SIZE`` (or ``dist``) with :func:`~wsss.runtime.run_per_image_batched`, so an
+    image's batch, and so its maps to the last bit, do not depend on the number of processes. The climbing runs on an
     eval-mode copy of ``model``; ``model`` itself is not modified.
 
     Args:
@@ -428,5 +429,5 @@ def make_advcams(
             store.save(image_id, result.to_maps())
 
     return run_per_image_batched(ids, work, store.has,
-                                 lambda todo: _size_groups(todo, size_of, config.images_per_batch),
+                                 lambda every: _size_groups(every, size_of, config.images_per_batch),
                                  desc="advcam", dist=dist, progress=progress)
