@@ -67,9 +67,9 @@ from wsss.attribution.cam import (
 from wsss.config import replace_fields
 from wsss.errors import ConfigError
 from wsss.io import image_size
-from wsss.maps import MapStore
 from wsss.models.climbing import climb_step
 from wsss.runtime import DistInfo, run_per_image_batched
+from wsss.stores.maps import MapStore
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +374,7 @@ def make_advcams(
     progress: bool = True,
     **settings,
 ) -> int:
-    """Write AdvCAM maps for every image of ``source`` into a :class:`~wsss.maps.MapStore`.
+    """Write AdvCAM maps for every image of ``source`` into a :class:`~wsss.stores.maps.MapStore`.
 
     Resumable (images already in the store are skipped; a killed run loses at most one batch) and
     sharded by ``RANK``/``WORLD_SIZE`` (or ``dist``), as :func:`~wsss.runtime.run_per_image`.
