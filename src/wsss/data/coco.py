@@ -10,6 +10,9 @@ Semantic masks (:meth:`COCODataset.load_mask`) paint crowd regions 255 (ignore) 
 the non-crowd instances from the largest to the smallest area (ties by annotation id), so where
 instances overlap the smaller one wins and an instance wins over a crowd region. This is
 deterministic and keeps small objects that sit on larger ones.
+
+The JSON checks, polygon/RLE decoding and box conversion are those of the instance store
+(:mod:`wsss.stores.instances`), which writes and reads the same format.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,20 +31,9 @@ from tqdm import tqdm
 
 from wsss.errors import DataError
 from wsss.io import IGNORE_INDEX, PathLike, image_size, read_image, read_json, voc_palette
+from wsss.stores.instances import check_coco_document, coco_box, decode_rle, segmentation_rle
 
 logger = logging.getLogger(__name__)
-
-
-
-def _decode(rle: dict[str, Any]) -> np.ndarray:
-    """A binary (H, W) mask from one RLE."""
-    with warnings.catch_warnings():
-        # pycocotools 2.0.x's Cython decoder trips NumPy 2's __array__(copy=) deprecation;
-        # the result is correct, the warning is theirs.
-        warnings.filterwarnings(
-            "ignore", message=r"__array__ implementation doesn't accept a copy", category=DeprecationWarning
-        )
-        return mask_utils.decode(rle).astype(bool)
 
 
 @dataclass
@@ -110,7 +101,7 @@ class COCODataset:
     def __init__(self, annotation_file: PathLike, image_dir: PathLike | None = None) -> None:
         self.annotation_file = Path(annotation_file)
         data = read_json(self.annotation_file)
-        self._check_structure(data)
+        check_coco_document(data, self.annotation_file)
         self.image_dir = (
             Path(image_dir) if image_dir is not None else _default_image_dir(self.annotation_file)
         )
@@ -137,51 +128,6 @@ class COCODataset:
             self.ids.append(image_id)
         self._id_of_image = {number: name for name, number in self._image_of_id.items()}
         self._label_cache: dict[str, np.ndarray] = {}
-
-    def _check_structure(self, data: Any) -> None:
-        path = self.annotation_file
-        if not isinstance(data, dict):
-            raise DataError("not a COCO instances file (expected a JSON object)", path)
-        for key in ("images", "annotations", "categories"):
-            if not isinstance(data.get(key), list):
-                raise DataError(f'not a COCO instances file (no "{key}" list)', path)
-        if not data["categories"]:
-            raise DataError("no categories", path)
-        category_ids: set[int] = set()
-        names: set[str] = set()
-        for category in data["categories"]:
-            if not isinstance(category, dict) or "id" not in category or "name" not in category:
-                raise DataError(f"category {category!r} needs an id and a name", path)
-            if category["id"] in category_ids or category["name"] in names:
-                raise DataError(f"duplicate category {category['id']} {category['name']!r}", path)
-            category_ids.add(category["id"])
-            names.add(category["name"])
-        if len(category_ids) + 1 > IGNORE_INDEX:
-            raise DataError(
-                f"{len(category_ids)} categories; semantic masks hold at most {IGNORE_INDEX - 1}", path
-            )
-        image_ids: set[int] = set()
-        for image in data["images"]:
-            if not isinstance(image, dict) or not all(
-                k in image for k in ("id", "file_name", "height", "width")
-            ):
-                raise DataError(f"image entry {image!r:.80} needs id, file_name, height and width", path)
-            if image["id"] in image_ids:
-                raise DataError(f"duplicate image id {image['id']}", path)
-            image_ids.add(image["id"])
-        for annotation in data["annotations"]:
-            if not isinstance(annotation, dict) or "id" not in annotation:
-                raise DataError(f"annotation {annotation!r:.80} has no id", path)
-            if annotation.get("image_id") not in image_ids:
-                raise DataError(
-                    f"annotation {annotation['id']} refers to unknown image {annotation.get('image_id')}",
-                    path,
-                )
-            if annotation.get("category_id") not in category_ids:
-                raise DataError(
-                    f"annotation {annotation['id']} has unknown category {annotation.get('category_id')}",
-                    path,
-                )
 
     # ------------------------------------------------------------------ basics
     @property
@@ -249,45 +195,14 @@ class COCODataset:
         chosen = [a for a in self._annotations(image_id) if include_crowd or not a.get("iscrowd", 0)]
         boxes = np.zeros((len(chosen), 4), dtype=np.float32)
         for row, annotation in enumerate(chosen):
-            boxes[row] = self._box(annotation)
+            boxes[row] = coco_box(annotation, self.annotation_file)
         classes = np.asarray([self._class_of_category[a["category_id"]] for a in chosen], dtype=np.int64)
         return boxes, classes
 
-    def _box(self, annotation: dict[str, Any]) -> np.ndarray:
-        bbox = annotation.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4:
-            raise DataError(f"annotation {annotation['id']} has no [x, y, w, h] bbox", self.annotation_file)
-        x, y, w, h = (float(v) for v in bbox)
-        return np.array([x, y, x + w, y + h], dtype=np.float32)
-
     # ------------------------------------------------------------------ masks
     def _rle(self, annotation: dict[str, Any], height: int, width: int) -> dict[str, Any]:
-        segmentation = annotation.get("segmentation")
         where = f"annotation {annotation['id']}"
-        if isinstance(segmentation, list):
-            if not segmentation:
-                raise DataError(f"{where} has an empty segmentation", self.annotation_file)
-            for polygon in segmentation:
-                # pycocotools reads a 4-number list as a box, and crashes on odd lengths.
-                if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
-                    raise DataError(
-                        f"{where} has a polygon with fewer than 3 points or an odd length",
-                        self.annotation_file,
-                    )
-            return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-        if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
-            if list(segmentation["size"]) != [height, width]:
-                raise DataError(
-                    f"{where}: RLE size {segmentation['size']} differs from the image's [{height}, {width}]",
-                    self.annotation_file,
-                )
-            counts = segmentation["counts"]
-            if isinstance(counts, list):  # uncompressed RLE
-                return mask_utils.frPyObjects(segmentation, height, width)
-            if isinstance(counts, str):
-                return {"size": [height, width], "counts": counts.encode("ascii")}
-            return segmentation
-        raise DataError(f"{where} has no polygon or RLE segmentation", self.annotation_file)
+        return segmentation_rle(annotation.get("segmentation"), height, width, where, self.annotation_file)
 
     def instances(self, image_id: str | int) -> Instances:
         """Every annotation of the image as a binary mask, with class, box and crowd flag."""
@@ -296,13 +211,13 @@ class COCODataset:
         annotations = self._annotations(image_id)
         masks = np.zeros((len(annotations), height, width), dtype=bool)
         for row, annotation in enumerate(annotations):
-            masks[row] = _decode(self._rle(annotation, height, width))
+            masks[row] = decode_rle(self._rle(annotation, height, width))
         return Instances(
             masks=masks,
             classes=np.asarray(
                 [self._class_of_category[a["category_id"]] for a in annotations], dtype=np.int64
             ),
-            boxes=np.stack([self._box(a) for a in annotations])
+            boxes=np.stack([coco_box(a, self.annotation_file) for a in annotations])
             if annotations
             else np.zeros((0, 4), np.float32),
             is_crowd=np.asarray([bool(a.get("iscrowd", 0)) for a in annotations], dtype=bool),
@@ -323,10 +238,10 @@ class COCODataset:
             rle = self._rle(annotation, height, width)
             (crowd if annotation.get("iscrowd", 0) else objects).append((annotation, rle))
         for _, rle in crowd:
-            label_map[_decode(rle)] = IGNORE_INDEX
+            label_map[decode_rle(rle)] = IGNORE_INDEX
         objects.sort(key=lambda pair: (-float(mask_utils.area(pair[1])), pair[0]["id"]))
         for annotation, rle in objects:
-            label_map[_decode(rle)] = self._class_of_category[annotation["category_id"]]
+            label_map[decode_rle(rle)] = self._class_of_category[annotation["category_id"]]
         return label_map
 
     # ------------------------------------------------------------------ validation
