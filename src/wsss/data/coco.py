@@ -5,6 +5,7 @@ categories (COCO's own ids have gaps: 1..90 for 80 classes); class names come fr
 with ``"background"`` as class 0. Image ids (``ds.ids``) are the image file names without their
 extension, e.g. ``000000000009`` for COCO 2017 (the 12-digit names RIB uses) or
 ``COCO_train2014_000000000009`` for COCO 2014; methods also accept the integer COCO image id.
+A split file (any dialect of :func:`wsss.data.voc.read_split_file`) narrows ``ds.ids`` to a subset.
 
 Semantic masks (:meth:`COCODataset.load_mask`) paint crowd regions 255 (ignore) first, then
 the non-crowd instances from the largest to the smallest area (ties by annotation id), so where
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from tqdm import tqdm
 
+from wsss.data.base import ImageDataset
+from wsss.data.voc import read_split_file
 from wsss.errors import DataError
 from wsss.io import IGNORE_INDEX, PathLike, image_size, read_image, read_json, voc_palette
 from wsss.stores.instances import check_coco_document, coco_box, decode_rle, segmentation_rle
@@ -84,7 +88,7 @@ def _default_image_dir(annotation_file: Path) -> Path:
     return folder
 
 
-class COCODataset:
+class COCODataset(ImageDataset):
     """Images, class labels, boxes and masks from a COCO instances JSON.
 
     Args:
@@ -92,19 +96,28 @@ class COCODataset:
         image_dir: the folder the JSON's ``file_name`` entries are relative to; by default the
             folder named after the JSON (``annotations/instances_val2017.json`` ->
             ``val2017/``), else ``JPEGImages/`` beside it, else the JSON's folder.
+        split: ``None`` for every image of the JSON, or a split file (a path, absolute or
+            relative to the JSON's folder) listing the ids to use, in its order.
 
     Raises:
         DataError: the JSON is missing or malformed (missing keys, an annotation of an unknown
-            image or category, duplicate image names or category names).
+            image or category, duplicate image names or category names), or the split file is
+            missing or lists an id the JSON does not have.
     """
 
-    def __init__(self, annotation_file: PathLike, image_dir: PathLike | None = None) -> None:
+    def __init__(
+        self,
+        annotation_file: PathLike,
+        image_dir: PathLike | None = None,
+        split: str | os.PathLike | None = None,
+    ) -> None:
         self.annotation_file = Path(annotation_file)
         data = read_json(self.annotation_file)
         check_coco_document(data, self.annotation_file)
         self.image_dir = (
             Path(image_dir) if image_dir is not None else _default_image_dir(self.annotation_file)
         )
+        self.root = self.image_dir
 
         # pycocotools prints progress to stdout; keep stdout clean for the CLI.
         with contextlib.redirect_stdout(io.StringIO()):
@@ -128,21 +141,38 @@ class COCODataset:
             self.ids.append(image_id)
         self._id_of_image = {number: name for name, number in self._image_of_id.items()}
         self._label_cache: dict[str, np.ndarray] = {}
+        self._has_masks: bool | None = None
+
+        self.split = split
+        self.split_file: Path | None = None
+        if split is not None:
+            self.split_file = self._resolve_split(split)
+            self.ids = read_split_file(self.split_file).ids
+            unknown = [image_id for image_id in self.ids if image_id not in self._image_of_id]
+            if unknown:
+                raise DataError(
+                    f"{len(unknown)} ids are not images of {self.annotation_file.name} "
+                    f"(first: {unknown[0]!r})",
+                    self.split_file,
+                )
+
+    def _resolve_split(self, split: str | os.PathLike) -> Path:
+        path = Path(split)
+        if not path.is_file() and not path.is_absolute() and (self.annotation_file.parent / path).is_file():
+            path = self.annotation_file.parent / path
+        if not path.is_file():
+            raise DataError(
+                "split file not found (a COCO split is a file of ids; the JSON itself is the whole set)", path
+            )
+        return path
 
     # ------------------------------------------------------------------ basics
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image_id = self.ids[index]
-        return {"id": image_id, "image": self.load_image(image_id), "labels": self.image_labels(image_id)}
-
     def __repr__(self) -> str:
-        return f"COCODataset({str(self.annotation_file)!r}, {len(self)} images, {self.num_classes} classes)"
+        split = "" if self.split_file is None else f", split={str(self.split_file)!r}"
+        return f"COCODataset({str(self.annotation_file)!r}{split}, {len(self)} images, {self.num_classes} classes)"
+
+    def _listed_in(self) -> Path:
+        return self.annotation_file if self.split_file is None else self.split_file
 
     def coco_id(self, image_id: str | int) -> int:
         """The JSON's integer image id for an id (a file-name stem) or an integer id."""
@@ -160,10 +190,6 @@ class COCODataset:
 
     def image_path(self, image_id: str | int) -> Path:
         return self.image_dir / str(self.image_info(image_id)["file_name"])
-
-    def load_image(self, image_id: str | int) -> np.ndarray:
-        """The RGB image as ``uint8`` (H, W, 3)."""
-        return read_image(self.image_path(image_id))
 
     def _annotations(self, image_id: str | int) -> list[dict[str, Any]]:
         number = self.coco_id(image_id)
@@ -184,12 +210,6 @@ class COCODataset:
             self._label_cache[key] = labels
         return labels.copy()
 
-    def label_vector(self, image_id: str | int) -> np.ndarray:
-        """Multi-hot ``float32[K]`` (index ``c - 1`` for class ``c``)."""
-        vector = np.zeros(self.num_classes - 1, dtype=np.float32)
-        vector[self.image_labels(image_id) - 1] = 1.0
-        return vector
-
     def boxes(self, image_id: str | int, include_crowd: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(boxes float32 (N, 4) x0, y0, x1, y1, classes int64 (N,))``, crowd left out by default."""
         chosen = [a for a in self._annotations(image_id) if include_crowd or not a.get("iscrowd", 0)]
@@ -200,6 +220,17 @@ class COCODataset:
         return boxes, classes
 
     # ------------------------------------------------------------------ masks
+    @property
+    def has_masks(self) -> bool:
+        """Whether every annotation of the split's images has a polygon or RLE segmentation."""
+        if self._has_masks is None:
+            self._has_masks = all(
+                isinstance(a.get("segmentation"), (list, dict)) and bool(a.get("segmentation"))
+                for image_id in self.ids
+                for a in self._annotations(image_id)
+            )
+        return self._has_masks
+
     def _rle(self, annotation: dict[str, Any], height: int, width: int) -> dict[str, Any]:
         where = f"annotation {annotation['id']}"
         return segmentation_rle(annotation.get("segmentation"), height, width, where, self.annotation_file)
