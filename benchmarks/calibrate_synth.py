@@ -63,9 +63,9 @@ from wsss.attribution.cam import make_cams
 from wsss.data import synth
 from wsss.data.voc import VOCDataset
 from wsss.evaluation.sweep import evaluate_maps, scores_to_labels
-from wsss.maps import MapStore
 from wsss.models.cam_net import CamNet, load_cam_net
 from wsss.pipeline.recipes import load_recipe
+from wsss.stores.maps import MapStore
 from wsss.training.classifier import evaluate_classifier, train_classifier
 
 log = logging.getLogger("calibrate_synth")

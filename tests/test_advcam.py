@@ -30,10 +30,10 @@ from wsss.attribution.advcam import (
 from wsss.attribution.advcam_reference import LastStageGradCam, reference_advcam, reference_attribution
 from wsss.attribution.cam import assemble_maps, multiscale_inputs, normalise_maps
 from wsss.errors import ConfigError, DataError
-from wsss.maps import MapStore
 from wsss.models.backbones import Bottleneck, ResNet
 from wsss.models.cam_net import CamNet
 from wsss.runtime import DistInfo
+from wsss.stores.maps import MapStore
 
 torch.set_num_threads(1)
 

@@ -19,9 +19,9 @@ from wsss.attribution.cam import (
     normalise_maps,
 )
 from wsss.errors import ConfigError, DataError
-from wsss.maps import MapStore
 from wsss.models.cam_net import CamNet
 from wsss.runtime import DistInfo
+from wsss.stores.maps import MapStore
 
 torch.set_num_threads(1)
 

@@ -198,3 +198,51 @@ def test_check_data_on_a_coco_json(coco_files, capsys):
     assert main(["check-data", "--data", str(annotation_file), "--images", str(image_dir)]) == 0
     out = capsys.readouterr().out.strip()
     assert out == f"ok: {annotation_file}: 2 images, 4 annotations (1 crowd), 4 classes"
+
+
+def test_offers_what_the_pipeline_calls_on_a_dataset(coco_files):
+    from wsss.data.base import ImageDataset
+
+    annotation_file, image_dir, _ = coco_files
+    ds = COCODataset(annotation_file, image_dir)
+    assert isinstance(ds, ImageDataset)
+    assert ds.root == image_dir
+    assert ds.image_path("000000000025") == image_dir / "000000000025.jpg"
+    assert ds.image_size("000000000009") == (12, 16)
+    assert ds.has_masks
+    first = ds.ids[0]
+    assert ds.load_mask(first).shape == ds.image_size(first) == ds.load_image(first).shape[:2]
+    assert ds.label_vector(first).tolist() == [1, 1, 1, 0]
+
+
+def test_a_missing_image_names_the_file_and_the_json(coco_files):
+    annotation_file, image_dir, _ = coco_files
+    (image_dir / "000000000025.jpg").unlink()
+    ds = COCODataset(annotation_file, image_dir)
+    listed = r"000000000025.jpg: no image for id '000000000025' \(listed in .*instances_val2017.json\)"
+    with pytest.raises(DataError, match=listed):
+        ds.load_image("000000000025")
+    with pytest.raises(DataError, match="no image for id"):
+        ds.image_size("000000000025")
+
+
+def test_box_only_json_has_no_masks(coco_files):
+    annotation_file, image_dir, document = coco_files
+    document["annotations"][1].pop("segmentation")
+    annotation_file.write_text(json.dumps(document))
+    assert not COCODataset(annotation_file, image_dir).has_masks
+
+
+def test_a_split_file_selects_ids(coco_files):
+    annotation_file, image_dir, _ = coco_files
+    (annotation_file.parent / "subset.txt").write_text("000000000025\n")
+    ds = COCODataset(annotation_file, image_dir, split="subset.txt")  # relative to the JSON's folder
+    assert ds.ids == ["000000000025"] and len(ds) == 1
+    assert ds.split_file == annotation_file.parent / "subset.txt"
+    assert ds.validate().images == 1
+    (annotation_file.parent / "bad.txt").write_text("000000000025\n000000000077\n")
+    unknown = r"bad.txt: 1 ids are not images of instances_val2017.json \(first: '000000000077'\)"
+    with pytest.raises(DataError, match=unknown):
+        COCODataset(annotation_file, image_dir, split=annotation_file.parent / "bad.txt")
+    with pytest.raises(DataError, match="train: split file not found"):
+        COCODataset(annotation_file, image_dir, split="train")

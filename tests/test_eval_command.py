@@ -19,7 +19,7 @@ from wsss.commands import eval as eval_command
 from wsss.evaluation.semantic import ConfusionAccumulator, mean_iou
 from wsss.evaluation.sweep import maps_to_labels
 from wsss.io import write_label_png
-from wsss.maps import LocalizationMaps, MapStore
+from wsss.stores.maps import LocalizationMaps, MapStore
 
 CLASSES = ["background", "cat", "dog"]
 SIZES = {"img_a": (8, 10), "img_b": (9, 7), "img_c": (6, 6)}

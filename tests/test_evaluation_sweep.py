@@ -18,7 +18,7 @@ from wsss.evaluation.sweep import (
     score_histogram,
     score_histogram_edges,
 )
-from wsss.maps import LocalizationMaps, MapStore
+from wsss.stores.maps import LocalizationMaps, MapStore
 from wsss.viz.plots import plot_sweep
 
 CLASSES = ("background", "a", "b", "c", "d")

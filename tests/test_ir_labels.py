@@ -12,7 +12,6 @@ from PIL import Image
 from wsss.data.voc import VOCDataset
 from wsss.errors import ConfigError, DataError
 from wsss.io import read_label_png
-from wsss.maps import LocalizationMaps, MapStore
 from wsss.runtime import DistInfo
 from wsss.methods import get_method, registered_methods
 from wsss.refine.crf import CrfParams
@@ -21,6 +20,7 @@ from wsss.refine.ir_labels import (
     make_ir_label,
     make_ir_labels,
 )
+from wsss.stores.maps import LocalizationMaps, MapStore
 
 SILENT_CRF = CrfParams(gaussian_compat=0.0, bilateral_compat=0.0)  # the CRF keeps its input labels
 
@@ -110,8 +110,11 @@ def test_bad_maps_and_settings() -> None:
     maps = maps_of(np.full((1, 24, 64), 0.5), [21])
     with pytest.raises(DataError, match=r"m/a.npz: map keys \[21\] outside the foreground ids 1..20"):
         make_ir_label(image, maps, 0.3, 0.05, num_classes=21, where="m/a.npz")
-    with pytest.raises(DataError, match="repeat"):
-        make_ir_label(image, maps_of(np.full((2, 24, 64), 0.5), [2, 2]), 0.3, 0.05)
+    # Only per-box maps may repeat a class; IR labels need class maps.
+    per_box = LocalizationMaps(keys=np.array([2, 2]), strided=None, high_res=np.full((2, 24, 64), 0.5, np.float32),
+                               boxes=np.array([[0, 0, 10, 10], [20, 5, 40, 20]], np.float32))
+    with pytest.raises(DataError, match="repeat a class"):
+        make_ir_label(image, per_box, 0.3, 0.05)
     with pytest.raises(ConfigError, match="must not exceed"):
         make_ir_label(image, maps_of(np.full((1, 24, 64), 0.5), [2]), 0.05, 0.3)
 

@@ -16,13 +16,13 @@ from wsss.models.cam_net import CamNet
 from wsss.models.irn import IRNet, edge_and_displacement, load_irn
 from wsss.runtime import DistInfo
 from wsss.models.path_index import PathIndex
+from wsss.stores.edges import EdgeStore
 from wsss.training.irn import (
     AffinityDisplacementLoss,
     IrnConfig,
     IrnTrainingDataset,
     build_irn,
     irn_recipe,
-    load_edges,
     make_edges,
     measure_mean_displacement,
     pair_labels,
@@ -278,13 +278,12 @@ def test_make_edges_writes_resumes_and_shards(tmp_path: Path) -> None:
     assert make_edges(model, dataset, out, device="cpu", progress=False) == 2
     assert make_edges(model, dataset, out, device="cpu", progress=False) == 0
     assert model.training  # restored
+    store = EdgeStore(out)
+    assert store.ids() == dataset.ids
     for image_id in dataset.ids:
         height, width = dataset.load_image(image_id).shape[:2]
-        edge, displacement = load_edges(out / f"{image_id}.npz")
+        edge, displacement = store.load(image_id)
         assert edge.shape == ((height - 1) // 4 + 1, (width - 1) // 4 + 1)
         assert displacement.shape == (2, *edge.shape)
         expected, _ = edge_and_displacement(model.eval(), dataset.load_image(image_id), "cpu")
         np.testing.assert_allclose(edge, expected, atol=1e-3)  # float16 on disk
-    (out / "junk.npz").write_bytes(b"junk")
-    with pytest.raises(DataError, match="junk.npz: corrupt boundary-map file"):
-        load_edges(out / "junk.npz")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsss.maps import LocalizationMaps, MapStore
+from wsss.stores.maps import LocalizationMaps, MapStore
 from wsss.viz.overlays import heatmap_overlay, image_grid, label_overlay, seed_grid
 
 

@@ -7,10 +7,10 @@ import pytest
 
 from wsss.errors import DataError
 from wsss.io import read_label_png
-from wsss.maps import LocalizationMaps, MapStore, strided_size
 from wsss.refine.pseudo_masks import make_pseudo_masks
 from wsss.refine.random_walk import propagate_to_labels
-from wsss.training.irn import save_edges
+from wsss.stores.edges import EdgeStore
+from wsss.stores.maps import LocalizationMaps, MapStore, strided_size
 
 
 def _store_maps(fixture, store: MapStore, rng: np.random.Generator) -> dict:
@@ -33,7 +33,7 @@ def _store_maps(fixture, store: MapStore, rng: np.random.Generator) -> dict:
 def _edges(fixture, folder, value: float = 0.0) -> None:
     for image_id in fixture.ids:
         h, w = strided_size(*fixture.sizes[image_id])
-        save_edges(folder / f"{image_id}.npz", np.full((h, w), value, dtype=np.float32))
+        EdgeStore(folder).save(image_id, np.full((h, w), value, dtype=np.float32))
 
 
 def test_pseudo_masks_equal_the_per_image_walk_and_resume(voc_fixture, voc_dataset, tmp_path) -> None:
@@ -81,7 +81,7 @@ def test_missing_or_bad_boundary_maps_are_errors(voc_fixture, voc_dataset, tmp_p
     with pytest.raises(DataError, match="no boundary map"):
         make_pseudo_masks(voc_dataset, store.directory, tmp_path / "edges", tmp_path / "pseudo", progress=False)
     first = voc_fixture.ids[0]
-    save_edges(tmp_path / "edges" / f"{first}.npz", np.zeros((3, 3), np.float32))  # wrong size
+    EdgeStore(tmp_path / "edges").save(first, np.zeros((3, 3), np.float32))  # wrong size
     with pytest.raises(DataError, match=first):
         make_pseudo_masks(voc_dataset, store.directory, tmp_path / "edges", tmp_path / "pseudo",
                           ids=[first], progress=False)

@@ -31,9 +31,9 @@ from wsss.attribution.rib import (
 )
 from wsss.attribution.rib_reference import reference_gndrp, reference_rib
 from wsss.errors import ConfigError, DataError
-from wsss.maps import MapStore
 from wsss.models.cam_net import CamNet
 from wsss.runtime import DistInfo
+from wsss.stores.maps import MapStore
 
 torch.set_num_threads(1)
 

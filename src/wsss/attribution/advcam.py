@@ -67,9 +67,9 @@ from wsss.attribution.cam import (
 from wsss.config import replace_fields, run_only_field
 from wsss.errors import ConfigError
 from wsss.io import image_size
-from wsss.maps import MapStore
 from wsss.models.climbing import climb_step
 from wsss.runtime import DistInfo, run_per_image_batched
+from wsss.stores.maps import MapStore
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +374,7 @@ def make_advcams(
     progress: bool = True,
     **settings,
 ) -> int:
-    """Write AdvCAM maps for every image of ``source`` into a :class:`~wsss.maps.MapStore`.
+    """Write AdvCAM maps for every image of ``source`` into a :class:`~wsss.stores.maps.MapStore`.
 
     Same-size images are batched ``config.images_per_batch`` at a time; batches are resumable (a
     batch whose maps all exist is skipped; a killed run loses at most one batch) and sharded by

@@ -37,9 +37,9 @@ from torch import nn
 
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, resize_image, scaled_size, to_chw_tensor
 from wsss.errors import ConfigError, DataError
-from wsss.maps import LocalizationMaps, MapStore, strided_size
 from wsss.models.cam_net import CamNet
 from wsss.runtime import DistInfo, eval_mode, run_per_image
+from wsss.stores.maps import LocalizationMaps, MapStore, strided_size
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def make_cams(
     dist: DistInfo | None = None,
     progress: bool = True,
 ) -> int:
-    """Write CAMs for every image of ``source`` into a :class:`~wsss.maps.MapStore`.
+    """Write CAMs for every image of ``source`` into a :class:`~wsss.stores.maps.MapStore`.
 
     Resumable (images already in the store are skipped) and sharded by ``RANK``/``WORLD_SIZE``
     (or ``dist``). The model is switched to eval mode for the run and back afterwards.

@@ -102,8 +102,8 @@ from wsss.attribution.cam import (
 from wsss.data.transforms import TrainTransform
 from wsss.config import replace_fields
 from wsss.errors import ConfigError, DataError
-from wsss.maps import MapStore
 from wsss.runtime import DistInfo, eval_mode, run_per_image
+from wsss.stores.maps import MapStore
 from wsss.training.schedule import build_sgd, poly_lr_scheduler
 
 log = logging.getLogger(__name__)
@@ -653,7 +653,7 @@ def make_ribs(
     index: DisjointClassIndex | None = None,
     **settings,
 ) -> int:
-    """Write RIB maps for every image of ``source`` into a :class:`~wsss.maps.MapStore`.
+    """Write RIB maps for every image of ``source`` into a :class:`~wsss.stores.maps.MapStore`.
 
     Other images are drawn from all of ``pool``'s images (default: ``source``'s; the reference
     takes targets and other images from the same train_aug list). Resumable and sharded by

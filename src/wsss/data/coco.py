@@ -5,11 +5,15 @@ categories (COCO's own ids have gaps: 1..90 for 80 classes); class names come fr
 with ``"background"`` as class 0. Image ids (``ds.ids``) are the image file names without their
 extension, e.g. ``000000000009`` for COCO 2017 (the 12-digit names RIB uses) or
 ``COCO_train2014_000000000009`` for COCO 2014; methods also accept the integer COCO image id.
+A split file (any dialect of :func:`wsss.data.voc.read_split_file`) narrows ``ds.ids`` to a subset.
 
 Semantic masks (:meth:`COCODataset.load_mask`) paint crowd regions 255 (ignore) first, then
 the non-crowd instances from the largest to the smallest area (ties by annotation id), so where
 instances overlap the smaller one wins and an instance wins over a crowd region. This is
 deterministic and keeps small objects that sit on larger ones.
+
+The JSON checks, polygon/RLE decoding and box conversion are those of the instance store
+(:mod:`wsss.stores.instances`), which writes and reads the same format.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import warnings
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,22 +31,13 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from tqdm import tqdm
 
+from wsss.data.base import ImageDataset
+from wsss.data.voc import read_split_file
 from wsss.errors import DataError
 from wsss.io import IGNORE_INDEX, PathLike, image_size, read_image, read_json, voc_palette
+from wsss.stores.instances import check_coco_document, coco_box, decode_rle, segmentation_rle
 
 logger = logging.getLogger(__name__)
-
-
-
-def _decode(rle: dict[str, Any]) -> np.ndarray:
-    """A binary (H, W) mask from one RLE."""
-    with warnings.catch_warnings():
-        # pycocotools 2.0.x's Cython decoder trips NumPy 2's __array__(copy=) deprecation;
-        # the result is correct, the warning is theirs.
-        warnings.filterwarnings(
-            "ignore", message=r"__array__ implementation doesn't accept a copy", category=DeprecationWarning
-        )
-        return mask_utils.decode(rle).astype(bool)
 
 
 @dataclass
@@ -93,7 +88,7 @@ def _default_image_dir(annotation_file: Path) -> Path:
     return folder
 
 
-class COCODataset:
+class COCODataset(ImageDataset):
     """Images, class labels, boxes and masks from a COCO instances JSON.
 
     Args:
@@ -101,19 +96,28 @@ class COCODataset:
         image_dir: the folder the JSON's ``file_name`` entries are relative to; by default the
             folder named after the JSON (``annotations/instances_val2017.json`` ->
             ``val2017/``), else ``JPEGImages/`` beside it, else the JSON's folder.
+        split: ``None`` for every image of the JSON, or a split file (a path, absolute or
+            relative to the JSON's folder) listing the ids to use, in its order.
 
     Raises:
         DataError: the JSON is missing or malformed (missing keys, an annotation of an unknown
-            image or category, duplicate image names or category names).
+            image or category, duplicate image names or category names), or the split file is
+            missing or lists an id the JSON does not have.
     """
 
-    def __init__(self, annotation_file: PathLike, image_dir: PathLike | None = None) -> None:
+    def __init__(
+        self,
+        annotation_file: PathLike,
+        image_dir: PathLike | None = None,
+        split: str | os.PathLike | None = None,
+    ) -> None:
         self.annotation_file = Path(annotation_file)
         data = read_json(self.annotation_file)
-        self._check_structure(data)
+        check_coco_document(data, self.annotation_file)
         self.image_dir = (
             Path(image_dir) if image_dir is not None else _default_image_dir(self.annotation_file)
         )
+        self.root = self.image_dir
 
         # pycocotools prints progress to stdout; keep stdout clean for the CLI.
         with contextlib.redirect_stdout(io.StringIO()):
@@ -137,66 +141,38 @@ class COCODataset:
             self.ids.append(image_id)
         self._id_of_image = {number: name for name, number in self._image_of_id.items()}
         self._label_cache: dict[str, np.ndarray] = {}
+        self._has_masks: bool | None = None
 
-    def _check_structure(self, data: Any) -> None:
-        path = self.annotation_file
-        if not isinstance(data, dict):
-            raise DataError("not a COCO instances file (expected a JSON object)", path)
-        for key in ("images", "annotations", "categories"):
-            if not isinstance(data.get(key), list):
-                raise DataError(f'not a COCO instances file (no "{key}" list)', path)
-        if not data["categories"]:
-            raise DataError("no categories", path)
-        category_ids: set[int] = set()
-        names: set[str] = set()
-        for category in data["categories"]:
-            if not isinstance(category, dict) or "id" not in category or "name" not in category:
-                raise DataError(f"category {category!r} needs an id and a name", path)
-            if category["id"] in category_ids or category["name"] in names:
-                raise DataError(f"duplicate category {category['id']} {category['name']!r}", path)
-            category_ids.add(category["id"])
-            names.add(category["name"])
-        if len(category_ids) + 1 > IGNORE_INDEX:
+        self.split = split
+        self.split_file: Path | None = None
+        if split is not None:
+            self.split_file = self._resolve_split(split)
+            self.ids = read_split_file(self.split_file).ids
+            unknown = [image_id for image_id in self.ids if image_id not in self._image_of_id]
+            if unknown:
+                raise DataError(
+                    f"{len(unknown)} ids are not images of {self.annotation_file.name} "
+                    f"(first: {unknown[0]!r})",
+                    self.split_file,
+                )
+
+    def _resolve_split(self, split: str | os.PathLike) -> Path:
+        path = Path(split)
+        if not path.is_file() and not path.is_absolute() and (self.annotation_file.parent / path).is_file():
+            path = self.annotation_file.parent / path
+        if not path.is_file():
             raise DataError(
-                f"{len(category_ids)} categories; semantic masks hold at most {IGNORE_INDEX - 1}", path
+                "split file not found (a COCO split is a file of ids; the JSON itself is the whole set)", path
             )
-        image_ids: set[int] = set()
-        for image in data["images"]:
-            if not isinstance(image, dict) or not all(
-                k in image for k in ("id", "file_name", "height", "width")
-            ):
-                raise DataError(f"image entry {image!r:.80} needs id, file_name, height and width", path)
-            if image["id"] in image_ids:
-                raise DataError(f"duplicate image id {image['id']}", path)
-            image_ids.add(image["id"])
-        for annotation in data["annotations"]:
-            if not isinstance(annotation, dict) or "id" not in annotation:
-                raise DataError(f"annotation {annotation!r:.80} has no id", path)
-            if annotation.get("image_id") not in image_ids:
-                raise DataError(
-                    f"annotation {annotation['id']} refers to unknown image {annotation.get('image_id')}",
-                    path,
-                )
-            if annotation.get("category_id") not in category_ids:
-                raise DataError(
-                    f"annotation {annotation['id']} has unknown category {annotation.get('category_id')}",
-                    path,
-                )
+        return path
 
     # ------------------------------------------------------------------ basics
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image_id = self.ids[index]
-        return {"id": image_id, "image": self.load_image(image_id), "labels": self.image_labels(image_id)}
-
     def __repr__(self) -> str:
-        return f"COCODataset({str(self.annotation_file)!r}, {len(self)} images, {self.num_classes} classes)"
+        split = "" if self.split_file is None else f", split={str(self.split_file)!r}"
+        return f"COCODataset({str(self.annotation_file)!r}{split}, {len(self)} images, {self.num_classes} classes)"
+
+    def _listed_in(self) -> Path:
+        return self.annotation_file if self.split_file is None else self.split_file
 
     def coco_id(self, image_id: str | int) -> int:
         """The JSON's integer image id for an id (a file-name stem) or an integer id."""
@@ -214,10 +190,6 @@ class COCODataset:
 
     def image_path(self, image_id: str | int) -> Path:
         return self.image_dir / str(self.image_info(image_id)["file_name"])
-
-    def load_image(self, image_id: str | int) -> np.ndarray:
-        """The RGB image as ``uint8`` (H, W, 3)."""
-        return read_image(self.image_path(image_id))
 
     def _annotations(self, image_id: str | int) -> list[dict[str, Any]]:
         number = self.coco_id(image_id)
@@ -238,56 +210,30 @@ class COCODataset:
             self._label_cache[key] = labels
         return labels.copy()
 
-    def label_vector(self, image_id: str | int) -> np.ndarray:
-        """Multi-hot ``float32[K]`` (index ``c - 1`` for class ``c``)."""
-        vector = np.zeros(self.num_classes - 1, dtype=np.float32)
-        vector[self.image_labels(image_id) - 1] = 1.0
-        return vector
-
     def boxes(self, image_id: str | int, include_crowd: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(boxes float32 (N, 4) x0, y0, x1, y1, classes int64 (N,))``, crowd left out by default."""
         chosen = [a for a in self._annotations(image_id) if include_crowd or not a.get("iscrowd", 0)]
         boxes = np.zeros((len(chosen), 4), dtype=np.float32)
         for row, annotation in enumerate(chosen):
-            boxes[row] = self._box(annotation)
+            boxes[row] = coco_box(annotation, self.annotation_file)
         classes = np.asarray([self._class_of_category[a["category_id"]] for a in chosen], dtype=np.int64)
         return boxes, classes
 
-    def _box(self, annotation: dict[str, Any]) -> np.ndarray:
-        bbox = annotation.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4:
-            raise DataError(f"annotation {annotation['id']} has no [x, y, w, h] bbox", self.annotation_file)
-        x, y, w, h = (float(v) for v in bbox)
-        return np.array([x, y, x + w, y + h], dtype=np.float32)
-
     # ------------------------------------------------------------------ masks
+    @property
+    def has_masks(self) -> bool:
+        """Whether every annotation of the split's images has a polygon or RLE segmentation."""
+        if self._has_masks is None:
+            self._has_masks = all(
+                isinstance(a.get("segmentation"), (list, dict)) and bool(a.get("segmentation"))
+                for image_id in self.ids
+                for a in self._annotations(image_id)
+            )
+        return self._has_masks
+
     def _rle(self, annotation: dict[str, Any], height: int, width: int) -> dict[str, Any]:
-        segmentation = annotation.get("segmentation")
         where = f"annotation {annotation['id']}"
-        if isinstance(segmentation, list):
-            if not segmentation:
-                raise DataError(f"{where} has an empty segmentation", self.annotation_file)
-            for polygon in segmentation:
-                # pycocotools reads a 4-number list as a box, and crashes on odd lengths.
-                if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
-                    raise DataError(
-                        f"{where} has a polygon with fewer than 3 points or an odd length",
-                        self.annotation_file,
-                    )
-            return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-        if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
-            if list(segmentation["size"]) != [height, width]:
-                raise DataError(
-                    f"{where}: RLE size {segmentation['size']} differs from the image's [{height}, {width}]",
-                    self.annotation_file,
-                )
-            counts = segmentation["counts"]
-            if isinstance(counts, list):  # uncompressed RLE
-                return mask_utils.frPyObjects(segmentation, height, width)
-            if isinstance(counts, str):
-                return {"size": [height, width], "counts": counts.encode("ascii")}
-            return segmentation
-        raise DataError(f"{where} has no polygon or RLE segmentation", self.annotation_file)
+        return segmentation_rle(annotation.get("segmentation"), height, width, where, self.annotation_file)
 
     def instances(self, image_id: str | int) -> Instances:
         """Every annotation of the image as a binary mask, with class, box and crowd flag."""
@@ -296,13 +242,13 @@ class COCODataset:
         annotations = self._annotations(image_id)
         masks = np.zeros((len(annotations), height, width), dtype=bool)
         for row, annotation in enumerate(annotations):
-            masks[row] = _decode(self._rle(annotation, height, width))
+            masks[row] = decode_rle(self._rle(annotation, height, width))
         return Instances(
             masks=masks,
             classes=np.asarray(
                 [self._class_of_category[a["category_id"]] for a in annotations], dtype=np.int64
             ),
-            boxes=np.stack([self._box(a) for a in annotations])
+            boxes=np.stack([coco_box(a, self.annotation_file) for a in annotations])
             if annotations
             else np.zeros((0, 4), np.float32),
             is_crowd=np.asarray([bool(a.get("iscrowd", 0)) for a in annotations], dtype=bool),
@@ -323,10 +269,10 @@ class COCODataset:
             rle = self._rle(annotation, height, width)
             (crowd if annotation.get("iscrowd", 0) else objects).append((annotation, rle))
         for _, rle in crowd:
-            label_map[_decode(rle)] = IGNORE_INDEX
+            label_map[decode_rle(rle)] = IGNORE_INDEX
         objects.sort(key=lambda pair: (-float(mask_utils.area(pair[1])), pair[0]["id"]))
         for annotation, rle in objects:
-            label_map[_decode(rle)] = self._class_of_category[annotation["category_id"]]
+            label_map[decode_rle(rle)] = self._class_of_category[annotation["category_id"]]
         return label_map
 
     # ------------------------------------------------------------------ validation

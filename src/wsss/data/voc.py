@@ -28,14 +28,14 @@ import xml.etree.ElementTree as ElementTree
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from wsss.data.base import ImageDataset
 from wsss.data.labels import LABEL_FILE_NAME, ImageLabelFile, read_image_labels
 from wsss.errors import ConfigError, DataError
-from wsss.io import IGNORE_INDEX, PathLike, image_size, read_image, read_label_png, voc_palette
+from wsss.io import IGNORE_INDEX, PathLike, read_label_png, voc_palette
 
 logger = logging.getLogger(__name__)
 
@@ -323,7 +323,7 @@ class ValidationReport:
         return ", ".join(parts)
 
 
-class VOCDataset:
+class VOCDataset(ImageDataset):
     """A dataset in the VOC layout: images, masks, XML boxes and image-level labels.
 
     Args:
@@ -404,23 +404,14 @@ class VOCDataset:
         return label_file
 
     # ------------------------------------------------------------------ basics
-    @property
-    def num_classes(self) -> int:
-        """Number of classes including background (``K + 1``)."""
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image_id = self.ids[index]
-        return {"id": image_id, "image": self.load_image(image_id), "labels": self.image_labels(image_id)}
-
     def __repr__(self) -> str:
         return (
             f"VOCDataset(root={str(self.root)!r}, split={os.fspath(self.split)!r}, "
             f"{len(self)} images, {self.num_classes} classes, label_source={self.label_source!r})"
         )
+
+    def _listed_in(self) -> Path:
+        return self.split_file
 
     def _resolve_listed(self, listed: str) -> Path:
         # deeplab-pytorch lists "/JPEGImages/x.jpg": relative to the root despite the slash.
@@ -469,25 +460,7 @@ class VOCDataset:
             self._has_masks = all(self.mask_path(image_id) is not None for image_id in self.ids)
         return self._has_masks
 
-    # ------------------------------------------------------------------ images and masks
-    def load_image(self, image_id: str) -> np.ndarray:
-        """The RGB image as ``uint8`` (H, W, 3).
-
-        Raises:
-            DataError: no image file for the id, or the file is corrupt.
-        """
-        path = self.image_path(image_id)
-        if not path.exists():
-            raise DataError(f"no image for id {image_id!r} (listed in {self.split_file})", path)
-        return read_image(path)
-
-    def image_size(self, image_id: str) -> tuple[int, int]:
-        """(height, width) of the image, from its header."""
-        path = self.image_path(image_id)
-        if not path.exists():
-            raise DataError(f"no image for id {image_id!r} (listed in {self.split_file})", path)
-        return image_size(path)
-
+    # ------------------------------------------------------------------ masks
     def load_mask(self, image_id: str) -> np.ndarray:
         """The label map as ``uint8`` (H, W), checked against the image size and ``K``.
 
@@ -539,12 +512,6 @@ class VOCDataset:
             labels = self._derive_labels(image_id)
             self._label_cache[image_id] = labels
         return labels.copy()
-
-    def label_vector(self, image_id: str) -> np.ndarray:
-        """Multi-hot ``float32[K]`` over foreground classes (index ``c - 1`` for class ``c``)."""
-        vector = np.zeros(self.num_classes - 1, dtype=np.float32)
-        vector[self.image_labels(image_id) - 1] = 1.0
-        return vector
 
     def all_image_labels(self, progress: bool = False, workers: int = 1) -> dict[str, np.ndarray]:
         """Image labels of every id (derived once and cached), in split order.

@@ -31,7 +31,8 @@ from wsss.evaluation.sweep import (
 )
 from wsss.evaluation.tables import format_details, format_table, write_table_csv
 from wsss.io import write_json
-from wsss.maps import MapStore
+from wsss.stores.maps import MapStore
+from wsss.stores.masks import MaskStore
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,10 @@ def detect_prediction_kind(pred_dir: str | Path) -> str:
     if not pred_dir.is_dir():
         raise DataError("prediction folder not found", pred_dir)
     if MapStore.looks_like_store(pred_dir):
-        if any(pred_dir.glob("*.png")):
+        if MaskStore.looks_like_store(pred_dir):
             log.info("%s holds both .npz and .png files; evaluating the .npz maps", pred_dir)
         return MAPS
-    if any(pred_dir.glob("*.png")):
+    if MaskStore.looks_like_store(pred_dir):
         return LABELS
     raise DataError("prediction folder is empty (no .png label maps or .npz map files)", pred_dir)
 

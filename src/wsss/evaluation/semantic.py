@@ -25,7 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from wsss.errors import ConfigError, DataError
-from wsss.io import IGNORE_INDEX, read_label_png
+from wsss.io import IGNORE_INDEX
+from wsss.stores.masks import MaskStore
 
 log = logging.getLogger(__name__)
 
@@ -422,11 +423,13 @@ def evaluate_labels(
     _check_mode(unlabelled)
     pred_dir = Path(pred_dir)
     ids = list(dataset.ids if ids is None else ids)
-    require_predictions(ids, pred_dir, ".png")
+    predictions = MaskStore(pred_dir)
+    require_predictions(ids, pred_dir, predictions.suffix)
     accumulator = ConfusionAccumulator(dataset.num_classes, unlabelled=unlabelled)
     for image_id in tqdm(ids, desc="eval", leave=False, disable=not progress or None):
-        path = pred_dir / f"{image_id}.png"
-        accumulator.update(dataset.load_mask(image_id), read_label_png(path), pred_path=path)
+        # Size and values are checked against the ground truth by the accumulator.
+        accumulator.update(dataset.load_mask(image_id), predictions.load(image_id),
+                           pred_path=predictions.path(image_id))
     scores = accumulator.scores(dataset.classes, labels_protocol(unlabelled), name="labels")
     log.debug("%s: mIoU %.2f over %d images", pred_dir, 100 * scores.miou, scores.num_images)
     return scores

@@ -40,7 +40,7 @@ from wsss.evaluation.semantic import (
     require_predictions,
 )
 from wsss.io import IGNORE_INDEX
-from wsss.maps import SUFFIX, LocalizationMaps, MapStore
+from wsss.stores.maps import SUFFIX, LocalizationMaps, MapStore
 
 log = logging.getLogger(__name__)
 

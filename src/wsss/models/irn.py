@@ -53,8 +53,8 @@ from torch import nn
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, resize_image, scaled_size, to_chw_tensor
 from wsss.errors import ConfigError, DataError
 from wsss.io import atomic_write
-from wsss.maps import strided_size
 from wsss.models.backbones import ResNet, create_backbone, stage_strides
+from wsss.stores.maps import strided_size
 
 log = logging.getLogger(__name__)
 

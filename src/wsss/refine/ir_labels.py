@@ -34,10 +34,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from wsss.errors import ConfigError, DataError
-from wsss.io import IGNORE_INDEX, write_label_png
-from wsss.maps import LocalizationMaps, MapStore
+from wsss.io import IGNORE_INDEX
 from wsss.refine.crf import CrfParams, crf_from_labels, crf_params
 from wsss.runtime import DistInfo, run_per_image_parallel
+from wsss.stores.maps import LocalizationMaps, MapStore
+from wsss.stores.masks import MaskStore
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ def _check_maps(maps: LocalizationMaps, image: np.ndarray, num_classes: int | No
     elif (maps.keys < 1).any() or (maps.keys > 254).any():
         raise DataError(f"map keys {maps.keys.tolist()} are not foreground ids (1..254)", where)
     if len(np.unique(maps.keys)) != len(maps.keys):
-        raise DataError(f"map keys {maps.keys.tolist()} repeat a class", where)
+        # Only per-box maps (with boxes) may repeat a class; IR labels need one map per class.
+        raise DataError(f"map keys {maps.keys.tolist()} repeat a class (per-box maps, not class maps)", where)
     if not np.isfinite(maps.high_res).all():
         raise DataError("maps contain NaN or infinite values", where)
 
@@ -152,29 +154,24 @@ class _IrLabelWork:
     """One image's job, picklable so that worker processes can run it."""
 
     dataset: Any
-    maps_dir: Path
-    out_dir: Path
+    maps: MapStore
+    out: MaskStore
     fg_threshold: float
     bg_threshold: float
     crf: CrfParams
     gt_prob: float
     num_classes: int | None
-    palette: list[int] | None
-
-    def output(self, image_id: str) -> Path:
-        return self.out_dir / f"{image_id}.png"
 
     def is_done(self, image_id: str) -> bool:
-        return self.output(image_id).is_file()
+        return self.out.has(image_id)
 
     def __call__(self, image_id: str) -> None:
-        store = MapStore(self.maps_dir)
-        maps = store.load(image_id)
         label = make_ir_label(
-            self.dataset.load_image(image_id), maps, self.fg_threshold, self.bg_threshold, self.crf,
-            gt_prob=self.gt_prob, num_classes=self.num_classes, where=store.path(image_id),
+            self.dataset.load_image(image_id), self.maps.load(image_id), self.fg_threshold,
+            self.bg_threshold, self.crf, gt_prob=self.gt_prob, num_classes=self.num_classes,
+            where=self.maps.path(image_id),
         )
-        write_label_png(self.output(image_id), label, self.palette)
+        self.out.save(image_id, label)
 
 
 def make_ir_labels(
@@ -198,8 +195,8 @@ def make_ir_labels(
 
     Args:
         dataset: ``ids``, ``load_image`` and optionally ``num_classes``, ``palette``.
-        maps_dir: a :class:`~wsss.maps.MapStore` folder holding maps for every id.
-        out_dir: where the PNGs go.
+        maps_dir: a :class:`~wsss.stores.maps.MapStore` folder holding maps for every id.
+        out_dir: where the PNGs go (a :class:`~wsss.stores.masks.MaskStore`).
         fg_threshold, bg_threshold: see :func:`make_ir_label`.
         crf, gt_prob: see :func:`make_ir_label`.
         workers: worker processes for the CRF.
@@ -221,10 +218,9 @@ def make_ir_labels(
     num_classes = getattr(dataset, "num_classes", None)
     palette = getattr(dataset, "palette", None)
     work = _IrLabelWork(
-        dataset=dataset, maps_dir=maps_dir, out_dir=Path(out_dir), fg_threshold=fg, bg_threshold=bg,
-        crf=crf_params(crf), gt_prob=float(gt_prob),
+        dataset=dataset, maps=MapStore(maps_dir), out=MaskStore(out_dir, palette), fg_threshold=fg,
+        bg_threshold=bg, crf=crf_params(crf), gt_prob=float(gt_prob),
         num_classes=None if num_classes is None else int(num_classes),
-        palette=None if palette is None else list(palette),
     )
     ids = list(dataset.ids if ids is None else ids)
     log.info("IR labels for %d images (fg %.3g, bg %.3g) -> %s", len(ids), fg, bg, out_dir)

@@ -1,21 +1,23 @@
 """Pseudo masks: every image's maps walked over its IRN boundary map (IRN ``make_sem_seg_labels``).
 
-Reads a map store (``wsss.maps``) and a folder of boundary maps (``wsss.training.irn.make_edges``)
-and writes ``<out_dir>/<id>.png`` palette label maps; resumable and sharded by rank like every
-per-image stage.
+Reads a map store (:class:`~wsss.stores.maps.MapStore`) and a boundary-map store
+(:class:`~wsss.stores.edges.EdgeStore`, written by :func:`wsss.training.irn.make_edges`) and
+writes label maps into a :class:`~wsss.stores.masks.MaskStore`; resumable and sharded by rank
+like every per-image stage.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 from wsss.errors import ConfigError, DataError
-from wsss.io import image_size, write_label_png
-from wsss.maps import MapStore
-from wsss.runtime import DistInfo, run_per_image
+from wsss.io import image_size
 from wsss.refine.random_walk import BETA, BG_THRESHOLD, EXP_TIMES, RADIUS, propagate_to_labels
+from wsss.runtime import DistInfo, run_per_image
+from wsss.stores.edges import EdgeStore
+from wsss.stores.maps import MapStore
+from wsss.stores.masks import MaskStore
 
 
 def make_pseudo_masks(
@@ -42,19 +44,16 @@ def make_pseudo_masks(
     map missing, maps of another size than the image, maps of classes the image is not labelled
     with (a map file for another image), NaN.
     """
-    from wsss.training.irn import load_edges
-
     if cam_power <= 0 or not 0 <= bg_threshold <= 1:
         raise ConfigError(f"cam_power must be positive and bg_threshold in [0, 1], got {cam_power}, {bg_threshold}")
-    store, edges, out = MapStore(maps_dir), Path(edge_dir), Path(out_dir)
-    palette = getattr(dataset, "palette", None)
+    store, edges = MapStore(maps_dir), EdgeStore(edge_dir)
+    out = MaskStore(out_dir, getattr(dataset, "palette", None))
 
     def work(image_id: str) -> None:
         if not store.has(image_id):
             raise DataError(f"no maps for image {image_id!r}", store.path(image_id))
-        edge_path = edges / f"{image_id}.npz"
-        if not edge_path.is_file():
-            raise DataError(f"no boundary map for image {image_id!r}", edge_path)
+        if not edges.has(image_id):
+            raise DataError(f"no boundary map for image {image_id!r}", edges.path(image_id))
         maps = store.load(image_id)
         height, width = maps.image_size
         expected = image_size(dataset.image_path(image_id))
@@ -67,14 +66,14 @@ def make_pseudo_masks(
                             f"is labelled {sorted(labelled)} (a map file for another image?)", store.path(image_id))
         if maps.strided is None:
             raise DataError("maps have no stride-4 array (the random walk needs it)", store.path(image_id))
-        edge, _ = load_edges(edge_path)
+        edge, _ = edges.load(image_id)
         label = propagate_to_labels(
             maps.strided.astype("float32"), maps.keys, edge, (height, width), cam_power=cam_power,
-            bg_threshold=bg_threshold, beta=beta, exp_times=exp_times, radius=radius, device=device, where=edge_path,
+            bg_threshold=bg_threshold, beta=beta, exp_times=exp_times, radius=radius, device=device,
+            where=edges.path(image_id),
         )
-        write_label_png(out / f"{image_id}.png", label, palette)
+        out.save(image_id, label)
 
-    out.mkdir(parents=True, exist_ok=True)
-    return run_per_image(list(dataset.ids if ids is None else ids), work,
-                         lambda i: (out / f"{i}.png").is_file(), desc="pseudo masks", dist=dist,
-                         progress=progress)
+    out.directory.mkdir(parents=True, exist_ok=True)
+    return run_per_image(list(dataset.ids if ids is None else ids), work, out.has, desc="pseudo masks",
+                         dist=dist, progress=progress)

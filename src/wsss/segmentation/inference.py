@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -33,8 +32,9 @@ from torch import nn
 
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, scaled_size, to_chw_tensor
 from wsss.errors import ConfigError
-from wsss.io import voc_palette, write_label_png
+from wsss.io import voc_palette
 from wsss.runtime import DistInfo, eval_mode, run_per_image
+from wsss.stores.masks import MaskStore
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def predict_dataset(
     dist: DistInfo | None = None,
     progress: bool = True,
 ) -> int:
-    """Predict every image of ``dataset`` and write ``out_dir/<id>.png`` palette label maps.
+    """Predict every image of ``dataset`` into ``out_dir``, a :class:`~wsss.stores.masks.MaskStore`.
 
     Resumable (images whose PNG exists are skipped; PNGs are written atomically) and sharded by
     ``RANK``/``WORLD_SIZE`` through :func:`wsss.runtime.run_per_image`. The model is put
@@ -225,9 +225,9 @@ def predict_dataset(
     Returns:
         How many images were processed in this call.
     """
-    out_dir = Path(out_dir)
     ids = list(dataset.ids if ids is None else ids)
     palette = list(palette if palette is not None else getattr(dataset, "palette", None) or voc_palette())
+    out = MaskStore(out_dir, palette)
     num_classes = getattr(model, "num_classes", None)
     classes = getattr(dataset, "classes", None)
     if num_classes is not None and classes is not None and len(classes) != num_classes:
@@ -236,15 +236,11 @@ def predict_dataset(
     log.info("predicting %d images to %s (scales %s, flip %s, merge %s, crf %s)",
              len(ids), out_dir, list(scales), flip, merge, crf)
 
-    def output(image_id: str) -> Path:
-        return out_dir / f"{image_id}.png"
-
     def work(image_id: str) -> None:
         where = dataset.image_path(image_id) if hasattr(dataset, "image_path") else image_id
         labels = predict(model, dataset.load_image(image_id), device=device, scales=scales, flip=flip,
                          merge=merge, mean=mean, std=std, crf=crf, where=where)
-        write_label_png(output(image_id), labels, palette)
+        out.save(image_id, labels)
 
     with eval_mode(model):
-        return run_per_image(ids, work, lambda i: output(i).is_file(), desc="predict", dist=dist,
-                             progress=progress)
+        return run_per_image(ids, work, out.has, desc="predict", dist=dist, progress=progress)

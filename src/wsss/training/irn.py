@@ -37,11 +37,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import os
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,8 +54,10 @@ from wsss.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, normalize, random
                                   scaled_size, to_chw_tensor)
 from wsss.config import replace_fields
 from wsss.errors import ConfigError, DataError
-from wsss.io import IGNORE_INDEX, image_size, read_label_png, write_bytes
-from wsss.maps import strided_size
+from wsss.io import IGNORE_INDEX, image_size, read_label_png
+# load_edges, save_edges: re-exported only while __all__ names them; their home is wsss.stores.edges.
+from wsss.stores.edges import EdgeStore, load_edges, save_edges  # noqa: F401
+from wsss.stores.maps import strided_size
 from wsss.models.irn import IRNet, edge_and_displacement
 from wsss.runtime import DistInfo, eval_mode, resolve_device, run_per_image, seed_everything
 from wsss.models.path_index import PathIndex, max_along_paths, pair_indices
@@ -568,45 +568,6 @@ def train_irn(
 # --------------------------------------------------------------------------------------------
 # Boundary maps per image
 
-EDGE_SUFFIX = ".npz"
-
-
-def save_edges(path: str | os.PathLike, edge: np.ndarray, displacement: np.ndarray | None = None) -> None:
-    """Write ``edge`` (h, w) and optionally ``displacement`` (2, h, w) as float16, atomically."""
-    arrays = {"edge": np.asarray(edge, dtype=np.float16)}
-    if displacement is not None:
-        arrays["displacement"] = np.asarray(displacement, dtype=np.float16)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    write_bytes(path, buffer.getvalue())
-
-
-def load_edges(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read a file of :func:`save_edges`: ``edge`` float32 (h, w), ``displacement`` or None.
-
-    Raises:
-        DataError: missing or corrupt file, wrong shapes, or an edge map outside [0, 1].
-    """
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "edge" not in data.files:
-                raise DataError("not a wsss boundary-map file (needs an 'edge' array)", path)
-            edge = data["edge"].astype(np.float32)
-            displacement = data["displacement"].astype(np.float32) if "displacement" in data.files else None
-    except FileNotFoundError:
-        raise DataError("boundary-map file not found", path) from None
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"corrupt boundary-map file ({exc})", path) from None
-    if edge.ndim != 2:
-        raise DataError(f"edge map must be (h, w), got shape {edge.shape}", path)
-    if not np.isfinite(edge).all() or (edge.size and (edge.min() < 0 or edge.max() > 1)):
-        raise DataError("edge map must hold finite values in [0, 1]", path)
-    if displacement is not None and displacement.shape != (2, *edge.shape):
-        raise DataError(f"displacement must be (2, {edge.shape[0]}, {edge.shape[1]}), got {displacement.shape}", path)
-    return edge, displacement
-
-
 def make_edges(
     model: IRNet,
     dataset: Any,
@@ -621,10 +582,11 @@ def make_edges(
     dist: DistInfo | None = None,
     progress: bool = True,
 ) -> int:
-    """Write ``<out_dir>/<id>.npz`` (edge float16 (h, w) at stride 4, displacement (2, h, w)).
+    """Write ``<out_dir>/<id>.npz`` boundary maps (:class:`~wsss.stores.edges.EdgeStore`).
 
-    Resumable (existing files are skipped) and sharded by ``RANK``/``WORLD_SIZE``. The model is
-    put in eval mode for the run and restored afterwards.
+    Each file holds the edge map float16 (h, w) at stride 4 and, with ``displacement``, the
+    displacement field (2, h, w). Resumable (existing files are skipped) and sharded by
+    ``RANK``/``WORLD_SIZE``. The model is put in eval mode for the run and restored afterwards.
 
     Args:
         model: a trained :class:`~wsss.models.irn.IRNet`.
@@ -640,19 +602,15 @@ def make_edges(
     Returns:
         How many images were processed in this call.
     """
-    out_dir = Path(out_dir)
+    store = EdgeStore(out_dir)
     device = torch.device(device)
     ids = list(dataset.ids if ids is None else ids)
-
-    def path(image_id: str) -> Path:
-        return out_dir / f"{image_id}{EDGE_SUFFIX}"
 
     def work(image_id: str) -> None:
         image = dataset.load_image(image_id)
         edge, disp = edge_and_displacement(model, image, device, scales, flip, pad_to=pad_to)
         assert edge.shape == strided_size(*image.shape[:2])
-        save_edges(path(image_id), edge, disp if displacement else None)
+        store.save(image_id, edge, disp if displacement else None)
 
     with eval_mode(model):
-        return run_per_image(ids, work, lambda image_id: path(image_id).is_file(), desc="edges",
-                             dist=dist, progress=progress)
+        return run_per_image(ids, work, store.has, desc="edges", dist=dist, progress=progress)

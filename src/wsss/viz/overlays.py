@@ -14,7 +14,7 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
 from wsss.io import voc_palette, write_bytes
-from wsss.maps import MapStore
+from wsss.stores.maps import MapStore
 
 
 def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
