@@ -25,9 +25,11 @@ demo-quick: $(STAMP)
 	$(VENV)/bin/wsss demo --quick --out $(DEMO_OUT)-quick
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

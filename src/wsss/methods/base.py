@@ -84,8 +84,8 @@ def remover(*paths: Path) -> Callable[[], None]:
 class DataConfig:
     """Where the images and labels are."""
 
-    root: str = ""  # a VOC-layout root (VOCdevkit/, VOCdevkit/VOC2012/ or the like) or a COCO JSON
-    train_split: str = "train"  # classifier training (IRN: train_aug)
+    root: str = ""  # a VOC-layout root (VOCdevkit/, VOCdevkit/VOC2012/ or the like) or a COCO instances JSON
+    train_split: str = "train"  # classifier training (IRN: train_aug); COCO: a split file of ids or a .json
     seed_split: str = "train"  # seeds and pseudo masks are evaluated on train (IRN, AdvCAM: VOC train)
     val_split: str = "val"  # final segmentation is evaluated on val
     ood_list: str | None = None  # OoD images for W-OoD: a list of paths relative to the list's folder
@@ -142,13 +142,21 @@ class Context:
         self.workdir = Path(self.workdir)
 
     def dataset(self, split: str):
-        """The recipe's dataset for ``split`` (opened once per run)."""
-        from wsss.data.voc import VOCDataset
+        """The recipe's dataset for ``split`` (opened once per run).
+
+        ``data.root`` is a VOC-layout folder (``split``: a split name or file) or a COCO
+        instances JSON (``split``: a file of ids); a ``split`` that is itself a COCO ``.json``
+        file opens that file, so COCO's train and val annotations can be two splits of one recipe.
+        """
+        from wsss.data import open_dataset
 
         if not self.recipe.data.root:
             raise ConfigError("no dataset: set data.root (e.g. --set data.root=PATH)")
         if split not in self._datasets:
-            self._datasets[split] = VOCDataset(self.recipe.data.root, split)
+            if str(split).lower().endswith(".json"):
+                self._datasets[split] = open_dataset(split)
+            else:
+                self._datasets[split] = open_dataset(self.recipe.data.root, split)
         return self._datasets[split]
 
     @property
