@@ -740,7 +740,8 @@ def train_wood(
     ignore = torch.as_tensor([int(c) - 1 for c in config.ood_ignore_classes], dtype=torch.long, device=device)
 
     def refresh(epoch: int) -> None:
-        if use_distance and epoch > 0 and config.refresh_prototypes_every and epoch % config.refresh_prototypes_every == 0:
+        every = config.refresh_prototypes_every
+        if use_distance and epoch > 0 and every and epoch % every == 0:
             compute_prototypes()
 
     def step(batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float | None]]:
