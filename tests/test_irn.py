@@ -1,4 +1,4 @@
-"""IRN: pair labels, losses, the network at any size, a few training steps, checkpoints, edges."""
+"""IRN: pair labels, losses, the network at any size, training steps, exact resume, checkpoints, edges."""
 
 from __future__ import annotations
 
@@ -227,6 +227,38 @@ def test_training_steps_decrease_the_loss_and_checkpoint_round_trips(tmp_path: P
         np.testing.assert_allclose(a, b, atol=1e-6)
     raw = torch.load(tmp_path / "irn.pt", weights_only=True)
     assert raw["format"] == "wsss.irn" and raw["config"]["backbone"] == "resnet18_w16"
+
+
+def test_resume_and_a_max_steps_stop_give_the_uninterrupted_weights(tmp_path: Path) -> None:
+    # 6 images / batch 2 = 3 updates an epoch, 2 epochs. Killed at update 4 the run restarts from
+    # its checkpoint after epoch 1; then max_steps stops it mid-epoch (checkpointed there) and a
+    # last call finishes. Random rescale and flips draw from the global RNG.
+    dataset, labels = _tiny_dataset(tmp_path, count=6)
+    config = _tiny_config(batch_size=2, epochs=2, rescale=(0.8, 1.2))
+    straight = train_irn(dataset, labels, config, device="cpu", progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_4(iteration: int, loss: float) -> None:
+        if iteration == 4:
+            raise Killed
+
+    folder = tmp_path / "run"
+    with pytest.raises(Killed):
+        train_irn(dataset, labels, config, device="cpu", progress=False, checkpoint_dir=folder, callback=kill_at_4)
+    assert torch.load(folder / "checkpoint.pt", weights_only=True)["iteration"] == 3
+    partial = train_irn(dataset, labels, config, device="cpu", progress=False, checkpoint_dir=folder, max_steps=5)
+    assert [r["step"] for r in partial.history] == [3, 5]
+    resumed = train_irn(dataset, labels, config, device="cpu", progress=False, checkpoint_dir=folder,
+                        out=tmp_path / "irn.pt")
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
+    drop = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]  # noqa: E731
+    assert drop(resumed.history) == drop(straight.history) and [r["step"] for r in resumed.history] == [3, 6]
+    assert set(resumed.history[0]) == {"epoch", "step", "bg_pos", "fg_pos", "neg", "dp_fg", "dp_bg", "total",
+                                       "lr", "seconds"}
+    assert torch.load(tmp_path / "irn.pt", weights_only=True)["extra"]["history"][1]["step"] == 6
 
 
 def test_backbone_from_the_classifier(tmp_path: Path) -> None:

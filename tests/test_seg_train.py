@@ -1,4 +1,5 @@
-"""Segmentation training: (image, mask) data, augmentation, the training loop, resume, bad input.
+"""Segmentation training: (image, masks) data, augmentation, the training loop, resume, bad input,
+several targets per image (BANA's Y_crf and Y_ret).
 
 Most runs use :class:`TinySegNet`, a three-convolution stand-in with the DeepLab interface
 (``num_classes``, ``output_stride``, ``parameter_groups``), so each trains in about a second; one
@@ -23,6 +24,7 @@ from wsss.data.voc import VOCDataset
 from wsss.errors import ConfigError, DataError
 from wsss.runtime import distributed_context
 from wsss.segmentation.data import MaskSource, SegmentationTrainDataset, SegmentationTransform
+from wsss.segmentation.losses import make_loss
 from wsss.segmentation.train import (
     CHECKPOINT_FORMAT,
     SegTrainConfig,
@@ -366,10 +368,114 @@ def test_real_deeplab_and_loss_through_the_recipe(colour_voc, tmp_path) -> None:
     with torch.no_grad():
         logits = model(torch.zeros(1, 3, 32, 32))
     assert logits.shape == (1, 4, 4, 4)
-    # Losses that need more than one mask per image are refused up front.
+    # A loss that needs a second target is refused up front when the masks give only one.
     with pytest.raises(ConfigError, match="needs target_ret"):
         train_segmentation(colour_voc, None, config.replace(loss="nal"), device="cpu",
                            out_dir=tmp_path / "nal", progress=False)
+
+
+# ------------------------------------------------------------------ several targets per image
+SHIFT = np.array([(c + 1) % 4 for c in range(255)] + [255], np.uint8)  # class c -> c + 1 mod 4, 255 kept
+
+
+def write_masks(folder: Path, dataset: VOCDataset, relabel: np.ndarray | None = None,
+                only: Sequence[str] | None = None) -> Path:
+    """The dataset's masks (relabelled through a lookup table on the ``only`` ids) as PNGs in ``folder``."""
+    for image_id in dataset.ids:
+        mask = dataset.load_mask(image_id)
+        if relabel is not None and (only is None or image_id in only):
+            mask = relabel[mask]
+        write_palette_png(folder / f"{image_id}.png", mask)
+    return folder
+
+
+def test_every_target_gets_the_same_augmentation(colour_voc, tmp_path) -> None:
+    same, shifted = write_masks(tmp_path / "same", colour_voc), write_masks(tmp_path / "shifted", colour_voc, SHIFT)
+    transform = SegmentationTransform(crop_size=40, scale_range=(0.6, 1.4), hflip=True)
+    data = SegmentationTrainDataset(colour_voc, {"target": None, "same": same, "shifted": shifted}, transform,
+                                    seed=2)
+    single = SegmentationTrainDataset(colour_voc, None, transform, seed=2)
+    assert list(data.targets) == ["target", "same", "shifted"] and data.masks is data.targets["target"]
+    padded = 0
+    for key in [(0, index) for index in range(8)] + [(3, 5), (4, 1)]:
+        item = data[key]
+        assert set(item) == {"id", "image", "mask", "same", "shifted"}
+        # one target or three: the same draws, so the image and main mask are unchanged
+        assert torch.equal(item["image"], single[key]["image"]) and torch.equal(item["mask"], single[key]["mask"])
+        assert torch.equal(item["same"], item["mask"])  # identical masks stay identical
+        # where the masks differ they stay aligned: the relabelling commutes with the geometry
+        assert torch.equal(item["shifted"], torch.from_numpy(SHIFT).long()[item["mask"]])
+        padded += int((item["mask"] == 255).any())
+    assert padded > 0  # crops padded with 255 in every target alike
+
+
+def test_targets_are_named_validated_and_checked_against_the_loss(colour_voc, tmp_path) -> None:
+    gt = write_masks(tmp_path / "gt", colour_voc)
+    with pytest.raises(ConfigError, match="masks by target need the main one, 'target'"):
+        SegmentationTrainDataset(colour_voc, {"target_ret": gt})
+    with pytest.raises(ConfigError, match="cannot be named 'image'"):
+        SegmentationTrainDataset(colour_voc, {"target": gt, "image": gt})
+    partial = tmp_path / "partial"
+    write_palette_png(partial / "img00.png", colour_voc.load_mask("img00"))
+    with pytest.raises(DataError, match=r"partial: 7 of 8 images have no pseudo masks: img01"):
+        SegmentationTrainDataset(colour_voc, {"target": gt, "target_ret": partial})  # every folder is checked
+
+    # A loss needing target_ret without it: one line naming the loss, the target and the targets
+    # given, before a single mask is read (the main folder here lacks 7 masks).
+    with pytest.raises(ConfigError) as caught:
+        train_segmentation(colour_voc, {"target": partial}, tiny_config(), out_dir=tmp_path / "run",
+                           progress=False, model=tiny_model(), loss_fn=make_loss("entropy"))
+    message = str(caught.value)
+    assert message.startswith("loss 'entropy' needs target_ret besides the masks, but the data gives only target")
+    assert "\n" not in message
+    with pytest.raises(DataError, match="partial: 7 of 8 images have no pseudo masks"):
+        train_segmentation(colour_voc, {"target": gt, "target_ret": partial}, tiny_config(),
+                           out_dir=tmp_path / "run", progress=False, model=tiny_model(),
+                           loss_fn=make_loss("entropy"))
+
+
+def test_entropy_loss_trains_on_two_targets(colour_voc, tmp_path) -> None:
+    # Where Y_ret = Y_crf everywhere, the unreliable region is empty and the loss is plain
+    # cross-entropy on the upsampled logits: the run must match a "ce" run update for update.
+    config = tiny_config(iterations=6)
+    same = write_masks(tmp_path / "same", colour_voc)
+
+    def run(masks, loss, name):
+        return train_segmentation(colour_voc, masks, config, device="cpu", out_dir=tmp_path / name,
+                                  progress=False, model=tiny_model(), loss_fn=loss)
+
+    entropy = run({"target": None, "target_ret": same}, make_loss("entropy"), "entropy")
+    plain = run(None, make_loss("ce", resize="logits", align_corners=True), "ce")
+    assert [h["loss"] for h in entropy.history] == pytest.approx([h["loss"] for h in plain.history], rel=1e-5)
+    # Y_ret disagreeing on half the images: those pixels leave the CE and get the entropy term.
+    shifted = write_masks(tmp_path / "shifted", colour_voc, SHIFT, only=colour_voc.ids[::2])
+    noisy = run({"target": None, "target_ret": shifted}, make_loss("entropy"), "noisy")
+    assert noisy.iterations == 6 and all(np.isfinite(h["loss"]) for h in noisy.history)
+    assert noisy.history[0]["loss"] != pytest.approx(plain.history[0]["loss"], rel=1e-3)
+
+
+def test_noise_aware_loss_trains_the_cosine_deeplab_on_two_targets(colour_voc, tmp_path) -> None:
+    # BANA's setting: the cosine classifier, NAL reading the cosines off logits / scale.
+    config = seg_recipe("synth").replace(epochs=None, iterations=3, batch_size=2, crop_size=32,
+                                         checkpoint_every=100, classifier="cosine", loss="nal",
+                                         loss_options={"scale": 20.0})
+    same = write_masks(tmp_path / "same", colour_voc)
+    shifted = write_masks(tmp_path / "shifted", colour_voc, SHIFT, only=colour_voc.ids[::2])
+
+    def run(masks, config, name):
+        return train_segmentation(colour_voc, masks, config, device="cpu", out_dir=tmp_path / name,
+                                  progress=False)
+
+    nal = run({"target": None, "target_ret": shifted}, config, "nal")
+    assert nal.iterations == 3 and all(np.isfinite(h["loss"]) for h in nal.history)
+    model, meta = load_trained_model(nal.model_path, num_classes=4)
+    assert meta["config"]["loss"] == "nal" and model.cosine_scale == 20.0
+    # With Y_ret = Y_crf, NAL is cross-entropy on the upsampled logits (as BANA's reliable term).
+    # No scale option here: it comes from the model's cosine classifier.
+    agreeing = run({"target": None, "target_ret": same}, config.replace(loss_options={}), "agree")
+    plain = run(None, config.replace(loss="ce", loss_options={"resize": "logits", "align_corners": True}), "ce")
+    assert [h["loss"] for h in agreeing.history] == pytest.approx([h["loss"] for h in plain.history], rel=1e-5)
+    assert nal.history[0]["loss"] != pytest.approx(plain.history[0]["loss"], rel=1e-3)
 
 
 # ------------------------------------------------------------------ distributed pieces

@@ -1,4 +1,4 @@
-"""W-OoD: k-means, prototypes, the distance and OoD losses, the climbing step, a training run."""
+"""W-OoD: k-means, prototypes, the distance and OoD losses, the climbing step, a training run, resume."""
 
 from __future__ import annotations
 
@@ -350,6 +350,40 @@ def test_train_wood_is_repeatable_and_each_loss_matters(tiny_setup) -> None:
     assert not torch.equal(weight, plain)
     no_ood, _ = run(ood_weight=0.0)
     assert not torch.equal(no_ood, plain) and not torch.equal(no_ood, weight)
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_weights(tiny_setup, tmp_path) -> None:
+    # 6 images / batch 2 = 3 updates an epoch; 4 OoD images / batch 2 = 2 OoD batches a pass, so
+    # epochs end in the middle of an OoD pass (after 3 batches) or right at its last batch (after
+    # 6). Prototypes are refreshed before epoch 3: a resumed run needs the ones of epoch 1 until then.
+    _, dataset, ood, init = tiny_setup
+    config = tiny_wood_config(epochs=3, ood_images=4, refresh_prototypes_every=2)
+    options = dict(device="cpu", init=init, progress=False, seed=1)
+    straight = train_wood(dataset, ood, config, tiny_classifier_config(), **options)
+
+    class Killed(Exception):
+        pass
+
+    folder = tmp_path / "run"
+    for kill, saved in ((5, 3), (8, 6)):
+        def callback(iteration: int, loss: float, kill: int = kill) -> None:
+            if iteration == kill:
+                raise Killed
+
+        with pytest.raises(Killed):
+            train_wood(dataset, ood, config, tiny_classifier_config(), **options, checkpoint_dir=folder,
+                       callback=callback)
+        checkpoint = torch.load(folder / "checkpoint.pt", weights_only=True)
+        assert checkpoint["iteration"] == saved
+        assert checkpoint["streams"]["ood"]["taken"] == (1 if saved == 3 else 2)  # batches of the pass
+    resumed = train_wood(dataset, ood, config, tiny_classifier_config(), **options, checkpoint_dir=folder,
+                         out=tmp_path / "wood.pt")
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
+    drop = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]  # noqa: E731
+    assert drop(resumed.history) == drop(straight.history)
+    extra = torch.load(tmp_path / "wood.pt", weights_only=True)["extra"]
+    assert [sum(sizes) for sizes in extra["ood_cluster_sizes"]] == [4, 4]  # initial, then the refresh
 
 
 def test_ood_subset_draws_distinct_images_per_seed(tiny_setup) -> None:

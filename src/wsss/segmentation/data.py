@@ -1,10 +1,15 @@
-"""(image, mask) pairs for training a segmentation network, with DeepLab's augmentation.
+"""(image, masks) items for training a segmentation network, with DeepLab's augmentation.
 
 Masks come from a :class:`MaskSource`: a folder of pseudo-mask PNGs ``<folder>/<id>.png``
 (what the refinement stages write) or, with no folder, the dataset's own ground truth (the fully
 supervised baseline). The source is validated up front, so a run fails in its first seconds
 rather than hours in: missing masks are listed in one error, and a value above ``K`` (other
 than 255) or a mask whose size differs from its image names the file.
+
+An image may have several targets (:func:`mask_sources`): the main one, ``"target"``, and
+others by name, e.g. BANA's Y_ret as ``"target_ret"`` beside its Y_crf. Every target of an
+image gets the same rescale, flip and crop (padded with 255), so they stay aligned pixel for
+pixel; items carry the main one as ``"mask"`` and the others under their names.
 
 Augmentation follows the DeepLab-v2 recipes that AdvCAM and RIB train with (kazuto1011's
 deeplab-pytorch): a random rescale of image and mask, a random horizontal flip, ImageNet
@@ -23,7 +28,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -41,17 +46,25 @@ from wsss.data.transforms import (
     to_chw_tensor,
 )
 from wsss.data.voc import MASK_FOLDERS, VOCDataset
-from wsss.errors import DataError
+from wsss.errors import ConfigError, DataError
 from wsss.io import IGNORE_INDEX, read_label_png
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "TARGET",
     "MaskSource",
+    "MaskSpec",
     "SegmentationTrainDataset",
     "SegmentationTransform",
+    "mask_sources",
     "resize_label",
 ]
+
+TARGET = "target"
+"""The name of an image's main target (the masks a plain loss trains on)."""
+
+_ITEM_KEYS = frozenset({"id", "image", "mask"})  # taken by every item: no target may use them
 
 # How many missing ids an error spells out before it only counts the rest.
 _LISTED_IDS = 5
@@ -165,6 +178,36 @@ class MaskSource:
                 self.load(image_id)
 
 
+MaskSpec = Union[str, os.PathLike, MaskSource, None, Mapping[str, Union[str, os.PathLike, MaskSource, None]]]
+"""Masks as :func:`mask_sources` takes them: one source, or targets by name."""
+
+
+def mask_sources(dataset: VOCDataset, masks: MaskSpec) -> dict[str, MaskSource]:
+    """The targets of ``masks`` by name, the main one (:data:`TARGET`) first.
+
+    Args:
+        dataset: the images.
+        masks: a pseudo-mask folder, ``None`` (the ground truth) or a :class:`MaskSource` for
+            one target; or a mapping ``{"target": <one of those>, "target_ret": <folder>, ...}``.
+
+    Raises:
+        ConfigError: a mapping without ``"target"``, or a target named like an item key.
+        DataError: a folder that does not exist.
+    """
+    def source(value: str | os.PathLike | MaskSource | None) -> MaskSource:
+        return value if isinstance(value, MaskSource) else MaskSource(dataset, value)
+
+    if not isinstance(masks, Mapping):
+        return {TARGET: source(masks)}
+    if TARGET not in masks:
+        raise ConfigError(f"masks by target need the main one, {TARGET!r} (got {', '.join(map(repr, masks))})")
+    clashes = sorted(_ITEM_KEYS.intersection(masks))
+    if clashes:
+        raise ConfigError(f"mask targets cannot be named {', '.join(map(repr, clashes))} (item keys)")
+    return {TARGET: source(masks[TARGET]),
+            **{str(name): source(value) for name, value in masks.items() if name != TARGET}}
+
+
 def resize_label(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a (H, W) label map to ``size`` = (height, width).
 
@@ -201,44 +244,68 @@ class SegmentationTransform:
     def __call__(self, image: np.ndarray, mask: np.ndarray,
                  rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(uint8 (H, W, 3), uint8 (H, W)) -> (float32 (3, S, S), int64 (S, S))."""
+        image_tensor, (mask_tensor,) = self.apply(image, [mask], rng)
+        return image_tensor, mask_tensor
+
+    def apply(self, image: np.ndarray, masks: Sequence[np.ndarray],
+              rng: np.random.Generator) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """An image and any number of its label maps, all with the same geometry.
+
+        The draws are the same whatever the number of masks, so one mask gets exactly what
+        :meth:`__call__` gives it.
+
+        Returns:
+            (float32 (3, S, S), [int64 (S, S) per mask]).
+        """
+        masks = list(masks)
         if self.scale_range is not None:
             low, high = self.scale_range
             scale = float(rng.uniform(low, high)) if high > low else float(low)
             if scale != 1.0:
                 size = scaled_size(*image.shape[:2], scale)
                 image = resize_image(image, size)
-                mask = resize_label(mask, size)
+                masks = [resize_label(mask, size) for mask in masks]
         if self.hflip and rng.random() < 0.5:
-            image, mask = image[:, ::-1], mask[:, ::-1]
+            image, masks = image[:, ::-1], [mask[:, ::-1] for mask in masks]
         array = normalize(image, self.mean, self.std)
         if self.crop_size is not None:
-            array, mask = random_crop_arrays([array, mask], [0.0, IGNORE_INDEX], self.crop_size, rng)
-        return to_chw_tensor(array), torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
+            array, *masks = random_crop_arrays([array, *masks], [0.0] + [IGNORE_INDEX] * len(masks),
+                                               self.crop_size, rng)
+        return to_chw_tensor(array), [torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
+                                      for mask in masks]
 
 
 class SegmentationTrainDataset(Dataset):
-    """Augmented (image, mask) pairs for a ``DataLoader``.
+    """Augmented (image, masks) items for a ``DataLoader``.
 
-    Items are dicts ``{"id": str, "image": float32 (3, S, S), "mask": int64 (S, S)}``. An item is
+    Items are dicts ``{"id": str, "image": float32 (3, S, S), "mask": int64 (S, S)}`` plus, for
+    every further target, ``name: int64 (S, S)`` with the main mask's geometry. An item is
     addressed by its index (epoch 0) or by ``(epoch, index)``, which the training loop's sampler
     yields; its augmentation is drawn from a generator seeded by ``(seed, epoch, index)``.
 
     Args:
         dataset: the images (a VOC-layout dataset).
-        masks: a pseudo-mask folder, ``None`` for the ground truth, or a :class:`MaskSource`.
-        transform: ``transform(image, mask, rng) -> (image tensor, mask tensor)``.
+        masks: a pseudo-mask folder, ``None`` for the ground truth, a :class:`MaskSource`, or
+            targets by name (see :func:`mask_sources`).
+        transform: a :class:`SegmentationTransform`, or any object with its ``apply(image, masks,
+            rng)``; with one target, a plain ``transform(image, mask, rng)`` callable will do.
         seed: root of the augmentation draws.
-        validate: check every mask up front (:meth:`MaskSource.validate`).
+        validate: check every mask of every target up front (:meth:`MaskSource.validate`).
         progress: show a bar while validating.
+
+    Attributes:
+        targets: the mask sources by target name, the main one first.
+        masks: the main target's source.
 
     Raises:
         DataError: see :meth:`MaskSource.validate`; also when the dataset is empty.
+        ConfigError: see :func:`mask_sources`.
     """
 
     def __init__(
         self,
         dataset: VOCDataset,
-        masks: str | os.PathLike | MaskSource | None,
+        masks: MaskSpec,
         transform: SegmentationTransform | None = None,
         *,
         seed: int = 0,
@@ -246,14 +313,21 @@ class SegmentationTrainDataset(Dataset):
         progress: bool = False,
     ) -> None:
         self.dataset = dataset
-        self.masks = masks if isinstance(masks, MaskSource) else MaskSource(dataset, masks)
+        self.targets = mask_sources(dataset, masks)
+        self.masks = self.targets[TARGET]
         self.transform = transform or SegmentationTransform()
         self.seed = int(seed)
         self.ids = list(dataset.ids)
         if not self.ids:
             raise DataError("the training split lists no images", dataset.split_file)
         if validate:
-            self.masks.validate(self.ids, progress=progress)
+            for source in self.targets.values():
+                source.validate(self.ids, progress=progress)
+
+    def describe(self) -> str:
+        """The main target's source, and the others' by name."""
+        others = [f"{name}: {source.describe()}" for name, source in self.targets.items() if name != TARGET]
+        return self.masks.describe() + (f" ({'; '.join(others)})" if others else "")
 
     @property
     def num_classes(self) -> int:
@@ -270,6 +344,16 @@ class SegmentationTrainDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         image_id = self.ids[index]
         image = self.dataset.load_image(image_id)
-        mask = self.masks.load(image_id, image.shape[:2])
-        image_tensor, mask_tensor = self.transform(image, mask, self.item_rng(epoch, index))
-        return {"id": image_id, "image": image_tensor, "mask": mask_tensor}
+        masks = [source.load(image_id, image.shape[:2]) for source in self.targets.values()]
+        rng = self.item_rng(epoch, index)
+        if hasattr(self.transform, "apply"):
+            image_tensor, mask_tensors = self.transform.apply(image, masks, rng)
+        elif len(masks) == 1:  # a plain transform(image, mask, rng) callable
+            image_tensor, mask_tensor = self.transform(image, masks[0], rng)
+            mask_tensors = [mask_tensor]
+        else:
+            raise ConfigError(f"{len(masks)} targets per image need a transform with apply(image, masks, rng)")
+        item = {"id": image_id, "image": image_tensor}
+        for name, tensor in zip(self.targets, mask_tensors):
+            item["mask" if name == TARGET else name] = tensor
+        return item

@@ -2,7 +2,10 @@
 
 A :class:`SegLoss` is called as ``loss(logits, target, **extra)`` with logits (B, C, h, w) at the
 network's output stride and a target (B, H, W) ``long`` label map (255 = ignore), and returns a
-scalar. Build one with :func:`make_loss`:
+scalar. Further label maps it needs (``required_targets``, e.g. ``target_ret``) come as keyword
+arguments under their names; ``train_segmentation`` passes them from the targets its data gives
+and refuses, before training, a loss whose targets are not given. Build one with
+:func:`make_loss`:
 
 ============== ============================================================ ===========
 name           what                                                         extras
@@ -234,7 +237,8 @@ class SegLoss:
 
     Attributes:
         name: the :func:`make_loss` name.
-        required_extras: keyword arguments ``__call__`` needs besides logits and target.
+        required_targets: label maps ``__call__`` needs besides ``target``, as keyword
+            arguments (B, H, W) named as the training data's targets (e.g. ``target_ret``).
         resize: ``"logits"`` (upsample logits bilinearly to the label size) or ``"target"``
             (downsample labels by nearest neighbour to the logit size).
         align_corners: for the bilinear upsampling.
@@ -243,7 +247,7 @@ class SegLoss:
     """
 
     name: ClassVar[str] = ""
-    required_extras: ClassVar[tuple[str, ...]] = ()
+    required_targets: ClassVar[tuple[str, ...]] = ()
     default_resize: ClassVar[str] = "target"
     default_align_corners: ClassVar[bool] = False
 
@@ -262,7 +266,7 @@ class SegLoss:
         return f"{type(self).__name__}({options})"
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, **extra: Any) -> torch.Tensor:
-        missing = [k for k in self.required_extras if extra.get(k) is None]
+        missing = [k for k in self.required_targets if extra.get(k) is None]
         if missing:
             raise ValueError(f"loss {self.name!r} needs {', '.join(missing)}")
         self._check(logits, target)
@@ -347,7 +351,7 @@ class BalancedCrossEntropy(SegLoss):
 class _ReliableRegionLoss(SegLoss):
     """Shared by the three BANA losses: BANA's resolution handling and lambda."""
 
-    required_extras = ("target_ret",)
+    required_targets = ("target_ret",)
     default_resize = "logits"  # BANA stage3_vgg.py upsamples the logits to the crop size
     default_align_corners = True  # ... with align_corners=True
 
@@ -444,8 +448,8 @@ class BootstrappedLoss(_ReliableRegionLoss):
 
     Extras:
         target_ret: Y_ret.
-        beta: optional per-call balance (the engine passes :func:`bootstrap_beta` of the step);
-            defaults to the ``beta`` option.
+        beta: optional per-call balance, e.g. :func:`bootstrap_beta` of the step; defaults to
+            the ``beta`` option (``train_segmentation`` passes none, so it trains with the option).
 
     Args:
         beta: the balance used when the call gives none (1.0: plain CE on the region).

@@ -9,12 +9,19 @@ fully supervised baseline) train a DeepLab with poly-decayed SGD. Two recipes:
 * ``synth``: the generated benchmark (128 px images): a small network from scratch in a few
   CPU minutes.
 
-A run lives in ``out_dir``: ``config.yaml`` (the resolved config), ``checkpoint.pt`` (the last
-periodic checkpoint: model, optimizer, scheduler, iteration, RNG states and the loss history),
+The loop, its checkpoints and resume are :mod:`wsss.training.engine`'s. A run lives in
+``out_dir``: ``config.yaml`` (the resolved config), ``checkpoint.pt`` (the last periodic
+checkpoint: model, optimizer, scheduler, iteration, RNG states and the loss history),
 ``history.json``, ``training_curve.png`` and finally ``model.pt``. Every file is written
 atomically by rank 0, and loads with ``torch.load(weights_only=True)``. A run that stops (killed,
 or an exception) restarts from its last checkpoint and finishes with the same iterations, the
 same data order and, on one device, the same weights as an uninterrupted run.
+
+Several targets per image: ``masks`` may name them, ``{"target": <Y_crf folder>, "target_ret":
+<Y_ret folder>}``, for a loss that needs more than one label map (BANA's noise-aware loss and
+its alternatives, :mod:`wsss.segmentation.losses`); every target gets the same augmentation,
+and the loss receives the ones it declares (``required_targets``). A loss whose targets are
+not given is refused before anything is read.
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls
 :func:`train_segmentation` with the same arguments; it joins the process group (NCCL on CUDA,
@@ -37,32 +44,33 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
-import math
 import os
-import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
-from tqdm import tqdm
 
 from wsss import io as wio
-from wsss.config import replace_fields, dump_yaml
+from wsss.config import dump_yaml, replace_fields, result_settings, run_only_field, to_dict
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss.data.voc import VOCDataset
 from wsss.errors import ConfigError, DataError
-from wsss.runtime import DistInfo, barrier, distributed_context, mean_over_processes, resolve_device, seed_everything
-from wsss.segmentation.data import MaskSource, SegmentationTrainDataset, SegmentationTransform
-from wsss.training.schedule import build_sgd, poly_lr_scheduler
+from wsss.runtime import DistInfo, barrier, distributed_context, resolve_device, seed_everything
+from wsss.segmentation.data import TARGET, MaskSource, MaskSpec, SegmentationTrainDataset, SegmentationTransform
+from wsss.training.engine import (
+    CheckpointSpec,
+    EpochLoaders,
+    TrainingEngine,
+    poly_sgd,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +92,8 @@ CHECKPOINT_FORMAT = "wsss-segmentation-checkpoint"
 MODEL_FORMAT = "wsss-segmentation-model"
 FORMAT_VERSION = 1
 
-CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
 CONFIG_NAME = "config.yaml"
-HISTORY_NAME = "history.json"
-CURVE_NAME = "training_curve.png"
-CURVE_INTERVAL_SECONDS = 60.0  # the curve is redrawn at checkpoints at most this often, and at the end
-
-# Options that change how a run is executed but not what it computes: a resumed run may change
-# them. Any other difference between a checkpoint's config and the current one is an error.
-_RUN_ONLY_OPTIONS = frozenset({"num_workers", "checkpoint_every", "amp"})
 
 LossFunction = Callable[..., torch.Tensor]
 
@@ -104,7 +104,8 @@ class SegTrainConfig:
 
     AdvCAM's author (AdvCAM issue #9) and RIB's README point to kazuto1011's deeplab-pytorch
     (``configs/voc12.yaml``) for this stage; where the author's reply and that config differ,
-    the reply wins and the comment says so.
+    the reply wins and the comment says so. ``amp``, ``checkpoint_every`` and ``num_workers``
+    change speed, not results (run-only): a resumed run may change them.
     """
 
     model: str = "deeplab_v2_resnet101"  # AdvCAM #9 / RIB: DeepLab-v2, ResNet-101
@@ -124,11 +125,11 @@ class SegTrainConfig:
     hflip: bool = True  # deeplab-pytorch: random flip
     mean: tuple[float, float, float] = IMAGENET_MEAN  # ImageNet, as wsss.data.transforms
     std: tuple[float, float, float] = IMAGENET_STD  # (deeplab-pytorch: Caffe BGR means)
-    amp: bool = True  # mixed precision, used on CUDA only
+    amp: bool = run_only_field(True)  # mixed precision, used on CUDA only
     sync_bn: bool = False  # DeepLab-v2 keeps BatchNorm frozen; SyncBatchNorm needs CUDA
-    checkpoint_every: int = 1000  # iterations between checkpoints (and at the end)
+    checkpoint_every: int = run_only_field(1000)  # iterations between checkpoints (and at the end)
     seed: int = 0  # data order, augmentation and initialisation
-    num_workers: int | None = None  # DataLoader workers per process; None: half the CPUs / world
+    num_workers: int | None = run_only_field(None)  # DataLoader workers per process; None: half the CPUs / world
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -258,60 +259,18 @@ class _EpochBatches(Sampler):
 
 
 # --------------------------------------------------------------------------------- checkpoints
-def _save(path: Path, obj: dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    wio.write_bytes(path, buffer.getvalue())
-
-
-def _rng_state() -> dict[str, Any]:
-    name, keys, position, has_gauss, cached = np.random.get_state()
-    version, python_state, gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "python": [version, list(python_state), gauss],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    numpy_state = state["numpy"]
-    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32),
-                         numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached"]))
-    version, python_state, gauss = state["python"]
-    random.setstate((version, tuple(python_state), gauss))
-
-
-def _read(path: Path, formats: Sequence[str], what: str, map_location: Any) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError(f"{what} not found", path)
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # a truncated file, a pickle carrying code, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read {what} ({reason})", path) from None
-    if not isinstance(obj, dict) or obj.get("format") not in formats:
-        raise DataError(f"not a wsss {what}", path)
-    if int(obj.get("version", 0)) > FORMAT_VERSION:
-        raise DataError(f"{what} version {obj.get('version')} is newer than this wsss understands", path)
-    return obj
-
-
 def read_training_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """A training checkpoint (``checkpoint.pt``), read with ``weights_only=True``.
 
     Keys: ``format``, ``version``, ``iteration``, ``num_classes``, ``classes``, ``config``,
-    ``model`` (state dict), ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``history``.
+    ``model`` (state dict), ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``history``, and
+    the engine's (:class:`~wsss.training.engine.TrainingEngine`): ``settings``, ``epochs``,
+    ``total_steps``, ``steps_per_epoch``, ``data``, ``streams``, ``tracked``.
 
     Raises:
         DataError: missing, unreadable, or not a segmentation training checkpoint.
     """
-    return _read(Path(path), (CHECKPOINT_FORMAT,), "segmentation training checkpoint", map_location)
+    return read_checkpoint(path, (CHECKPOINT_FORMAT,), "segmentation training checkpoint", map_location)
 
 
 def load_trained_model(
@@ -339,7 +298,7 @@ def load_trained_model(
             of classes.
     """
     path = Path(path)
-    obj = _read(path, (MODEL_FORMAT, CHECKPOINT_FORMAT), "segmentation model", map_location)
+    obj = read_checkpoint(path, (MODEL_FORMAT, CHECKPOINT_FORMAT), "segmentation model", map_location)
     saved_classes = int(obj["num_classes"])
     if num_classes is not None and saved_classes != int(num_classes):
         raise DataError(
@@ -365,64 +324,46 @@ def load_trained_model(
     return model, {key: value for key, value in obj.items() if key != "model"}
 
 
-def _check_resumable(checkpoint: dict[str, Any], config: SegTrainConfig, num_classes: int,
-                     classes: Sequence[str], path: Path) -> None:
-    saved_classes = int(checkpoint.get("num_classes", -1))
-    if saved_classes != num_classes:
-        raise DataError(
-            f"checkpoint is for {saved_classes} classes but the dataset has {num_classes}; "
-            "use another out_dir for another dataset", path,
-        )
-    if list(checkpoint.get("classes") or classes) != list(classes):
-        raise DataError("checkpoint's class names differ from the dataset's; use another out_dir", path)
-    saved = checkpoint.get("config", {})
-    current = _plain(config.to_dict())
-    changed = sorted(key for key in current
-                     if key not in _RUN_ONLY_OPTIONS and saved.get(key, current[key]) != current[key])
-    if changed:
-        details = ", ".join(f"{key}: {saved.get(key)!r} -> {current[key]!r}" for key in changed[:4])
-        raise ConfigError(
-            f"{path}: cannot resume, the config changed ({details}); use another out_dir or "
-            "delete the checkpoint to start over"
-        )
+def _check_classes(num_classes: int, classes: Sequence[str]) -> Callable[[dict[str, Any], Path], None]:
+    """A checkpoint check: it must be for the dataset's classes."""
+
+    def check(checkpoint: dict[str, Any], path: Path) -> None:
+        saved_classes = int(checkpoint.get("num_classes", -1))
+        if saved_classes != num_classes:
+            raise DataError(
+                f"checkpoint is for {saved_classes} classes but the dataset has {num_classes}; "
+                "use another out_dir for another dataset", path,
+            )
+        if list(checkpoint.get("classes") or classes) != list(classes):
+            raise DataError("checkpoint's class names differ from the dataset's; use another out_dir", path)
+
+    return check
 
 
-def _plain(value: Any) -> Any:
-    """Tuples to lists, recursively: the form a config takes in a ``weights_only`` checkpoint."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+def _parameter_groups(model: nn.Module) -> list[Any]:
+    """``model.parameter_groups()`` (dicts with ``params``, ``lr_mult``, ``weight_decay_mult``:
+    DeepLab's caffe convention, head x10, biases x2/x20 without decay; or ``(params, lr_mult)``
+    pairs), or one group of all parameters for a model without it."""
+    if hasattr(model, "parameter_groups"):
+        return list(model.parameter_groups())
+    return [{"params": list(model.parameters())}]
 
 
-# --------------------------------------------------------------------------------- pieces
-def _sgd_for(model: nn.Module, config: SegTrainConfig) -> torch.optim.SGD:
-    """SGD over the model's parameter groups, with their learning-rate and decay multipliers.
+def _loss_targets(loss_fn: LossFunction, name: str, given: Sequence[str]) -> tuple[str, ...]:
+    """The further targets ``loss_fn`` declares (``required_targets``), all of them in ``given``.
 
-    ``model.parameter_groups()`` returns dicts with ``params`` and optional ``lr_mult`` and
-    ``weight_decay_mult`` (DeepLab's caffe convention: head x10, biases x2/x20 without decay),
-    or ``(params, lr_mult)`` pairs; a model without it trains as one group.
+    Raises:
+        ConfigError: one line naming the loss, the missing target(s) and the targets given.
     """
-    groups = model.parameter_groups() if hasattr(model, "parameter_groups") else [
-        {"params": list(model.parameters())}]
-    pairs, decays = [], []
-    for group in groups:
-        if isinstance(group, dict):
-            params, multiplier = group["params"], float(group.get("lr_mult", 1.0))
-            decay = config.weight_decay * float(group.get("weight_decay_mult", 1.0))
-        else:
-            params, multiplier = group
-            decay = None
-        params = [p for p in params if p.requires_grad]
-        if params:  # build_sgd drops empty groups; keep the decays aligned with what it keeps
-            pairs.append((params, multiplier))
-            decays.append(decay)
-    optimizer = build_sgd(pairs, config.lr, weight_decay=config.weight_decay, momentum=config.momentum)
-    for param_group, decay in zip(optimizer.param_groups, decays):
-        if decay is not None:
-            param_group["weight_decay"] = decay
-    return optimizer
+    needs = tuple(getattr(loss_fn, "required_targets", ()))
+    missing = [target for target in needs if target not in given]
+    if missing:
+        raise ConfigError(
+            f"loss {name!r} needs {', '.join(missing)} besides the masks, but the data gives only "
+            f"{', '.join(given)}; pass masks as a mapping, e.g. {{'{TARGET}': <Y_crf folder>, "
+            f"'{missing[0]}': <folder>}}"
+        )
+    return needs
 
 
 def _validate_masks(masks: MaskSource, ids: Sequence[str], info: DistInfo, progress: bool) -> None:
@@ -453,41 +394,10 @@ def _default_workers(world_size: int) -> int:
     return max(0, ((os.cpu_count() or 2) // 2) // world_size)
 
 
-def _write_curve(history: Sequence[dict[str, float]], path: Path, title: str) -> None:
-    """Loss against iteration (raw and a moving average), with the learning rate beneath."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    if not history:
-        return
-    steps = np.array([h["iteration"] for h in history])
-    losses = np.array([h["loss"] for h in history], dtype=np.float64)
-    figure = Figure(figsize=(7, 4.5))
-    FigureCanvasAgg(figure)
-    axes, lr_axes = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    window = max(1, len(losses) // 50)
-    axes.plot(steps, losses, color="tab:blue", alpha=0.3 if window > 1 else 1.0, linewidth=0.8, label="loss")
-    if window > 1:
-        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        axes.plot(steps[window - 1:], smooth, color="tab:blue", label=f"mean of {window}")
-    axes.set_ylabel("training loss")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend(loc="upper right")
-    lr_axes.plot(steps, [h["lr"] for h in history], color="tab:orange")
-    lr_axes.set_ylabel("lr")
-    lr_axes.set_xlabel("iteration")
-    lr_axes.grid(alpha=0.3)
-    figure.subplots_adjust(left=0.11, right=0.97, top=0.93, bottom=0.1, hspace=0.08)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    wio.write_bytes(path, buffer.getvalue())
-
-
 # --------------------------------------------------------------------------------- training
 def train_segmentation(
     dataset: VOCDataset,
-    masks: str | os.PathLike | MaskSource | None,
+    masks: MaskSpec,
     config: SegTrainConfig | None = None,
     *,
     device: torch.device | str | None = "auto",
@@ -506,7 +416,9 @@ def train_segmentation(
 
     Args:
         dataset: the training images (``dataset.classes`` sets the class count).
-        masks: a folder of pseudo-mask PNGs ``<id>.png``, or ``None`` for the ground truth.
+        masks: a folder of pseudo-mask PNGs ``<id>.png``, ``None`` for the ground truth, a
+            :class:`MaskSource`; or several targets by name, ``{"target": <one of those>,
+            "target_ret": <folder>, ...}``, for a loss that needs them (see the module docstring).
         config: the recipe (default: :func:`voc_recipe`).
         device: where to train (``"auto"``: CUDA if available); under torchrun a CUDA device
             becomes ``cuda:LOCAL_RANK``.
@@ -516,12 +428,13 @@ def train_segmentation(
         model: a network to train instead of ``create_segmentation_model(config.model, ...)``
             (e.g. a small stand-in in tests). Create it after seeding if several processes must
             agree; DDP copies rank 0's weights to the others anyway.
-        loss_fn: ``loss(logits, target) -> scalar`` instead of ``make_loss(config.loss,
-            **config.loss_options)``; logits come at the model's output stride and the mask at
-            the crop size, so the loss aligns them.
+        loss_fn: ``loss(logits, target, **targets) -> scalar`` instead of ``make_loss(config.loss,
+            **config.loss_options)``; logits come at the model's output stride and the masks at
+            the crop size, so the loss aligns them. It gets the further targets it lists in a
+            ``required_targets`` attribute, as keyword arguments.
         callback: called after every update (and its checkpoint) on every process with
             ``(iteration, loss)``; raising stops training (a simulated kill in tests).
-        validate_masks: check every mask up front (missing, values, sizes).
+        validate_masks: check every mask of every target up front (missing, values, sizes).
 
     Returns:
         A :class:`SegTrainResult`.
@@ -529,7 +442,8 @@ def train_segmentation(
     Raises:
         DataError: masks missing or invalid; a checkpoint for another class count.
         ConfigError: an invalid config, a batch not divisible by the number of processes, a
-            checkpoint whose config differs.
+            checkpoint whose config differs, a loss whose targets ``masks`` does not give.
+        LossNotFinite: the loss became NaN or infinite (:mod:`wsss.training.engine`).
     """
     config = config or voc_recipe()
     config.validate()
@@ -540,7 +454,18 @@ def train_segmentation(
                       model=model, loss_fn=loss_fn, callback=callback, validate_masks=validate_masks)
 
 
-def _train(dataset: VOCDataset, masks: str | os.PathLike | MaskSource | None, config: SegTrainConfig,
+def _make_loss(config: SegTrainConfig, model: nn.Module) -> LossFunction:
+    """``make_loss(config.loss, **config.loss_options)``; the noise-aware loss reads its cosines
+    off a cosine classifier's logits, so it takes that classifier's scale unless given one."""
+    from wsss.segmentation.losses import make_loss
+
+    options = dict(config.loss_options)
+    if config.loss == "nal" and options.get("scale") is None and getattr(model, "cosine_scale", None):
+        options["scale"] = float(model.cosine_scale)
+    return make_loss(config.loss, **options)
+
+
+def _train(dataset: VOCDataset, masks: MaskSpec, config: SegTrainConfig,
            info: DistInfo, device: torch.device, out_dir: Path, *, progress: bool, resume: bool,
            model: nn.Module | None, loss_fn: LossFunction | None,
            callback: Callable[[int, float], None] | None, validate_masks: bool) -> SegTrainResult:
@@ -555,8 +480,6 @@ def _train(dataset: VOCDataset, masks: str | os.PathLike | MaskSource | None, co
     transform = SegmentationTransform(config.crop_size, config.scale_range, config.hflip,
                                       config.mean, config.std)
     train_set = SegmentationTrainDataset(dataset, masks, transform, seed=config.seed, validate=False)
-    if validate_masks:
-        _validate_masks(train_set.masks, train_set.ids, info, progress=show)
     num_classes, classes = train_set.num_classes, list(dataset.classes)
     steps_per_epoch = len(train_set) // config.batch_size
     if steps_per_epoch == 0:
@@ -577,14 +500,15 @@ def _train(dataset: VOCDataset, masks: str | os.PathLike | MaskSource | None, co
     model_classes = getattr(model, "num_classes", num_classes)
     if int(model_classes) != num_classes:
         raise ConfigError(f"the model predicts {model_classes} classes but the dataset has {num_classes}")
+    loss_name = config.loss if loss_fn is None else getattr(loss_fn, "name", None) or getattr(
+        loss_fn, "__name__", type(loss_fn).__name__)
     if loss_fn is None:
-        from wsss.segmentation.losses import make_loss
-
-        loss_fn = make_loss(config.loss, **config.loss_options)
-        needs = getattr(loss_fn, "required_extras", ())
-        if needs:
-            raise ConfigError(f"loss {config.loss!r} needs {', '.join(needs)} besides the masks, which "
-                              "train_segmentation does not provide; use ce or balanced_ce")
+        loss_fn = _make_loss(config, model)
+    # Checked before the masks are read: a missing target is a config error, found in a second.
+    needs = _loss_targets(loss_fn, loss_name, list(train_set.targets))
+    if validate_masks:
+        for source in train_set.targets.values():
+            _validate_masks(source, train_set.ids, info, progress=show)
 
     if config.sync_bn and world > 1:
         if device.type == "cuda":
@@ -594,30 +518,21 @@ def _train(dataset: VOCDataset, masks: str | os.PathLike | MaskSource | None, co
                         device.type)
     model = model.to(device)
     model.train()
-    optimizer = _sgd_for(model, config)
-    scheduler = poly_lr_scheduler(optimizer, total, config.poly_power)
-    use_amp = bool(config.amp) and device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-
-    checkpoint_path = out_dir / CHECKPOINT_NAME
-    history: list[dict[str, float]] = []
-    start = 0
-    if not resume:
-        if is_main:  # a stale checkpoint must not be resumed if this fresh run stops early
-            for stale in (checkpoint_path, out_dir / MODEL_NAME):
-                stale.unlink(missing_ok=True)
-    elif checkpoint_path.is_file():
-        checkpoint = read_training_checkpoint(checkpoint_path)  # on the CPU, where RNG states live
-        _check_resumable(checkpoint, config, num_classes, classes, checkpoint_path)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        if use_amp and checkpoint.get("scaler"):
-            scaler.load_state_dict(checkpoint["scaler"])
-        _set_rng_state(checkpoint["rng"])
-        history = list(checkpoint.get("history", []))
-        start = int(checkpoint["iteration"])
-        log.info("resuming from %s at iteration %d of %d", checkpoint_path, start, total)
+    optimizer, scheduler = poly_sgd(_parameter_groups(model), config.lr, total_steps=total, power=config.poly_power,
+                                    weight_decay=config.weight_decay, momentum=config.momentum)
+    spec = CheckpointSpec(
+        out_dir, CHECKPOINT_FORMAT, "segmentation training checkpoint", every=config.checkpoint_every,
+        metadata={"num_classes": num_classes, "classes": classes, "config": to_dict(config)},
+        settings=result_settings(config), check=_check_classes(num_classes, classes),
+        curve_title=f"{model_name}: {train_set.describe()}",
+    )
+    engine = TrainingEngine(model, optimizer, scheduler, total_steps=total, steps_per_epoch=steps_per_epoch,
+                            device=device, amp=config.amp, world_size=world, is_main=is_main,
+                            desc="train segmentation", progress=progress, checkpoint=spec, callback=callback)
+    if not resume and is_main:  # a stale model must not pass for this run's if it stops early
+        (out_dir / MODEL_NAME).unlink(missing_ok=True)
+    engine.restore(resume)
+    start = engine.resumed_from
 
     if is_main:
         wio.write_text(out_dir / CONFIG_NAME, dump_yaml(config))
@@ -630,76 +545,36 @@ def _train(dataset: VOCDataset, masks: str | os.PathLike | MaskSource | None, co
     num_workers = _default_workers(world) if config.num_workers is None else config.num_workers
     log.info("training %s (%d classes) on %d images (%s), %d iterations of %d images "
              "(%d per process x %d) on %s", model_name, num_classes,
-             len(train_set), train_set.masks.describe(), total, config.batch_size, per_process, world, device)
+             len(train_set), train_set.describe(), total, config.batch_size, per_process, world, device)
 
-    curve_written = [-math.inf]  # when the curve was last drawn (drawing takes about a second)
+    def epoch_loader(epoch: int, skip: int) -> DataLoader:
+        return DataLoader(
+            train_set,
+            batch_sampler=_EpochBatches(sampler, per_process, steps_per_epoch, epoch, skip),
+            num_workers=num_workers, pin_memory=device.type == "cuda",
+            # Its own generator, so building a loader never draws from the global RNG.
+            generator=torch.Generator().manual_seed(config.seed + epoch),
+        )
 
-    def save_checkpoint(iteration: int) -> None:
-        _save(checkpoint_path, {
-            "format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "iteration": iteration,
-            "num_classes": num_classes, "classes": classes, "config": _plain(config.to_dict()),
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if use_amp else {},
-            "rng": _rng_state(), "history": history,
-        })
-        wio.write_json(out_dir / HISTORY_NAME, history)
-        if iteration == total or time.monotonic() - curve_written[0] > CURVE_INTERVAL_SECONDS:
-            _write_curve(history, out_dir / CURVE_NAME, f"{model_name}: {train_set.masks.describe()}")
-            curve_written[0] = time.monotonic()
+    def step(batch: dict[str, Any]) -> torch.Tensor:
+        images = batch["image"].to(device, non_blocking=True)
+        targets = batch["mask"].to(device, non_blocking=True)
+        extras = {name: batch[name].to(device, non_blocking=True) for name in needs}
+        with engine.autocast():
+            logits = wrapped(images)
+        return loss_fn(logits.float(), targets, **extras)  # the loss aligns sizes (its recipe's way)
 
-    started = time.perf_counter()
-    iteration = start
-    bar = tqdm(total=total, initial=start, desc="train segmentation", disable=not show)
-    try:
-        while iteration < total:
-            epoch, done_in_epoch = divmod(iteration, steps_per_epoch)
-            loader = DataLoader(
-                train_set,
-                batch_sampler=_EpochBatches(sampler, per_process, steps_per_epoch, epoch, done_in_epoch),
-                num_workers=num_workers, pin_memory=device.type == "cuda",
-                # Its own generator, so building a loader never draws from the global RNG.
-                generator=torch.Generator().manual_seed(config.seed + epoch),
-            )
-            for batch in loader:
-                images = batch["image"].to(device, non_blocking=True)
-                targets = batch["mask"].to(device, non_blocking=True)
-                lr = optimizer.param_groups[0]["lr"]
-                with torch.autocast(device.type, enabled=use_amp):
-                    logits = wrapped(images)
-                loss = loss_fn(logits.float(), targets)  # the loss aligns sizes (its recipe's way)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                iteration += 1
-                loss_value = mean_over_processes(loss.detach(), world)
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(
-                        f"segmentation training diverged: loss {loss_value} at iteration {iteration} "
-                        f"(lr {config.lr}); lower the learning rate")
-                history.append({"iteration": iteration, "loss": loss_value, "lr": lr})
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}", epoch=epoch + 1)
-                if is_main and (iteration % config.checkpoint_every == 0 or iteration == total):
-                    save_checkpoint(iteration)
-                if callback is not None:
-                    callback(iteration, loss_value)
-                if iteration >= total:
-                    break
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - started
+    engine.fit(EpochLoaders(epoch_loader), step)
 
     model_path = out_dir / MODEL_NAME
     if is_main:
-        _save(model_path, {
+        save_checkpoint(model_path, {
             "format": MODEL_FORMAT, "version": FORMAT_VERSION, "num_classes": num_classes,
-            "classes": classes, "iterations": iteration, "config": _plain(config.to_dict()),
+            "classes": classes, "iterations": engine.iteration, "config": to_dict(config),
             "output_stride": getattr(model, "output_stride", None),
-            "model_config": _plain(getattr(model, "config", None) or {}), "model": model.state_dict(),
+            "model_config": to_dict(getattr(model, "config", None) or {}), "model": model.state_dict(),
         })
-        log.info("trained %d iterations in %.1f s; saved %s", iteration - start, seconds, model_path)
+        log.info("trained %d iterations in %.1f s; saved %s", engine.iteration - start, engine.seconds, model_path)
     barrier()  # every process returns once model.pt exists
-    return SegTrainResult(model=model, iterations=iteration, history=history, seconds=seconds,
+    return SegTrainResult(model=model, iterations=engine.iteration, history=engine.history, seconds=engine.seconds,
                           out_dir=out_dir, model_path=model_path, resumed_from=start, world_size=world)

@@ -20,10 +20,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,11 +31,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from wsss.data.transforms import ClassificationDataset, EvalTransform, ImageLabelSource, TrainTransform
-from wsss.config import replace_fields
+from wsss.config import replace_fields, result_settings, run_only_field, to_dict
 from wsss.errors import ConfigError
 from wsss.models.cam_net import CamNet
 from wsss.runtime import eval_mode, resolve_device, seed_everything
-from wsss.training.schedule import build_sgd, poly_lr_scheduler
+from wsss.training.engine import CheckpointSpec, ShuffledLoader, TrainingEngine, poly_sgd
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +80,7 @@ class ClassifierConfig:
     seed: int = 0  # IRN sets none; ours makes runs repeatable
     eval_batch_size: int = 16
     eval_resize_long: int | None = None  # validation on full images, as IRN's make_cam input
+    amp: bool = run_only_field(False)  # wsss: mixed precision, on CUDA only (IRN trains in float32)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -253,6 +253,9 @@ def _num_foreground_classes(source: ImageLabelSource) -> tuple[int, list[str] | 
     return int(np.asarray(source.label_vector(source.ids[0])).shape[0]), None
 
 
+CHECKPOINT_FORMAT = "wsss-classifier-checkpoint"
+
+
 def train_classifier(
     source: ImageLabelSource,
     config: ClassifierConfig | None = None,
@@ -262,6 +265,9 @@ def train_classifier(
     val_source: ImageLabelSource | None = None,
     progress: bool = True,
     seed: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+    callback: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train a :class:`CamNet` with multilabel soft-margin loss and poly-decayed SGD.
 
@@ -274,6 +280,11 @@ def train_classifier(
         val_source: evaluated after every epoch if given.
         progress: show tqdm bars.
         seed: overrides ``config.seed`` (e.g. a pipeline's run-wide seed).
+        checkpoint_dir: a folder for a training checkpoint at every epoch end (with
+            ``history.json`` and ``training_curve.png``); ``None``: none.
+        resume: continue from ``checkpoint_dir``'s checkpoint if there is one (the same
+            weights as an uninterrupted run with ``num_workers=0``); ``False`` starts over.
+        callback: ``callback(iteration, loss)`` after every update; raising stops training.
 
     Returns:
         A :class:`TrainResult`.
@@ -309,50 +320,43 @@ def train_classifier(
     steps_per_epoch = len(dataset) // config.batch_size
     max_steps = steps_per_epoch * config.epochs  # IRN: (len(train) // batch) * epochs
     backbone_params, head_params = model.parameter_groups()
-    optimizer = build_sgd(
+    optimizer, scheduler = poly_sgd(
         [(backbone_params, 1.0), (head_params, config.classifier_lr_mult)], config.lr,
-        weight_decay=config.weight_decay, momentum=config.momentum, nesterov=config.nesterov,
+        total_steps=max_steps, power=config.poly_power, weight_decay=config.weight_decay,
+        momentum=config.momentum, nesterov=config.nesterov,
         reference_momentum_quirk=config.reference_momentum_quirk,
     )
-    scheduler = poly_lr_scheduler(optimizer, max_steps, config.poly_power)
+    spec = None if checkpoint_dir is None else CheckpointSpec(
+        Path(checkpoint_dir), CHECKPOINT_FORMAT, "classifier training checkpoint", at_epoch_end=True,
+        metadata={"classes": classes, "config": to_dict(config)}, settings=result_settings(config),
+        curve_title=f"CAM classifier ({config.backbone})",
+    )
+    engine = TrainingEngine(model, optimizer, scheduler, total_steps=max_steps, steps_per_epoch=steps_per_epoch,
+                            device=device, amp=config.amp, desc="classifier", progress=progress,
+                            checkpoint=spec, callback=callback)
+    engine.restore(resume)
     log.info("training %s (%d classes) on %d images for %d steps on %s",
              config.backbone, num_classes, len(dataset), max_steps, device)
 
-    result = TrainResult(model=model)
-    step = 0
-    for epoch in range(config.epochs):
-        model.train()
-        started = time.perf_counter()
-        losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-        for batch in bar:
-            images = batch["image"].to(device, non_blocking=True)
-            labels = batch["label"].to(device, non_blocking=True)
-            loss = F.multilabel_soft_margin_loss(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}")
-        seconds = time.perf_counter() - started
-        result.seconds += seconds
-        record: dict[str, Any] = {
-            "epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)),
-            "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
-        }
-        message = f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f} ({seconds:.1f} s)"
-        if val_source is not None:
-            metrics = evaluate_classifier(model, val_source, device=device,
-                                          batch_size=config.eval_batch_size,
-                                          resize_long=config.eval_resize_long)
-            record["val"] = metrics.as_dict()
-            message += (f", val exact match {metrics.exact_match:.3f}, label accuracy "
-                        f"{metrics.label_accuracy:.4f}, mAP {metrics.mean_ap:.4f}")
-        log.info(message)
-        result.history.append(record)
+    def step(batch: dict[str, Any]) -> torch.Tensor:
+        images = batch["image"].to(device, non_blocking=True)
+        labels = batch["label"].to(device, non_blocking=True)
+        with engine.autocast():
+            logits = model(images)
+        return F.multilabel_soft_margin_loss(logits.float(), labels)
 
+    def validate(record: dict[str, Any]) -> None:
+        if val_source is None:
+            return
+        metrics = evaluate_classifier(model, val_source, device=device, batch_size=config.eval_batch_size,
+                                      resize_long=config.eval_resize_long)
+        record["val"] = metrics.as_dict()
+        log.info("epoch %d/%d: val exact match %.3f, label accuracy %.4f, mAP %.4f", record["epoch"],
+                 config.epochs, metrics.exact_match, metrics.label_accuracy, metrics.mean_ap)
+
+    engine.fit(ShuffledLoader(loader), step, on_epoch_end=validate)
+    result = TrainResult(model=model, history=engine.epochs,
+                         seconds=sum(record["seconds"] for record in engine.epochs))
     if out is not None:
         model.save(out, extra={"recipe": config.to_dict(), "history": result.history,
                                "train_seconds": result.seconds})

@@ -39,10 +39,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -50,18 +49,17 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from wsss.config import replace_fields, result_settings, run_only_field, to_dict
 from wsss.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, normalize, random_crop_arrays, resize_image,
                                   scaled_size, to_chw_tensor)
-from wsss.config import replace_fields
 from wsss.errors import ConfigError, DataError
 from wsss.io import IGNORE_INDEX, image_size, read_label_png
-# load_edges, save_edges: re-exported only while __all__ names them; their home is wsss.stores.edges.
-from wsss.stores.edges import EdgeStore, load_edges, save_edges  # noqa: F401
-from wsss.stores.maps import strided_size
 from wsss.models.irn import IRNet, edge_and_displacement
-from wsss.runtime import DistInfo, eval_mode, resolve_device, run_per_image, seed_everything
 from wsss.models.path_index import PathIndex, max_along_paths, pair_indices
-from wsss.training.schedule import build_sgd, poly_lr_scheduler
+from wsss.runtime import DistInfo, eval_mode, resolve_device, run_per_image, seed_everything
+from wsss.stores.edges import EdgeStore
+from wsss.stores.maps import strided_size
+from wsss.training.engine import CheckpointSpec, ShuffledLoader, TrainingEngine, poly_sgd, sequential_mean
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +71,8 @@ __all__ = [
     "IrnTrainingDataset",
     "build_irn",
     "irn_recipe",
-    "load_edges",
     "make_edges",
     "pair_labels",
-    "save_edges",
     "synth_recipe",
     "train_irn",
 ]
@@ -115,6 +111,7 @@ class IrnConfig:
     edge_scales: tuple[float, ...] = (1.0,)  # IRN EdgeDisplacement: one scale
     edge_flip: bool = True  # IRN: edge logits averaged with the flipped image's
     edge_pad_to: int | None = None  # IRN pads inputs to 512 (cropping larger ones); None: no pad
+    amp: bool = run_only_field(False)  # wsss: mixed precision, on CUDA only (IRN trains in float32)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -447,6 +444,10 @@ def measure_mean_displacement(model: IRNet, source: Any, ids: Sequence[str], *, 
         model.mean_shift.running_mean.copy_(saved)
 
 
+CHECKPOINT_FORMAT = "wsss-irn-checkpoint"
+IRN_TERMS = ("bg_pos", "fg_pos", "neg", "dp_fg", "dp_bg", "total")  # IrnLosses.as_dict(), per epoch
+
+
 def train_irn(
     dataset: Any,
     ir_label_dir: str | os.PathLike,
@@ -458,6 +459,9 @@ def train_irn(
     progress: bool = True,
     seed: int | None = None,
     max_steps: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+    callback: Callable[[int, float], None] | None = None,
 ) -> IrnTrainResult:
     """Train IRN's boundary and displacement branches on IR labels.
 
@@ -473,6 +477,11 @@ def train_irn(
         progress: show tqdm bars.
         seed: overrides ``config.seed``.
         max_steps: stop after this many updates (the schedule still spans all epochs); for tests.
+        checkpoint_dir: a folder for a training checkpoint at every epoch end (and where
+            ``max_steps`` stops); ``None``: none.
+        resume: continue from ``checkpoint_dir``'s checkpoint if there is one (the same weights
+            as an uninterrupted run with ``num_workers=0``); ``False`` starts over.
+        callback: ``callback(iteration, loss)`` after every update; raising stops training.
 
     Returns:
         An :class:`IrnTrainResult`.
@@ -505,52 +514,37 @@ def train_irn(
     steps_per_epoch = len(data) // config.batch_size
     total_steps = steps_per_epoch * config.epochs  # IRN: (len(train) // batch) * epochs
     edge_params, displacement_params = model.parameter_groups()
-    optimizer = build_sgd(
+    optimizer, scheduler = poly_sgd(
         [(edge_params, 1.0), (displacement_params, config.displacement_lr_mult)], config.lr,
-        weight_decay=config.weight_decay, momentum=config.momentum, nesterov=config.nesterov,
-        reference_momentum_quirk=config.reference_momentum_quirk,
+        total_steps=total_steps, power=config.poly_power, weight_decay=config.weight_decay,
+        momentum=config.momentum, nesterov=config.nesterov, reference_momentum_quirk=config.reference_momentum_quirk,
     )
-    scheduler = poly_lr_scheduler(optimizer, total_steps, config.poly_power)
+    backbone_from = None if init_backbone_from is None else str(init_backbone_from)
+    spec = None if checkpoint_dir is None else CheckpointSpec(
+        Path(checkpoint_dir), CHECKPOINT_FORMAT, "IRN training checkpoint", at_epoch_end=True,
+        metadata={"config": to_dict(config)},
+        settings={**result_settings(config), "init_backbone_from": backbone_from},
+        curve_title=f"IRN ({model.backbone.name})",
+    )
+    # IRN averages an epoch's terms with a running sum (kept, so the history stays the same).
+    engine = TrainingEngine(model, optimizer, scheduler, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                            device=device, amp=config.amp, epoch_keys=IRN_TERMS, epoch_mean=sequential_mean,
+                            desc="irn", progress=progress, checkpoint=spec, callback=callback)
+    engine.restore(resume)
     log.info("training IRN (%s) on %d images for %d steps on %s", model.backbone.name, len(data),
              total_steps, device)
 
-    result = IrnTrainResult(model=model)
-    step = 0
-    stop = total_steps if max_steps is None else min(total_steps, int(max_steps))
-    for epoch in range(config.epochs):
-        if step >= stop:
-            break
-        model.train()
-        started = time.perf_counter()
-        sums: dict[str, float] = {}
-        count = 0
-        bar = tqdm(loader, desc=f"irn epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-        for batch in bar:
-            images = batch["image"].to(device, non_blocking=True)
-            labels = batch["label"].to(device, non_blocking=True)
+    def step(batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        images = batch["image"].to(device, non_blocking=True)
+        labels = batch["label"].to(device, non_blocking=True)
+        with engine.autocast():
             edge, displacement = model(images)
-            losses = loss_fn(edge, displacement, labels)
-            optimizer.zero_grad(set_to_none=True)
-            losses.total.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            count += 1
-            for name, value in losses.as_dict().items():
-                sums[name] = sums.get(name, 0.0) + value
-            bar.set_postfix(loss=f"{losses.total.item():.4f}")
-            if step >= stop:
-                break
-        seconds = time.perf_counter() - started
-        result.seconds += seconds
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": step,
-                                  **{k: v / max(count, 1) for k, v in sums.items()},
-                                  "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
-        log.info("irn epoch %d/%d: loss %.4f (bg %.3f fg %.3f neg %.3f dp_fg %.3f dp_bg %.3f) %.1f s",
-                 epoch + 1, config.epochs, record.get("total", float("nan")), record.get("bg_pos", 0),
-                 record.get("fg_pos", 0), record.get("neg", 0), record.get("dp_fg", 0),
-                 record.get("dp_bg", 0), seconds)
-        result.history.append(record)
+        losses = loss_fn(edge.float(), displacement.float(), labels)
+        return losses.total, losses.as_dict()
+
+    engine.fit(ShuffledLoader(loader), step, stop_at=max_steps)
+    result = IrnTrainResult(model=model, history=engine.epochs,
+                            seconds=sum(record["seconds"] for record in engine.epochs))
 
     ids = data.ids if config.mean_shift_images is None else data.ids[: config.mean_shift_images]
     shift = measure_mean_displacement(model, dataset, ids, device=device, config=config, progress=progress)
@@ -558,8 +552,7 @@ def train_irn(
     model.eval()
     if out is not None:
         model.save(out, extra={"recipe": config.to_dict(), "history": result.history,
-                               "train_seconds": result.seconds,
-                               "init_backbone_from": None if init_backbone_from is None else str(init_backbone_from)})
+                               "train_seconds": result.seconds, "init_backbone_from": backbone_from})
         result.checkpoint = Path(out)
         log.info("saved %s", out)
     return result

@@ -57,7 +57,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -66,7 +66,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from wsss.data.transforms import ClassificationDataset, EvalTransform, ImageLabelSource, TrainTransform
-from wsss.config import replace_fields
+from wsss.config import replace_fields, result_settings, to_dict
 from wsss.errors import ConfigError, DataError
 from wsss.models.cam_net import CamNet, load_cam_net
 from wsss.models.climbing import climb_step
@@ -77,7 +77,7 @@ from wsss.training.classifier import (
     _num_foreground_classes,
     evaluate_classifier,
 )
-from wsss.training.schedule import build_sgd, poly_lr_scheduler
+from wsss.training.engine import CheckpointSpec, EndlessLoader, ShuffledLoader, TrainingEngine, poly_sgd
 
 log = logging.getLogger(__name__)
 
@@ -572,18 +572,15 @@ class _OoDTrainingImages(Dataset):
         return self.transform(self.ood.load_image(index), rng)
 
 
-def _endless(loader: DataLoader) -> Iterator[torch.Tensor]:
-    """Batches forever, reshuffling at each pass (the reference restarts its OoD iterator)."""
-    while True:
-        yield from loader
-
-
 def _load_init(init: str | os.PathLike, num_classes: int, classes: Sequence[str] | None,
                device: torch.device) -> CamNet:
     model = load_cam_net(init, num_classes=num_classes, map_location=device).to(device)
     if classes is not None and model.classes is not None and list(model.classes) != list(classes):
         raise ConfigError(f"checkpoint classes {model.classes} differ from the dataset's {list(classes)}", init)
     return model
+
+
+CHECKPOINT_FORMAT = "wsss-wood-checkpoint"
 
 
 def train_wood(
@@ -598,6 +595,9 @@ def train_wood(
     val_source: ImageLabelSource | None = None,
     progress: bool = True,
     seed: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+    callback: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Fine-tune a trained CAM classifier with W-OoD's distance and OoD losses.
 
@@ -619,6 +619,11 @@ def train_wood(
         val_source: classification metrics after every epoch (no masks are used).
         progress: tqdm bars.
         seed: overrides ``classifier_config.seed``; seeds augmentation, shuffling and k-means.
+        checkpoint_dir: a folder for a training checkpoint at every epoch end (the prototypes
+            and the OoD stream's position included); ``None``: none.
+        resume: continue from ``checkpoint_dir``'s checkpoint if there is one (the same weights
+            as an uninterrupted run with ``num_workers=0``); ``False`` starts over.
+        callback: ``callback(iteration, loss)`` after every update; raising stops training.
 
     Returns:
         A :class:`~wsss.training.classifier.TrainResult`; each history record also holds the
@@ -672,20 +677,21 @@ def train_wood(
         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed),
         persistent_workers=num_workers > 0,
     )
-    ood_batches: Iterator[torch.Tensor] | None = None
+    ood_batches: EndlessLoader | None = None
     if use_ood:
-        ood_loader = DataLoader(
+        # The reference restarts its OoD iterator whenever it runs out: a reshuffled pass each time.
+        ood_batches = EndlessLoader(DataLoader(
             _OoDTrainingImages(ood, augment), batch_size=config.ood_batch_size, shuffle=True, drop_last=True,
             num_workers=num_workers, pin_memory=device.type == "cuda",
             generator=torch.Generator().manual_seed(seed + 1), persistent_workers=num_workers > 0,
-        )
-        ood_batches = _endless(ood_loader)
+        ))
 
     eval_transform = EvalTransform(mean=classifier_config.mean, std=classifier_config.std)
     use_distance = config.distance_weight > 0
     cluster_sizes: list[list[int]] = []
+    prototypes: list[torch.Tensor] = []  # [by class, by OoD cluster] once computed
 
-    def compute_prototypes() -> tuple[torch.Tensor, torch.Tensor]:
+    def compute_prototypes() -> None:
         started = time.perf_counter()
         by_class = class_prototypes(model, dataset, device, transform=eval_transform,
                                     batch_size=config.feature_batch_size, progress=progress)
@@ -696,83 +702,89 @@ def train_wood(
         )
         sizes = torch.bincount(assignment, minlength=config.ood_clusters).tolist()
         cluster_sizes.append(sizes)
+        prototypes[:] = [by_class, by_cluster]
         log.info("prototypes: %d classes, %d OoD clusters (sizes %s) in %.1f s", len(by_class), len(by_cluster),
                  sizes, time.perf_counter() - started)
-        return by_class, by_cluster
 
-    prototypes = compute_prototypes() if use_distance else None
+    def restore_prototypes(state: dict[str, Any]) -> None:
+        prototypes[:] = [tensor.to(device) for tensor in state["prototypes"]]
+        cluster_sizes[:] = [list(sizes) for sizes in state["cluster_sizes"]]
 
     steps_per_epoch = len(train_set) // batch_size
     max_steps = steps_per_epoch * epochs
     backbone_params, head_params = model.parameter_groups()
-    optimizer = build_sgd(
+    optimizer, scheduler = poly_sgd(
         [(backbone_params, 1.0), (head_params, classifier_config.classifier_lr_mult)], lr,
-        weight_decay=classifier_config.weight_decay, momentum=classifier_config.momentum,
-        nesterov=classifier_config.nesterov, reference_momentum_quirk=classifier_config.reference_momentum_quirk,
+        total_steps=max_steps, power=classifier_config.poly_power, weight_decay=classifier_config.weight_decay,
+        momentum=classifier_config.momentum, nesterov=classifier_config.nesterov,
+        reference_momentum_quirk=classifier_config.reference_momentum_quirk,
     )
-    scheduler = poly_lr_scheduler(optimizer, max_steps, classifier_config.poly_power)
+    settings = {**{f"classifier.{k}": v for k, v in result_settings(classifier_config).items()},
+                **{f"wood.{k}": v for k, v in result_settings(config).items()}, "init": str(init)}
+    spec = None if checkpoint_dir is None else CheckpointSpec(
+        Path(checkpoint_dir), CHECKPOINT_FORMAT, "W-OoD training checkpoint", at_epoch_end=True,
+        metadata={"classes": classes, "config": {"classifier": to_dict(classifier_config), "wood": to_dict(config)}},
+        settings=settings, curve_title=f"W-OoD ({model.backbone.name})",
+    )
+    terms = ("classification", "distance", "ood")
+    engine = TrainingEngine(model, optimizer, scheduler, total_steps=max_steps, steps_per_epoch=steps_per_epoch,
+                            device=device, amp=classifier_config.amp, epoch_keys=("loss", *terms), desc="W-OoD",
+                            progress=progress, checkpoint=spec, callback=callback)
+    engine.track("wood", lambda: {"prototypes": [p.cpu() for p in prototypes], "cluster_sizes": cluster_sizes},
+                 restore_prototypes)
+    if not engine.restore(resume) and use_distance:
+        compute_prototypes()  # from the initial classifier (a resumed run has them from its checkpoint)
     log.info("W-OoD: fine-tuning %s from %s on %d images + %d OoD images for %d steps on %s",
              model.backbone.name, init, len(train_set), len(ood), max_steps, device)
 
     ignore = torch.as_tensor([int(c) - 1 for c in config.ood_ignore_classes], dtype=torch.long, device=device)
-    result = TrainResult(model=model)
-    step = 0
-    for epoch in range(epochs):
-        if (use_distance and epoch > 0 and config.refresh_prototypes_every
-                and epoch % config.refresh_prototypes_every == 0):
-            prototypes = compute_prototypes()
-        model.train()
-        started = time.perf_counter()
-        terms: dict[str, list[float]] = {"loss": [], "classification": [], "distance": [], "ood": []}
-        bar = tqdm(loader, desc=f"W-OoD epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for batch in bar:
-            images = batch["image"].to(device, non_blocking=True)
-            labels = batch["label"].to(device, non_blocking=True)
+
+    def refresh(epoch: int) -> None:
+        every = config.refresh_prototypes_every
+        if use_distance and epoch > 0 and every and epoch % every == 0:
+            compute_prototypes()
+
+    def step(batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float | None]]:
+        images = batch["image"].to(device, non_blocking=True)
+        labels = batch["label"].to(device, non_blocking=True)
+        with engine.autocast():
             pooled = _pool(model, images)
             logits = model.classifier(pooled[:, :, None, None]).flatten(1)
-            classification = F.multilabel_soft_margin_loss(logits, labels)
-            loss = classification
-            terms["classification"].append(classification.item())
-            if prototypes is not None:
-                distance = distance_loss(pooled, labels, prototypes[0], prototypes[1],
-                                         push_quantile=config.push_quantile)
-                loss = loss + config.distance_weight * distance
-                terms["distance"].append(distance.item())
-            if ood_batches is not None:
-                ood_images = next(ood_batches).to(device, non_blocking=True)
+        pooled, logits = pooled.float(), logits.float()
+        classification = F.multilabel_soft_margin_loss(logits, labels)
+        loss = classification
+        values: dict[str, float | None] = {"classification": classification.item(), "distance": None, "ood": None}
+        if prototypes:
+            distance = distance_loss(pooled, labels, prototypes[0], prototypes[1], push_quantile=config.push_quantile)
+            loss = loss + config.distance_weight * distance
+            values["distance"] = distance.item()
+        if ood_batches is not None:
+            ood_images = next(ood_batches).to(device, non_blocking=True)
+            with engine.autocast():
                 climbed = ood_climb(model, ood_images, step_size=config.climb_step,
                                     iterations=config.climb_iterations, normalisation=config.climb_normalisation)
-                ood_logits = model(climbed)
-                keep = None
-                if ignore.numel():
-                    keep = ~torch.isin(ood_logits.argmax(dim=1), ignore)
-                ood_loss = ood_classification_loss(ood_logits, normaliser=batch_size, keep=keep)
-                loss = loss + config.ood_weight * ood_loss
-                terms["ood"].append(ood_loss.item())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            terms["loss"].append(loss.item())
-            bar.set_postfix(loss=f"{terms['loss'][-1]:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}")
-        seconds = time.perf_counter() - started
-        result.seconds += seconds
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": step}
-        record.update({name: float(np.mean(values)) if values else None for name, values in terms.items()})
-        record.update({"lr": optimizer.param_groups[0]["lr"], "seconds": seconds})
-        parts = ", ".join(f"{name} {record[name]:.4f}" for name in ("classification", "distance", "ood")
-                          if record[name] is not None)
-        message = f"W-OoD epoch {epoch + 1}/{epochs}: loss {record['loss']:.4f} ({parts}; {seconds:.1f} s)"
-        if val_source is not None:
-            metrics = evaluate_classifier(model, val_source, device=device,
-                                          batch_size=classifier_config.eval_batch_size,
-                                          resize_long=classifier_config.eval_resize_long)
-            record["val"] = metrics.as_dict()
-            message += f", val exact match {metrics.exact_match:.3f}, mAP {metrics.mean_ap:.4f}"
-        log.info(message)
-        result.history.append(record)
+                ood_logits = model(climbed).float()
+            keep = None
+            if ignore.numel():
+                keep = ~torch.isin(ood_logits.argmax(dim=1), ignore)
+            ood_loss = ood_classification_loss(ood_logits, normaliser=batch_size, keep=keep)
+            loss = loss + config.ood_weight * ood_loss
+            values["ood"] = ood_loss.item()
+        return loss, values
 
+    def validate(record: dict[str, Any]) -> None:
+        if val_source is None:
+            return
+        metrics = evaluate_classifier(model, val_source, device=device, batch_size=classifier_config.eval_batch_size,
+                                      resize_long=classifier_config.eval_resize_long)
+        record["val"] = metrics.as_dict()
+        log.info("W-OoD epoch %d/%d: val exact match %.3f, mAP %.4f", record["epoch"], epochs,
+                 metrics.exact_match, metrics.mean_ap)
+
+    engine.fit(ShuffledLoader(loader), step, streams={"ood": ood_batches} if ood_batches is not None else None,
+               on_epoch_start=refresh, on_epoch_end=validate)
+    result = TrainResult(model=model, history=engine.epochs,
+                         seconds=sum(record["seconds"] for record in engine.epochs))
     if out is not None:
         model.save(out, extra={
             "recipe": classifier_config.to_dict(), "wood": config.to_dict(), "init": str(Path(init)),
