@@ -292,7 +292,7 @@ def test_bad_labels_are_data_errors(tmp_path: Path) -> None:
     bad = dataset.load_mask(first).copy()
     bad[5, 5] = 7
     write_label_png(labels / f"{first}.png", bad)
-    with pytest.raises(DataError, match="IR label value 7 is not a class"):
+    with pytest.raises(DataError, match=rf"{first}.png: label value 7 is above K=3 \(allowed: 0..3 and 255 = ignore\)"):
         IrnTrainingDataset(dataset, labels, config).load(first)
     with pytest.raises(ConfigError, match="fewer than one batch"):
         train_irn(dataset, labels, config.replace(batch_size=5), progress=False)

@@ -162,6 +162,36 @@ def parse_override(text: str) -> dict[str, Any]:
     return value
 
 
+RECIPE_DIR = Path(__file__).resolve().parent / "configs"
+"""The packaged recipes (``synth/demo``, ``voc/cam``, ...), one YAML file each."""
+
+
+def packaged_recipes() -> list[str]:
+    """The names of the recipes shipped with wsss (``synth/demo``, ``voc/cam``, ...)."""
+    return sorted(str(p.relative_to(RECIPE_DIR).with_suffix("")) for p in RECIPE_DIR.rglob("*.yaml"))
+
+
+def recipe_path(name: str | Path) -> Path:
+    """A recipe file: a path, or a name like ``synth/demo`` under the packaged ``configs/``."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    packaged = RECIPE_DIR / f"{name}.yaml"
+    if packaged.exists():
+        return packaged
+    raise ConfigError(f"recipe {name!r} not found (a YAML file, or one of: {', '.join(packaged_recipes())})")
+
+
+def recipe_section(name: str | Path, section: str, cls: type[T]) -> T:
+    """One section of a recipe as its config class (defaults where the recipe says nothing):
+    the trainers' named recipes read the packaged YAML, so a recipe's values live in one place."""
+    data = read_yaml(recipe_path(name)).get(section) or {}
+    try:
+        return from_dict(cls, data, section)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (recipe {name})") from None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:

@@ -1,0 +1,1 @@
+"""Localization maps from a classifier: CAM, AdvCAM and RIB (model + image -> maps), with the reference loops."""

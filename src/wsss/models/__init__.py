@@ -1,0 +1,1 @@
+"""Networks: the backbone registry, the CAM classifier, IRN, DeepLab, and the geometry and steps they share."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wsss.config import build
+from wsss.config import build, recipe_path
 from wsss.errors import ConfigError
 from wsss.io import read_json
 from wsss.methods import Context, DataConfig, RuntimeConfig, Stage, get_method, method_sections
@@ -27,11 +27,7 @@ from wsss.methods.chain import SHARED_SECTIONS, UNTIL, seg_stages
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RECIPE_DIR", "Recipe", "build_stages", "final_summary", "load_recipe", "packaged_recipes",
-           "recipe_path", "seed_summary"]
-
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs"
-
+__all__ = ["Recipe", "build_stages", "final_summary", "load_recipe", "seed_summary"]
 
 @dataclass
 class _RecipeHead:
@@ -51,22 +47,6 @@ def _recipe_class() -> type:
 
 
 Recipe = _recipe_class()
-
-
-def packaged_recipes() -> list[str]:
-    """The names of the recipes shipped with wsss (``synth/demo``, ``voc/cam``, ...)."""
-    return sorted(str(p.relative_to(RECIPE_DIR).with_suffix("")) for p in RECIPE_DIR.rglob("*.yaml"))
-
-
-def recipe_path(name: str | Path) -> Path:
-    """A recipe file: a path, or a name like ``synth/demo`` under the packaged ``configs/``."""
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        return path
-    packaged = RECIPE_DIR / f"{name}.yaml"
-    if packaged.exists():
-        return packaged
-    raise ConfigError(f"recipe {name!r} not found (a YAML file, or one of: {', '.join(packaged_recipes())})")
 
 
 def load_recipe(name: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Any:

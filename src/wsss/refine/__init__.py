@@ -1,0 +1,1 @@
+"""Refinement of maps into masks: dense CRF, IR labels, IRN's random walk, pseudo masks."""

@@ -47,7 +47,8 @@ from wsss.data.transforms import (
 )
 from wsss.data.voc import MASK_FOLDERS, VOCDataset
 from wsss.errors import ConfigError, DataError
-from wsss.io import IGNORE_INDEX, read_label_png
+from wsss.io import IGNORE_INDEX
+from wsss.stores.masks import read_label_map
 
 log = logging.getLogger(__name__)
 
@@ -127,25 +128,9 @@ class MaskSource:
         if path is None:
             where = self.folder if self.folder is not None else self.dataset.root / MASK_FOLDERS[0]
             raise DataError(f"no mask for id {image_id!r}", where)
-        mask = read_label_png(path)
         if image_size is None:
             image_size = self.dataset.image_size(image_id)
-        if mask.shape != tuple(image_size):
-            raise DataError(
-                f"mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                f"{self.dataset.image_path(image_id).name} is {image_size[1]}x{image_size[0]}",
-                path,
-            )
-        # A bincount over 256 values is cheaper than np.unique and tells every value present.
-        present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
-        bad = present[(present >= self.num_classes) & (present != IGNORE_INDEX)]
-        if bad.size:
-            raise DataError(
-                f"label value {int(bad[0])} is above K={self.num_classes - 1} "
-                f"(allowed: 0..{self.num_classes - 1} and {IGNORE_INDEX} = ignore)",
-                path,
-            )
-        return mask
+        return read_label_map(path, image_size, self.num_classes, self.dataset.image_path(image_id).name)
 
     def validate(self, ids: Sequence[str] | None = None, *, check_contents: bool = True,
                  progress: bool = False) -> None:

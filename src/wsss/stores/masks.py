@@ -81,15 +81,20 @@ class MaskStore(FolderStore):
         path = self.path(image_id)
         if not path.is_file():
             raise DataError(f"no label map for id {image_id!r}", path)
-        labels = read_label_png(path)
-        if image_size is not None and labels.shape != tuple(image_size):
-            height, width = image_size
-            image = f"its image {image_name}" if image_name else "its image"
-            raise DataError(
-                f"mask is {labels.shape[1]}x{labels.shape[0]} but {image} is {width}x{height}", path
-            )
-        if num_classes is not None:
-            problem = label_value_problem(labels, num_classes)
-            if problem is not None:
-                raise DataError(problem, path)
-        return labels
+        return read_label_map(path, image_size, num_classes, image_name)
+
+
+def read_label_map(path: PathLike, image_size: tuple[int, int] | None = None, num_classes: int | None = None,
+                   image_name: str | None = None) -> np.ndarray:
+    """A label-map PNG anywhere (a store's, or a dataset's ground truth) as ``uint8`` (H, W),
+    checked against ``image_size`` and ``num_classes`` when given (see :meth:`MaskStore.load`)."""
+    labels = read_label_png(path)
+    if image_size is not None and labels.shape != tuple(image_size):
+        height, width = image_size
+        image = f"its image {image_name}" if image_name else "its image"
+        raise DataError(f"mask is {labels.shape[1]}x{labels.shape[0]} but {image} is {width}x{height}", path)
+    if num_classes is not None:
+        problem = label_value_problem(labels, num_classes)
+        if problem is not None:
+            raise DataError(problem, path)
+    return labels

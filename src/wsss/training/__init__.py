@@ -1,0 +1,1 @@
+"""Training: the one engine and the trainers on it (CAM classifier, W-OoD, IRN)."""

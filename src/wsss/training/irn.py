@@ -49,16 +49,17 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from wsss.config import replace_fields, result_settings, run_only_field, to_dict
+from wsss.config import recipe_section, replace_fields, result_settings, run_only_field, to_dict
 from wsss.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, normalize, random_crop_arrays, resize_image,
                                   scaled_size, to_chw_tensor)
 from wsss.errors import ConfigError, DataError
-from wsss.io import IGNORE_INDEX, image_size, read_label_png
+from wsss.io import IGNORE_INDEX, image_size
 from wsss.models.irn import IRNet, edge_and_displacement
 from wsss.models.path_index import PathIndex, max_along_paths, pair_indices
 from wsss.runtime import DistInfo, eval_mode, resolve_device, run_per_image, seed_everything
 from wsss.stores.edges import EdgeStore
 from wsss.stores.maps import strided_size
+from wsss.stores.masks import MaskStore
 from wsss.training.engine import CheckpointSpec, ShuffledLoader, TrainingEngine, poly_sgd, sequential_mean
 
 log = logging.getLogger(__name__)
@@ -139,21 +140,10 @@ def synth_recipe() -> IrnConfig:
     probability is 0.32 on ground-truth class boundaries against 0.16 elsewhere (momentum 0,
     IRN's: 0.37 against 0.33); about 0.2 s per update on two idle CPU threads. The
     displacement loss hardly moves in that budget (it only serves instance masks).
+
+    The values are the ``irn`` section of the packaged ``synth/demo`` recipe (one place for them).
     """
-    return IrnConfig(
-        backbone="resnet18_w16",  # the synth classifier's backbone
-        output_stride=8,
-        dilated=None,
-        weights=None,
-        radius=10,  # IRN's radius; objects are 15-25 px at stride 4
-        batch_size=8,
-        epochs=3,
-        crop_size=128,
-        rescale=(0.75, 1.25),
-        momentum=0.9,  # heads from scratch on few updates: momentum helps
-        num_workers=0,
-        mean_shift_images=200,
-    )
+    return recipe_section("synth/demo", "irn", IrnConfig)
 
 
 RECIPES = {"irn": irn_recipe_default, "synth": synth_recipe}
@@ -299,12 +289,13 @@ class IrnTrainingDataset(Dataset):
                  ids: Sequence[str] | None = None) -> None:
         self.source = source
         self.label_dir = Path(label_dir)
+        self.labels = MaskStore(self.label_dir)
         self.config = config
         self.ids = list(source.ids if ids is None else ids)
         self.num_classes = getattr(source, "num_classes", None)
 
     def label_path(self, image_id: str) -> Path:
-        return self.label_dir / f"{image_id}.png"
+        return self.labels.path(image_id)
 
     def check(self) -> None:
         """Every label exists and has its image's size (reads only file headers).
@@ -331,22 +322,9 @@ class IrnTrainingDataset(Dataset):
                 )
 
     def load(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """The image and its IR label, checked against each other."""
+        """The image and its IR label, checked against each other (size; values 0..K or 255)."""
         image = self.source.load_image(image_id)
-        path = self.label_path(image_id)
-        label = read_label_png(path)
-        if label.shape != image.shape[:2]:
-            raise DataError(
-                f"IR label is {label.shape[1]}x{label.shape[0]} (WxH) but its image is "
-                f"{image.shape[1]}x{image.shape[0]}", path,
-            )
-        if self.num_classes is not None:
-            bad = (label >= self.num_classes) & (label != IGNORE_INDEX)
-            if bad.any():
-                raise DataError(
-                    f"IR label value {int(label[bad][0])} is not a class (0..{self.num_classes - 1}) or 255", path
-                )
-        return image, label
+        return image, self.labels.load(image_id, image.shape[:2], self.num_classes)
 
     def transform(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
                   ) -> tuple[np.ndarray, np.ndarray]:

@@ -66,7 +66,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from wsss.data.transforms import ClassificationDataset, EvalTransform, ImageLabelSource, TrainTransform
-from wsss.config import replace_fields, result_settings, to_dict
+from wsss.config import recipe_section, replace_fields, result_settings, to_dict
 from wsss.errors import ConfigError, DataError
 from wsss.models.cam_net import CamNet, load_cam_net
 from wsss.models.climbing import climb_step
@@ -186,15 +186,11 @@ def synth_recipe() -> WoodConfig:
     recipe 51.0 (44.3, 46.6); the same 5 epochs without the W-OoD losses 49.7 (41.8, 43.7).
     Restarting at the classifier's lr 0.1, as the reference does from its frozen-BN ImageNet
     ResNet-50, wrecks the from-scratch network (val exact match 0.91 -> 0.69 after 5 epochs),
-    hence 0.01. A W-OoD step costs about three classifier steps (climb, OoD pass, distances).
+    hence 0.01. A W-OoD step costs about three classifier steps (climb, OoD pass, distances),
+    so the demo fine-tunes for 2 epochs. The values are the ``wood`` section of the packaged
+    ``synth/demo`` recipe (one place for them).
     """
-    return WoodConfig(
-        ood_batch_size=8,  # = the synth classifier batch (reference: ood batch = cam batch)
-        ood_clusters=10,  # 300 OoD images -> ~30 per prototype
-        ood_resize_long=None,  # OoD images are generated at the training size already
-        epochs=5,  # half the classifier's 10 (measured above); the reference reruns the full schedule
-        lr=0.01,  # a tenth of the classifier's (measured above)
-    )
+    return recipe_section("synth/demo", "wood", WoodConfig)
 
 
 WOOD_RECIPES = {"reference": reference_recipe, "synth": synth_recipe}

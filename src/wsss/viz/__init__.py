@@ -1,0 +1,1 @@
+"""Pictures: map and mask overlays, figure grids, curves."""
