@@ -241,6 +241,14 @@ def replace_fields(config: T, changes: dict[str, Any], what: str) -> T:
     return dataclasses.replace(config, **changes)
 
 
+def with_settings(config: T | None, default: type[T], settings: dict[str, Any], what: str) -> T:
+    """``config`` (``default()`` when None) with keyword ``settings`` replacing fields, validated:
+    what a library call taking ``config=`` and ``**settings`` does first."""
+    config = replace_fields(config if config is not None else default(), settings, what)
+    config.validate()
+    return config
+
+
 RUN_ONLY = "run_only"
 """Field metadata key: the setting changes speed or memory, not results (``run_only_field``)."""
 

@@ -64,7 +64,7 @@ from wsss.attribution.cam import (
     multiscale_inputs,
     normalise_maps,
 )
-from wsss.config import replace_fields, run_only_field
+from wsss.config import run_only_field, with_settings
 from wsss.errors import ConfigError
 from wsss.io import image_size
 from wsss.models.climbing import climb_step
@@ -261,13 +261,6 @@ def adversarial_climb(
     return accumulated
 
 
-def resolve_config(config: AdvCamConfig | None, settings: dict) -> AdvCamConfig:
-    """``config`` (default: the reference's) with keyword ``settings`` replacing fields, validated."""
-    config = replace_fields(config or AdvCamConfig(), settings, "AdvCAM")
-    config.validate()
-    return config
-
-
 def _climb_images(net: nn.Module, images: Sequence[np.ndarray], keys: Sequence[np.ndarray],
                   config: AdvCamConfig, device: torch.device) -> list[CamResult]:
     """The batched computation for checked inputs and a :func:`climbing_copy` of the classifier."""
@@ -326,7 +319,7 @@ def compute_advcam_batch(
         DataError: an image without labelled class. ConfigError: a class id outside 1..K, a
         model in training mode, a bad setting. ValueError: images of different sizes.
     """
-    config = resolve_config(config, settings)
+    config = with_settings(config, AdvCamConfig, settings, "AdvCAM")
     _check_eval_mode(model)
     where = list(where) if where is not None else [None] * len(images)
     if not len(images) == len(keys) == len(where):
@@ -396,7 +389,7 @@ def make_advcams(
     Returns:
         How many images were processed in this call.
     """
-    config = resolve_config(config, settings)
+    config = with_settings(config, AdvCamConfig, settings, "AdvCAM")
     store = store if isinstance(store, MapStore) else MapStore(store)
     ids = list(source.ids if ids is None else ids)
     classes = getattr(source, "classes", None)

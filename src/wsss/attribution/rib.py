@@ -100,7 +100,7 @@ from wsss.attribution.cam import (
     normalise_maps,
 )
 from wsss.data.transforms import TrainTransform
-from wsss.config import replace_fields
+from wsss.config import with_settings
 from wsss.errors import ConfigError, DataError
 from wsss.runtime import DistInfo, eval_mode, run_per_image
 from wsss.stores.maps import MapStore
@@ -188,13 +188,6 @@ class RibConfig:
             raise ConfigError(f"rib.disjoint_probability must be in [0, 1], got {self.disjoint_probability}")
         if self.gndrp_class_limit is not None and self.gndrp_class_limit < 0:
             raise ConfigError(f"rib.gndrp_class_limit must be non-negative, got {self.gndrp_class_limit}")
-
-
-def resolve_config(config: RibConfig | None, settings: dict) -> RibConfig:
-    """``config`` (default: the reference's) with keyword ``settings`` replacing fields, validated."""
-    config = replace_fields(config or RibConfig(), settings, "RIB")
-    config.validate()
-    return config
 
 
 @dataclass
@@ -627,7 +620,7 @@ def compute_rib(
         DataError: no labelled class. ConfigError: a class id outside 1..K, a model in training
         mode, a bad setting.
     """
-    config = resolve_config(config, settings)
+    config = with_settings(config, RibConfig, settings, "RIB")
     _check_eval_mode(model)
     keys = check_keys(keys, model.num_classes, where)
     weight = model.classifier.weight
@@ -684,7 +677,7 @@ def make_ribs(
     Raises:
         DataError: an image without labelled class, or with no image sharing no class with it.
     """
-    config = resolve_config(config, settings)
+    config = with_settings(config, RibConfig, settings, "RIB")
     store = store if isinstance(store, MapStore) else MapStore(store)
     targets = list(source.ids if ids is None else ids)
     pool = source if pool is None else pool

@@ -60,12 +60,13 @@ def settings_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsss.attribution.advcam import make_advcams, resolve_config
+    from wsss.attribution.advcam import AdvCamConfig, make_advcams
     from wsss.data.voc import VOCDataset
     from wsss.models.cam_net import load_cam_net_for
+    from wsss.config import with_settings
     from wsss.runtime import resolve_device
 
-    config = resolve_config(None, settings_from_args(args))
+    config = with_settings(None, AdvCamConfig, settings_from_args(args), "AdvCAM")
     device = resolve_device(args.device)
     dataset = VOCDataset(args.data, split=args.split)
     model = load_cam_net_for(args.checkpoint, dataset, device)
