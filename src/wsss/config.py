@@ -241,6 +241,22 @@ def replace_fields(config: T, changes: dict[str, Any], what: str) -> T:
     return dataclasses.replace(config, **changes)
 
 
+class Settings:
+    """Base of the config dataclasses: ``to_dict()`` and ``replace(**changes)``.
+
+    A subclass names itself in errors with ``option_name`` ("unknown IRN option(s): ...").
+    """
+
+    option_name: typing.ClassVar[str] = "config"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self: T, **changes: Any) -> T:
+        """A copy with ``changes``; unknown keys are a :class:`ConfigError`."""
+        return replace_fields(self, changes, self.option_name)
+
+
 def with_settings(config: T | None, default: type[T], settings: dict[str, Any], what: str) -> T:
     """``config`` (``default()`` when None) with keyword ``settings`` replacing fields, validated:
     what a library call taking ``config=`` and ``**settings`` does first."""

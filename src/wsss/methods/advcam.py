@@ -12,8 +12,8 @@ from pathlib import Path
 
 from wsss.attribution.advcam import AdvCamConfig
 from wsss.config import result_settings
-from wsss.methods.base import Context, Method, RefineDefaults, Stage, register, remover
-from wsss.methods.chain import image_level_chain
+from wsss.methods.base import Context, Method, RefineDefaults, Stage, register
+from wsss.methods.chain import classifier_maps_stage, image_level_chain
 
 __all__ = ["AdvCamMethod", "advcam_maps_stage"]
 
@@ -22,21 +22,14 @@ def advcam_maps_stage(ctx: Context, method: str, classifier: str = "classifier",
                       classifier_path: Path | None = None) -> Stage:
     """AdvCAM maps of the classifier trained by stage ``classifier`` (checkpoint ``classifier_path``)."""
     recipe = ctx.recipe
-    checkpoint = ctx.classifier_path if classifier_path is None else classifier_path
 
-    def run() -> None:
+    def make(model, dataset, out: Path) -> None:
         from wsss.attribution.advcam import make_advcams
-        from wsss.models.cam_net import load_cam_net_for
 
-        dataset = ctx.dataset(recipe.data.seed_split)
-        model = load_cam_net_for(checkpoint, dataset, ctx.device)
-        make_advcams(model, dataset, ctx.maps_dir(method), config=recipe.advcam, device=ctx.device,
-                     progress=recipe.runtime.progress)
+        make_advcams(model, dataset, out, config=recipe.advcam, device=ctx.device, progress=recipe.runtime.progress)
 
-    return Stage(
-        f"{method}.maps", run=run, clear=remover(ctx.maps_dir(method)), needs=(classifier,),
-        depends_on={"split": recipe.data.seed_split, "advcam": result_settings(recipe.advcam)},
-    )
+    return classifier_maps_stage(ctx, method, make, {"advcam": result_settings(recipe.advcam)}, classifier,
+                                 classifier_path)
 
 
 @register

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from wsss.attribution.cam import CAM_SCALES
 from wsss.config import result_settings
-from wsss.methods.base import Context, Method, RefineDefaults, Stage, register, remover
-from wsss.methods.chain import image_level_chain
+from wsss.methods.base import Context, Method, RefineDefaults, Stage, register
+from wsss.methods.chain import classifier_maps_stage, image_level_chain
 
 __all__ = ["CamConfig", "CamMethod", "cam_maps_stage"]
 
@@ -30,21 +30,15 @@ def cam_maps_stage(ctx: Context, method: str, classifier: str = "classifier",
                    classifier_path: Path | None = None) -> Stage:
     """CAMs of the classifier trained by stage ``classifier`` (its checkpoint ``classifier_path``)."""
     recipe = ctx.recipe
-    checkpoint = ctx.classifier_path if classifier_path is None else classifier_path
 
-    def run() -> None:
+    def make(model, dataset, out: Path) -> None:
         from wsss.attribution.cam import make_cams
-        from wsss.models.cam_net import load_cam_net_for
 
-        dataset = ctx.dataset(recipe.data.seed_split)
-        model = load_cam_net_for(checkpoint, dataset, ctx.device)
-        make_cams(model, dataset, ctx.maps_dir(method), device=ctx.device,
-                  scales=recipe.cam.scales, flip=recipe.cam.flip, progress=recipe.runtime.progress)
+        make_cams(model, dataset, out, device=ctx.device, scales=recipe.cam.scales, flip=recipe.cam.flip,
+                  progress=recipe.runtime.progress)
 
-    return Stage(
-        f"{method}.maps", run=run, clear=remover(ctx.maps_dir(method)), needs=(classifier,),
-        depends_on={"split": recipe.data.seed_split, "cam": result_settings(recipe.cam)},
-    )
+    return classifier_maps_stage(ctx, method, make, {"cam": result_settings(recipe.cam)}, classifier,
+                                 classifier_path)
 
 
 @register

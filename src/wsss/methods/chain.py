@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from wsss.config import result_settings
 from wsss.methods.base import Context, RefineDefaults, Stage, remover
@@ -33,6 +33,7 @@ __all__ = [
     "SeedEvalConfig",
     "SegInferenceConfig",
     "UNTIL",
+    "classifier_maps_stage",
     "classifier_stage",
     "eval_stage",
     "image_level_chain",
@@ -121,6 +122,25 @@ def classifier_stage(ctx: Context) -> Stage:
         depends_on={"data": [recipe.data.root, recipe.data.train_split],
                     "classifier": result_settings(recipe.classifier), "seed": recipe.runtime.seed},
     )
+
+
+def classifier_maps_stage(ctx: Context, method: str, make: Callable[[Any, Any, Path], object],
+                          depends_on: dict[str, Any], classifier: str = "classifier",
+                          classifier_path: Path | None = None) -> Stage:
+    """``<method>.maps``: ``make(model, dataset, maps_dir)`` on the seed split with the CAM
+    classifier that stage ``classifier`` trained (checkpoint ``classifier_path``, default the
+    shared one); ``depends_on`` holds the method's settings (its fingerprint)."""
+    recipe = ctx.recipe
+    checkpoint = ctx.classifier_path if classifier_path is None else classifier_path
+
+    def run() -> None:
+        from wsss.models.cam_net import load_cam_net_for
+
+        dataset = ctx.dataset(recipe.data.seed_split)
+        make(load_cam_net_for(checkpoint, dataset, ctx.device), dataset, ctx.maps_dir(method))
+
+    return Stage(f"{method}.maps", run=run, clear=remover(ctx.maps_dir(method)), needs=(classifier,),
+                 depends_on={"split": recipe.data.seed_split, **depends_on})
 
 
 def eval_stage(ctx: Context, method: str, what: str, needs: str, predictions: Path, split: str) -> Stage:

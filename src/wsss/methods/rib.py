@@ -8,32 +8,28 @@ seed. Refinement values: RIB ``run_sample.py`` for VOC (``conf_fg_thres`` 0.35,
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from wsss.attribution.rib import RibConfig
 from wsss.config import result_settings
-from wsss.methods.base import Context, Method, RefineDefaults, Stage, register, remover
-from wsss.methods.chain import image_level_chain
+from wsss.methods.base import Context, Method, RefineDefaults, Stage, register
+from wsss.methods.chain import classifier_maps_stage, image_level_chain
 
 __all__ = ["RibMethod", "rib_maps_stage"]
 
 
 def rib_maps_stage(ctx: Context, method: str = "rib") -> Stage:
+    """RIB maps of the shared classifier, its other images drawn from ``data.train_split``."""
     recipe = ctx.recipe
 
-    def run() -> None:
+    def make(model, dataset, out: Path) -> None:
         from wsss.attribution.rib import make_ribs
-        from wsss.models.cam_net import load_cam_net_for
 
-        dataset = ctx.dataset(recipe.data.seed_split)
-        model = load_cam_net_for(ctx.classifier_path, dataset, ctx.device)
-        make_ribs(model, dataset, ctx.maps_dir(method), config=recipe.rib, device=ctx.device,
-                  progress=recipe.runtime.progress, seed=recipe.runtime.seed,
-                  pool=ctx.dataset(recipe.data.train_split))
+        make_ribs(model, dataset, out, config=recipe.rib, device=ctx.device, progress=recipe.runtime.progress,
+                  seed=recipe.runtime.seed, pool=ctx.dataset(recipe.data.train_split))
 
-    return Stage(
-        f"{method}.maps", run=run, clear=remover(ctx.maps_dir(method)), needs=("classifier",),
-        depends_on={"split": recipe.data.seed_split, "pool": recipe.data.train_split,
-                    "rib": result_settings(recipe.rib), "seed": recipe.runtime.seed},
-    )
+    return classifier_maps_stage(ctx, method, make, {"pool": recipe.data.train_split,
+                                                     "rib": result_settings(recipe.rib), "seed": recipe.runtime.seed})
 
 
 @register

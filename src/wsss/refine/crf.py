@@ -36,11 +36,11 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from wsss.config import replace_fields
+from wsss.config import Settings
 from wsss.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ UNARY_CLIP = 1e-5  # pydensecrf.utils.unary_from_softmax default clip, used by D
 
 
 @dataclass(frozen=True)
-class CrfParams:
+class CrfParams(Settings):
     """Mean-field iterations and the two Potts pairwise kernels of a dense CRF.
 
     Attributes:
@@ -68,6 +68,8 @@ class CrfParams:
         bilateral_srgb: colour standard deviation (0..255 units) of the appearance kernel.
         bilateral_compat: weight of the appearance kernel.
     """
+
+    option_name: ClassVar[str] = "CRF"
 
     iterations: int = 10
     gaussian_sxy: float = 3.0
@@ -85,10 +87,6 @@ class CrfParams:
         for name in ("gaussian_compat", "bilateral_compat"):
             if not float(getattr(self, name)) >= 0:
                 raise ConfigError(f"CRF {name} must be non-negative, got {getattr(self, name)}")
-
-    def replace(self, **changes: Any) -> "CrfParams":
-        """A copy with ``changes``; unknown keys are a :class:`ConfigError`."""
-        return replace_fields(self, changes, "CRF")
 
 
 CRF_PRESETS: dict[str, CrfParams] = {

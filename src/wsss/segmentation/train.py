@@ -48,7 +48,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -57,7 +57,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from wsss import io as wio
-from wsss.config import recipe_section, dump_yaml, replace_fields, result_settings, run_only_field, to_dict
+from wsss.config import Settings, dump_yaml, recipe_section, result_settings, run_only_field, to_dict
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss.data.voc import VOCDataset
 from wsss.errors import ConfigError, DataError
@@ -99,7 +99,7 @@ LossFunction = Callable[..., torch.Tensor]
 
 
 @dataclass
-class SegTrainConfig:
+class SegTrainConfig(Settings):
     """How to train the segmentation network. Defaults: the DeepLab-v2 VOC recipe of AdvCAM/RIB.
 
     AdvCAM's author (AdvCAM issue #9) and RIB's README point to kazuto1011's deeplab-pytorch
@@ -107,6 +107,8 @@ class SegTrainConfig:
     the reply wins and the comment says so. ``amp``, ``checkpoint_every`` and ``num_workers``
     change speed, not results (run-only): a resumed run may change them.
     """
+
+    option_name: ClassVar[str] = "segmentation-training"
 
     model: str = "deeplab_v2_resnet101"  # AdvCAM #9 / RIB: DeepLab-v2, ResNet-101
     weights: str | None = None  # AdvCAM #9: ImageNet-initialised; a local file (nothing downloads)
@@ -131,12 +133,6 @@ class SegTrainConfig:
     seed: int = 0  # data order, augmentation and initialisation
     num_workers: int | None = run_only_field(None)  # DataLoader workers per process; None: half the CPUs / world
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> "SegTrainConfig":
-        """A copy with ``changes``; unknown keys are a :class:`ConfigError`."""
-        return replace_fields(self, changes, "segmentation-training")
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid option."""

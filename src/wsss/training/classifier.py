@@ -22,7 +22,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from wsss.data.transforms import ClassificationDataset, EvalTransform, ImageLabelSource, TrainTransform
-from wsss.config import recipe_section, replace_fields, result_settings, run_only_field, to_dict
+from wsss.config import Settings, recipe_section, result_settings, run_only_field, to_dict
 from wsss.errors import ConfigError
 from wsss.models.cam_net import CamNet
 from wsss.runtime import eval_mode, resolve_device, seed_everything
@@ -53,8 +53,10 @@ __all__ = [
 
 
 @dataclass
-class ClassifierConfig:
+class ClassifierConfig(Settings):
     """How to train the CAM classifier. Defaults are IRN's (``run_sample.py``, ``train_cam.py``)."""
+
+    option_name: ClassVar[str] = "classifier"
 
     backbone: str = "resnet50"  # IRN net/resnet50_cam.py
     output_stride: int | None = 16  # IRN strides=(2, 2, 2, 1), no dilation
@@ -82,12 +84,6 @@ class ClassifierConfig:
     eval_resize_long: int | None = None  # validation on full images, as IRN's make_cam input
     amp: bool = run_only_field(False)  # wsss: mixed precision, on CUDA only (IRN trains in float32)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> "ClassifierConfig":
-        """A copy with ``changes``; unknown keys are a :class:`ConfigError`."""
-        return replace_fields(self, changes, "classifier")
 
 
 def irn_recipe() -> ClassifierConfig:

@@ -41,7 +41,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from wsss.config import recipe_section, replace_fields, result_settings, run_only_field, to_dict
+from wsss.config import Settings, recipe_section, result_settings, run_only_field, to_dict
 from wsss.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, normalize, random_crop_arrays, resize_image,
                                   scaled_size, to_chw_tensor)
 from wsss.errors import ConfigError, DataError
@@ -83,8 +83,10 @@ EPS = 1e-5  # IRN train_irn.py / resnet50_irn.py
 
 
 @dataclass
-class IrnConfig:
+class IrnConfig(Settings):
     """How to train IRN. Defaults are IRN's (``run_sample.py``, ``step/train_irn.py``)."""
+
+    option_name: ClassVar[str] = "IRN"
 
     backbone: str = "resnet50"  # IRN net/resnet50_irn.py
     output_stride: int | None = 16  # IRN resnet50(strides=[2, 2, 2, 1])
@@ -114,12 +116,6 @@ class IrnConfig:
     edge_pad_to: int | None = None  # IRN pads inputs to 512 (cropping larger ones); None: no pad
     amp: bool = run_only_field(False)  # wsss: mixed precision, on CUDA only (IRN trains in float32)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> "IrnConfig":
-        """A copy with ``changes``; unknown keys are a :class:`ConfigError`."""
-        return replace_fields(self, changes, "IRN")
 
 
 def irn_recipe_default() -> IrnConfig:

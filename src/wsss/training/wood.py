@@ -57,7 +57,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -66,7 +66,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from wsss.data.transforms import ClassificationDataset, EvalTransform, ImageLabelSource, TrainTransform
-from wsss.config import recipe_section, replace_fields, result_settings, to_dict
+from wsss.config import Settings, recipe_section, result_settings, to_dict
 from wsss.errors import ConfigError, DataError
 from wsss.models.cam_net import CamNet, load_cam_net
 from wsss.models.climbing import climb_step
@@ -99,10 +99,12 @@ __all__ = [
 
 
 @dataclass
-class WoodConfig:
+class WoodConfig(Settings):
     """W-OoD settings; defaults are the reference's (``naver-ai/w-ood`` ``run_sample.py`` and
     ``step/train_cam_clustering.py``) unless noted. The optimiser, batch size and augmentation
     come from the :class:`~wsss.training.classifier.ClassifierConfig` passed beside it."""
+
+    option_name: ClassVar[str] = "wood"
 
     distance_weight: float = 0.007  # reference --distance_lambda, lambda (paper Table A2: best at tau 20%)
     push_quantile: float = 0.2  # reference --ood_dist_topk, tau: OoD distances under this batch quantile are pushed
@@ -161,12 +163,6 @@ class WoodConfig:
                 "for no OoD images use the classifier itself (method cam)"
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> "WoodConfig":
-        """A copy with ``changes``; unknown keys are a :class:`ConfigError`."""
-        return replace_fields(self, changes, "wood")
 
 
 def reference_recipe() -> WoodConfig:
