@@ -133,7 +133,6 @@ class SegTrainConfig(Settings):
     seed: int = 0  # data order, augmentation and initialisation
     num_workers: int | None = run_only_field(None)  # DataLoader workers per process; None: half the CPUs / world
 
-
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid option."""
         if (self.iterations is None) == (self.epochs is None):
