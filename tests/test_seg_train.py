@@ -347,7 +347,7 @@ def test_unreadable_checkpoint_is_a_data_error(colour_voc, tmp_path) -> None:
     out = tmp_path / "run"
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="cannot read segmentation training checkpoint"):
+    with pytest.raises(DataError, match="not a readable wsss segmentation training checkpoint"):
         train_segmentation(colour_voc, None, tiny_config(iterations=2), out_dir=out, progress=False,
                            model=tiny_model(), loss_fn=pixel_sum_ce)
     torch.save({"state_dict": {}}, out / "checkpoint.pt")
