@@ -87,3 +87,181 @@ def test_make_advcam_refuses_maps_of_other_iterations_or_of_make_cam(voc, tmp_pa
     assert "(iterations 1 -> 2)" in one_error_line(capsys)
     assert main(["make-cam", *common]) == 2
     assert "(maps advcam -> cam)" in one_error_line(capsys)
+
+
+# ------------------------------------------------------------------ outputs checked before the work
+TRAIN_FAST = ["--recipe", "synth", "--device", "cpu", "--no-progress", "--set", "epochs=1", "--set", "batch_size=2",
+              "--set", "crop_size=32", "--set", "resize_long=null"]
+
+
+def test_unwritable_outputs_are_refused_before_any_work(voc, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    import wsss.training.classifier as classifier
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking the output")
+
+    monkeypatch.setattr(classifier, "train_classifier", no_training)
+    assert main(["train-classifier", "--data", str(voc.root), "--out", str(blocker / "cam.pt"), *TRAIN_FAST]) == 2
+    assert one_error_line(capsys) == f"{blocker}: the folder of the checkpoint is a file, not a folder"
+    checkpoint = save_classifier(tmp_path / "a.pt", 0)
+    for command in ("make-cam", "make-advcam"):
+        assert main([command, "--data", str(voc.root), "--checkpoint", str(checkpoint), "--out",
+                     str(blocker / "maps"), "--device", "cpu"]) == 2
+        assert one_error_line(capsys).startswith(f"{blocker / 'maps'}: cannot write to the output folder (")
+    assert main(["synth", str(blocker / "data"), "--train", "2", "--val", "1", "--ood", "1", "--size", "32"]) == 2
+    assert one_error_line(capsys).startswith(f"{blocker / 'data'}: cannot write to the dataset folder (")
+    assert main(["eval", "--data", str(voc.root), "--pred", str(tmp_path), "--json", str(blocker / "r.json")]) == 2
+    assert one_error_line(capsys) == f"{blocker}: the folder of the --json file is a file, not a folder"
+    assert main(["demo", "--out", str(blocker), "--quick"]) == 2
+    assert one_error_line(capsys) == f"{blocker}: the output folder is a file, not a folder"
+
+
+# ------------------------------------------------------------------ settings in range, finite losses
+@pytest.mark.parametrize("setting, message", [
+    ("classifier.epochs=0", "classifier.epochs must be at least 1, got 0"),
+    ("classifier.batch_size=-2", "classifier.batch_size must be at least 1, got -2"),
+    ("classifier.crop_size=0", "classifier.crop_size must be at least 1, got 0"),
+    ("classifier.lr=0", "classifier.lr must be positive, got 0.0"),
+    ("irn.batch_size=0", "irn.batch_size must be at least 1, got 0"),
+    ("irn.crop_size=-1", "irn.crop_size must be at least 1, got -1"),
+    ("segmentation.crop_size=0", "segmentation training: crop_size must be >= 1 (got 0)"),
+    ("classifier.lr=.nan", "classifier.lr: expected a finite number, got nan"),
+    ("wood.ood_weight=.inf", "wood.ood_weight: expected a finite number, got inf"),
+    ("random_walk.beta=-.inf", "random_walk.beta: expected a finite number, got -inf"),
+])
+def test_config_refuses_settings_out_of_range(capsys, setting, message):
+    assert main(["config", "synth/demo", "--set", setting]) == 2
+    assert one_error_line(capsys).startswith(message)
+
+
+def test_train_classifier_checks_ranges_and_stops_on_a_diverging_loss(voc, tmp_path, capsys):
+    out = tmp_path / "cam.pt"
+    assert main(["train-classifier", "--data", str(voc.root), "--out", str(out), *TRAIN_FAST, "--set", "lr=.nan"]) == 2
+    assert one_error_line(capsys).startswith("classifier.lr: expected a finite number, got nan")
+    assert main(["train-classifier", "--data", str(voc.root), "--out", str(out), *TRAIN_FAST,
+                 "--set", "classifier.epochs=0"]) == 2  # the sectioned key of 'wsss run' works too
+    assert one_error_line(capsys) == "classifier.epochs must be at least 1, got 0"
+    assert main(["train-classifier", "--data", str(voc.root), "--out", str(out), *TRAIN_FAST,
+                 "--set", "classifier.lr=1e30"]) == 2
+    assert one_error_line(capsys).startswith("classifier: the loss became nan at iteration ")
+    assert not out.exists()
+
+
+def test_nan_weights_after_the_last_update_stop_training():
+    from wsss.training.engine import LossNotFinite, ShuffledLoader, TrainingEngine, poly_sgd
+
+    model = torch.nn.Linear(2, 1)
+    optimizer, scheduler = poly_sgd([(model.parameters(), 1.0)], 0.1, total_steps=1)
+    engine = TrainingEngine(model, optimizer, scheduler, total_steps=1, steps_per_epoch=1, device="cpu",
+                            progress=False, desc="toy")
+    data = torch.utils.data.DataLoader(torch.ones(1, 2), batch_size=1, generator=torch.Generator())
+
+    def step(batch):  # a finite loss (0) whose gradient is NaN
+        return _NanGradient.apply(model(batch).sum())
+
+    with pytest.raises(LossNotFinite, match=r"toy: the weights became NaN or infinite \(weight\) at iteration 1"):
+        engine.fit(ShuffledLoader(data), step)
+
+
+class _NanGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, value):
+        return value * 0.0
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+# ------------------------------------------------------------------ a recipe: settings alone, then every input
+def test_config_prints_a_recipe_that_names_no_data_yet(capsys):
+    assert main(["config", "synth/demo"]) == 0
+    assert "methods:\n- cam\n" in capsys.readouterr().out
+
+
+def test_run_lists_every_problem_with_its_inputs_before_the_first_stage(voc, tmp_path, capsys):
+    (voc.root / "JPEGImages" / f"{voc.ids[1]}.jpg").unlink()
+    work = tmp_path / "work"
+    code = main(["run", "synth/demo", "--work", str(work), "--set", f"data.root={voc.root}",
+                 "--set", "data.val_split=train", "--set", "classifier.weights=missing.pth",
+                 "--set", f"data.ood_list={tmp_path / 'ood.txt'}"])
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == "wsss: error: 3 problems with the recipe's inputs (nothing was run):"
+    assert lines[1:] == [
+        f"  {voc.root / 'JPEGImages'}: 1 of the 4 images of split 'train' (classifier training, seeds, validation) "
+        f"are missing, e.g. '{voc.ids[1]}'",
+        "  missing.pth: weights file named by classifier.weights not found (wsss never downloads weights: "
+        "give a local file)",
+        f"  {tmp_path / 'ood.txt'}: OoD image list not found",
+    ]
+    assert not work.exists() or not any(work.iterdir())  # not even config.yaml
+
+
+def test_run_refuses_a_finished_classifier_of_other_classes(voc, tmp_path):
+    from wsss.methods import Context
+    from wsss.pipeline.recipes import build_stages, check_inputs, load_recipe
+    from wsss.pipeline.runner import chain_keys
+    from wsss.io import write_json
+
+    recipe = load_recipe("synth/demo", [f"data.root={voc.root}", "data.val_split=train", "methods=[cam]"])
+    ctx = Context(recipe, tmp_path / "work")
+    stages = build_stages(ctx)
+    assert check_inputs(ctx, stages) == []
+    save_classifier(ctx.classifier_path, 0, ["background", "cat", "dog"])
+    assert check_inputs(ctx, stages) == []  # not finished: the run retrains it
+    write_json(ctx.workdir / ".stages" / "classifier.json", {"key": chain_keys(stages)["classifier"], "state": "done"})
+    (problem,) = check_inputs(ctx, stages)
+    assert str(problem) == (f"{ctx.classifier_path}: the finished classifier classifies 2 foreground classes but the "
+                            "dataset has 3 (classes.txt changed?); use another --work, or delete the checkpoint to "
+                            "train again")
+
+
+# ------------------------------------------------------------------ garbage checkpoints
+class _FromElsewhere:
+    """A class no safe load knows: a pickle of it stands for one "from elsewhere"."""
+
+
+def _garbage_files(folder: Path) -> list[Path]:
+    folder.mkdir()
+    random_bytes = folder / "random.pt"
+    random_bytes.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    truncated = folder / "truncated.pt"
+    save_classifier(truncated, 0)
+    truncated.write_bytes(truncated.read_bytes()[:5000])
+    foreign = folder / "foreign.pt"
+    torch.save({"model": _FromElsewhere()}, foreign)
+    legacy = folder / "legacy.pt"
+    legacy.write_bytes(pickle.dumps({"format": "x"}))
+    return [random_bytes, truncated, foreign, legacy]
+
+
+def test_every_checkpoint_reader_calls_garbage_unreadable_and_never_suggests_an_unsafe_load(tmp_path, capsys):
+    from wsss.models.cam_net import load_cam_net
+    from wsss.models.irn import load_irn
+    from wsss.models.weights import read_state_dict
+    from wsss.segmentation.train import load_trained_model
+    from wsss.training.engine import read_checkpoint
+
+    readers = {
+        "wsss checkpoint": load_cam_net,
+        "wsss IRN checkpoint": load_irn,
+        "wsss segmentation model": lambda path: load_trained_model(path, num_classes=4),
+        "wsss classifier training checkpoint": lambda path: read_checkpoint(
+            path, ("wsss-classifier-checkpoint",), "classifier training checkpoint"),
+        "weights file": read_state_dict,
+    }
+    for path in _garbage_files(tmp_path / "garbage"):
+        for what, read in readers.items():
+            with pytest.raises(DataError) as caught:
+                read(path)
+            assert str(caught.value) == (f"{path}: not a readable {what} (corrupt, truncated, or a pickle "
+                                         "from elsewhere)")
+    voc = make_voc(tmp_path / "voc", classes=CLASSES)
+    assert main(["make-cam", "--data", str(voc.root), "--checkpoint", str(tmp_path / "garbage" / "random.pt"),
+                 "--out", str(tmp_path / "maps"), "--device", "cpu"]) == 2
+    line = one_error_line(capsys)
+    assert line.endswith("random.pt: not a readable wsss checkpoint (corrupt, truncated, or a pickle from elsewhere)")
+    assert "weights_only" not in line

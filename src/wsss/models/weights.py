@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -64,7 +65,9 @@ def load_torch_file(path: str | os.PathLike, what: str, map_location: object = "
         DataError: "<path>: not a readable <what> (corrupt, truncated, or a pickle from elsewhere)".
     """
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # the safe unpickler's remarks on a foreign pickle's protocol
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception:  # zip errors, unpickling errors, EOF: all one thing to the user
         raise DataError(f"not a readable {what} (corrupt, truncated, or a pickle from elsewhere)",
                         path) from None
