@@ -265,3 +265,28 @@ def test_every_checkpoint_reader_calls_garbage_unreadable_and_never_suggests_an_
     line = one_error_line(capsys)
     assert line.endswith("random.pt: not a readable wsss checkpoint (corrupt, truncated, or a pickle from elsewhere)")
     assert "weights_only" not in line
+
+
+# ------------------------------------------------------------------ check-data: every problem, then fail
+def test_check_data_lists_every_problem_then_fails(tmp_path, capsys):
+    ids = [f"2007_{i:06d}" for i in range(24)]
+    voc = make_voc(tmp_path / "voc", ids=ids, classes=CLASSES)
+    for image_id in ids[:2]:  # two truncated images
+        path = voc.root / "JPEGImages" / f"{image_id}.jpg"
+        path.write_bytes(path.read_bytes()[:100])
+    assert main(["check-data", "--data", str(voc.root)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == f"wsss: error: 2 problems in {voc.root} split train:"
+    assert [line.split(": ")[0] for line in lines[1:]] == [
+        f"  {voc.root / 'JPEGImages' / ids[0]}.jpg", f"  {voc.root / 'JPEGImages' / ids[1]}.jpg"]
+    for image_id in ids:  # every mask with a label above K: 24 problems, 20 listed
+        mask = voc.mask(image_id)
+        mask[0, 0] = 9
+        from helpers import write_palette_png
+
+        write_palette_png(voc.root / "SegmentationClass" / f"{image_id}.png", mask)
+    assert main(["check-data", "--data", str(voc.root)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == f"wsss: error: 26 problems in {voc.root} split train:"
+    assert len(lines) == 1 + 20 + 1 and lines[-1] == "  and 6 more"
+    assert lines[4].endswith(f"{ids[1]}.png: label value 9 is above K=3 (allowed: 0..3 and 255 = ignore)")

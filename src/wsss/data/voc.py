@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from wsss.data.base import ImageDataset
 from wsss.data.labels import LABEL_FILE_NAME, ImageLabelFile, read_image_labels
-from wsss.errors import ConfigError, DataError
+from wsss.errors import ConfigError, DataError, problems_error
 from wsss.io import IGNORE_INDEX, PathLike, read_label_png, voc_palette
 
 logger = logging.getLogger(__name__)
@@ -621,37 +621,54 @@ class VOCDataset(ImageDataset):
     def validate(self, boxes: bool = False, progress: bool = False) -> ValidationReport:
         """Check every id: image decodes, mask decodes, matches the image size and holds only
         ``0..K`` and 255, image-level labels resolve, and (with ``boxes``) the XML boxes lie in
-        the image.
+        the image. A problem does not stop the check: every id is looked at.
 
         Returns:
-            counts of what was checked.
+            counts of what was checked (when nothing was wrong).
 
         Raises:
-            DataError: at the first problem, naming the file.
+            DataError: after the whole split, every problem found: the problem itself when there
+                is one, else one error listing them (:func:`wsss.errors.problems_error`).
         """
         report = ValidationReport()
+        problems: dict[str, DataError] = {}  # by line: a bad mask also fails its labels
+
+        def attempt(check):
+            try:
+                return check()
+            except DataError as exc:
+                problems.setdefault(str(exc), exc)
+                return None
+
         for image_id in tqdm(self.ids, desc="check-data", disable=None if progress else True):
-            image = self.load_image(image_id)
-            report.images += 1
+            image = attempt(lambda: self.load_image(image_id))
+            report.images += image is not None
             mask_path = self.mask_path(image_id)
-            if mask_path is not None:
-                mask = read_label_png(mask_path)
-                if mask.shape != image.shape[:2]:
-                    raise DataError(
-                        f"mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                        f"{self.image_path(image_id).name} is {image.shape[1]}x{image.shape[0]}",
-                        mask_path,
-                    )
-                from_mask = self._labels_from_mask_array(mask, mask_path)
+            if mask_path is not None and attempt(lambda: self._check_mask(image_id, mask_path, image)):
                 report.masks += 1
-                if self.label_source in ("auto", "masks") and image_id not in self._label_cache:
-                    in_file = self.label_file is not None and image_id in self.label_file.labels
-                    if not in_file:
-                        self._label_cache[image_id] = from_mask
-            self.image_labels(image_id)
-            report.labelled += 1
+            report.labelled += attempt(lambda: self.image_labels(image_id)) is not None
             if boxes:
-                box_array, _ = self.boxes(image_id)
-                report.boxes += len(box_array)
-                report.xml_files += 1
+                found = attempt(lambda: self.boxes(image_id))
+                if found is not None:
+                    report.boxes += len(found[0])
+                    report.xml_files += 1
+        if problems:
+            name = self.split_file.stem
+            raise problems_error(list(problems.values()), f"in {self.root} split {name}")
         return report
+
+    def _check_mask(self, image_id: str, mask_path: Path, image: np.ndarray | None) -> bool:
+        """Check a mask against its image (when it decoded); record its labels for the id."""
+        mask = read_label_png(mask_path)
+        if image is not None and mask.shape != image.shape[:2]:
+            raise DataError(
+                f"mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+                f"{self.image_path(image_id).name} is {image.shape[1]}x{image.shape[0]}",
+                mask_path,
+            )
+        from_mask = self._labels_from_mask_array(mask, mask_path)
+        if self.label_source in ("auto", "masks") and image_id not in self._label_cache:
+            in_file = self.label_file is not None and image_id in self.label_file.labels
+            if not in_file:
+                self._label_cache[image_id] = from_mask
+        return True
