@@ -63,6 +63,7 @@ VOC_CLASSES: tuple[str, ...] = (
     "tvmonitor",
 )
 CLASSES_FILE_NAME = "classes.txt"
+BACKGROUND_NAMES = ("background", "_background_", "__background__")  # VOC, labelme, Detectron
 IMAGE_FOLDER = "JPEGImages"
 MASK_FOLDERS = ("SegmentationClass", "SegmentationClassAug")
 ANNOTATION_FOLDER = "Annotations"
@@ -103,8 +104,9 @@ def read_classes_file(path: PathLike) -> list[str]:
     """Class names from ``classes.txt`` (one per line, background first; blank lines skipped).
 
     Raises:
-        DataError: the file is missing, empty, has fewer than two names, a duplicate name, or
-            more than 255 classes (255 is the ignore label).
+        DataError: the file is missing, empty, does not start with background (``background``,
+            ``_background_`` or ``__background__``, any case), has fewer than two names, a
+            duplicate name, or more than 255 classes (255 is the ignore label).
     """
     path = Path(path)
     try:
@@ -113,7 +115,8 @@ def read_classes_file(path: PathLike) -> list[str]:
         raise DataError("classes file not found", path) from None
     except UnicodeDecodeError:
         raise DataError("classes file is not UTF-8 text", path) from None
-    names = [line.strip() for line in text.splitlines() if line.strip()]
+    numbered = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    names = [name for _, name in numbered]
     if not names:
         raise DataError("classes file is empty (expected one class name per line, background first)", path)
     if len(names) < 2:
@@ -129,6 +132,10 @@ def read_classes_file(path: PathLike) -> list[str]:
         raise DataError(
             f"{len(names)} classes, but label maps hold at most {IGNORE_INDEX} (255 = ignore)", path
         )
+    if names[0].lower() not in BACKGROUND_NAMES:
+        # Without it every class would sit one label too low: refuse rather than shift them.
+        raise DataError(f"line {numbered[0][0]} names {names[0]!r}, but the first class must be background "
+                        "(label 0); add a 'background' line first", path)
     return names
 
 
@@ -615,6 +622,15 @@ class VOCDataset(ImageDataset):
                 )
         if len(boxes):
             boxes = np.clip(boxes, 0, limits)
+            # A box that only touched the image (xmin = xmax = 0) has nothing left after clipping.
+            for number, (box, name) in enumerate(zip(boxes, parsed.names, strict=True), start=1):
+                if box[2] <= box[0] or box[3] <= box[1]:
+                    xmin, ymin, xmax, ymax = (f"{v:g}" for v in raw[number - 1])
+                    raise DataError(
+                        f"object {number} ({name}) box xmin={xmin} ymin={ymin} xmax={xmax} ymax={ymax} "
+                        f"has no area inside the {width}x{height} image",
+                        parsed.path,
+                    )
         return boxes.astype(np.float32).reshape(-1, 4), parsed.classes.copy()
 
     # ------------------------------------------------------------------ validation
