@@ -290,3 +290,78 @@ def test_check_data_lists_every_problem_then_fails(tmp_path, capsys):
     assert lines[0] == f"wsss: error: 26 problems in {voc.root} split train:"
     assert len(lines) == 1 + 20 + 1 and lines[-1] == "  and 6 more"
     assert lines[4].endswith(f"{ids[1]}.png: label value 9 is above K=3 (allowed: 0..3 and 255 = ignore)")
+
+
+# ------------------------------------------------------------------ small gaps
+def test_synth_refuses_an_empty_train_split(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "data"), "--train", "0", "--val", "2", "--ood", "1", "--size", "32"]) == 2
+    assert one_error_line(capsys) == "synth config: train must be at least 1 (got 0)"
+    assert not (tmp_path / "data").exists()
+
+
+def test_eval_thresholds_lie_in_zero_one(voc, tmp_path, capsys):
+    for threshold in ("2", "-0.1", "nan"):
+        assert main(["eval", "--data", str(voc.root), "--pred", str(tmp_path), "--threshold", threshold]) == 2
+        assert one_error_line(capsys).startswith(f"--threshold must be in [0, 1] (maps peak at 1), got {threshold}")
+    assert main(["eval", "--data", str(voc.root), "--pred", str(tmp_path), "--sweep", "0.5:1.5:0.5"]) == 2
+    assert "thresholds must lie in [0, 1]" in one_error_line(capsys)
+
+
+def test_verbose_goes_before_or_after_the_command(capsys):
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        for argv, expected in ((["config", "--list", "-vv"], logging.DEBUG),
+                               (["-v", "config", "-v", "--list"], logging.DEBUG),  # the counts add up
+                               (["-vv", "config", "--list"], logging.DEBUG),
+                               (["config", "--list"], logging.INFO)):
+            root.handlers.clear()  # basicConfig sets the level only on a root without handlers
+            assert main(argv) == 0
+            assert root.level == expected, argv
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert "synth/demo" in capsys.readouterr().out
+
+
+def test_config_lists_the_packaged_recipes(capsys):
+    from wsss.config import packaged_recipes
+
+    assert main(["config", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == packaged_recipes()
+    assert lines[0].startswith("synth/demo  The demo on the generated benchmark")
+    assert "wsss config --list" in (Path(__file__).parents[1] / "README.md").read_text()
+
+
+def test_files_written_by_a_command_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        assert main(["synth", str(tmp_path / "data"), "--train", "2", "--val", "1", "--ood", "1", "--size", "32",
+                     "--no-progress"]) == 0
+    finally:
+        os.umask(previous)
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "data").rglob("*") if p.is_file()}
+    assert modes == {0o644}
+
+
+def test_sweep_plot_title_is_short_and_near_equal_optima_labels_stack(tmp_path, monkeypatch):
+    from wsss.evaluation.run import split_label
+    from wsss.viz.plots import label_rows, plot_sweep
+
+    assert split_label("/very/long/path/to/demo_out/seed_split.txt") == "split seed_split"
+    assert split_label("train") == "split train"
+    # three optima within a label's size of each other stack in rows 0, 1, 2 from the lowest up;
+    # a far one keeps row 0
+    rows = label_rows([(0.25, 50.6), (0.25, 50.6), (0.26, 50.4), (0.60, 30.0)], 0.79, 40.0)
+    assert rows == [1, 2, 0, 0]
+    thresholds = np.linspace(0.01, 0.8, 80)
+    curve = np.exp(-((thresholds - 0.25) ** 2) / 0.02) * 0.5
+    path = plot_sweep({"cam": (thresholds, curve), "advcam": (thresholds, curve)}, tmp_path / "sweep.png",
+                      title="a title " * 20)
+    assert path.stat().st_size > 0

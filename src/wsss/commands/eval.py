@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from wsss.errors import ConfigError
-from wsss.evaluation.sweep import DEFAULT_SWEEP, IRN_THRESHOLD
+from wsss.evaluation.sweep import DEFAULT_SWEEP, IRN_THRESHOLD, parse_thresholds
 
 _OFF = ("none", "off")
 
@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--threshold must be a number or 'none', got {args.threshold!r}") from None
         if not 0.0 <= threshold <= 1.0:  # maps are normalised to a maximum of 1
             raise ConfigError(f"--threshold must be in [0, 1] (maps peak at 1), got {args.threshold}")
+    if args.sweep is not None and not no_sweep:
+        parse_thresholds(args.sweep)  # a bad sweep fails now, not after reading every map
     if args.plot is not None and (no_sweep or detect_prediction_kind(args.pred) == LABELS):
         raise ConfigError("--plot needs a threshold sweep over a map store")
     for path, what in ((args.json, "--json file"), (args.csv, "--csv file"), (args.plot, "--plot file")):
