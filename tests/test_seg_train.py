@@ -520,3 +520,12 @@ def test_mask_source_reports_missing_ids(colour_voc, tmp_path) -> None:
     assert source.missing() == [] and source.is_ground_truth
     (tmp_path / "p").mkdir()
     assert MaskSource(colour_voc, tmp_path / "p").missing(["img00", "img01"]) == ["img00", "img01"]
+
+
+def test_a_diverging_loss_stops_segmentation_training(colour_voc, tmp_path) -> None:
+    from wsss.training.engine import LossNotFinite
+
+    with pytest.raises(LossNotFinite, match=r"the (loss|weights) became"):
+        train_segmentation(colour_voc, None, tiny_config(iterations=6, lr=1e30), out_dir=tmp_path / "run",
+                           progress=False, model=tiny_model(), loss_fn=pixel_sum_ce)
+    assert not (tmp_path / "run" / "model.pt").exists()

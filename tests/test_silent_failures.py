@@ -365,3 +365,14 @@ def test_sweep_plot_title_is_short_and_near_equal_optima_labels_stack(tmp_path, 
     path = plot_sweep({"cam": (thresholds, curve), "advcam": (thresholds, curve)}, tmp_path / "sweep.png",
                       title="a title " * 20)
     assert path.stat().st_size > 0
+
+
+def test_run_stops_on_a_diverging_loss_with_one_line(voc, tmp_path, capsys):
+    code = main(["run", "synth/demo", "--work", str(tmp_path / "work"), "--set", f"data.root={voc.root}",
+                 "--set", "data.val_split=train", "--set", "methods=[cam]", "--set", "until=seeds",
+                 "--set", "runtime.progress=false", "--set", "classifier.epochs=2", "--set", "classifier.batch_size=2",
+                 "--set", "classifier.crop_size=32", "--set", "classifier.resize_long=null",
+                 "--set", "classifier.lr=1e30"])
+    assert code == 2
+    assert one_error_line(capsys).startswith("classifier: the loss became nan at iteration ")
+    assert not (tmp_path / "work" / "classifier.pt").exists()
