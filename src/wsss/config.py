@@ -263,13 +263,15 @@ class Settings:
 
 
 def check_ranges(config: Any, where: str, *, at_least: dict[str, float] | None = None,
-                 positive: tuple[str, ...] = (), ranges: tuple[str, ...] = ()) -> None:
+                 at_most: dict[str, float] | None = None, positive: tuple[str, ...] = (),
+                 ranges: tuple[str, ...] = ()) -> None:
     """Range checks of a config dataclass's numeric fields (``None`` values are skipped).
 
     Args:
         config: the dataclass.
         where: its section name, for messages (``classifier``).
         at_least: field -> least allowed value (``{"epochs": 1, "weight_decay": 0}``).
+        at_most: field -> greatest allowed value (``{"bg_threshold": 1}``).
         positive: fields that must be above 0.
         ranges: ``(low, high)`` fields that need ``0 < low <= high``.
 
@@ -281,6 +283,10 @@ def check_ranges(config: Any, where: str, *, at_least: dict[str, float] | None =
         value = getattr(config, name)
         if value is not None and value < least:
             raise ConfigError(f"{where}.{name} must be at least {least:g}, got {value!r}")
+    for name, most in (at_most or {}).items():
+        value = getattr(config, name)
+        if value is not None and value > most:
+            raise ConfigError(f"{where}.{name} must be at most {most:g}, got {value!r}")
     for name in positive:
         value = getattr(config, name)
         if value is not None and not value > 0:

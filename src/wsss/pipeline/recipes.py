@@ -22,7 +22,6 @@ from typing import Any, Callable
 
 from wsss.config import build, check_finite, recipe_path
 from wsss.errors import ConfigError, DataError, WsssError
-from wsss.evaluation.sweep import parse_thresholds
 from wsss.io import ensure_writable_folder, read_json
 from wsss.methods import Context, DataConfig, RuntimeConfig, Stage, get_method, method_sections
 from wsss.methods.chain import SHARED_SECTIONS, UNTIL, seg_stages
@@ -64,20 +63,14 @@ def load_recipe(name: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(f"until must be one of {', '.join(UNTIL)}, got {recipe.until!r}")
     methods = [get_method(name) for name in recipe.methods]
     check_finite(recipe, "recipe")
-    recipe.classifier.validate()
-    try:
-        parse_thresholds(recipe.seed_eval.sweep)
-        if recipe.seed_eval.fixed_threshold is not None:
-            parse_thresholds([recipe.seed_eval.fixed_threshold])
-    except ConfigError as exc:
-        raise ConfigError(f"seed_eval: {exc}") from None
-    recipe.seg_inference.validate()
+    # the shared sections a run uses (IRN's only past the seeds, DeepLab's only to the end)
+    unused = {"seeds": ("ir_labels", "irn", "random_walk", "segmentation"), "pseudo": ("segmentation",)}
+    for section in SHARED_SECTIONS:
+        config = getattr(recipe, section)
+        if section not in unused.get(recipe.until, ()) and hasattr(config, "validate"):
+            config.validate()
     for method in methods:
         method.validate(recipe)
-    if recipe.until != "seeds":
-        recipe.irn.validate()
-    if recipe.until == "final":
-        recipe.segmentation.validate()
     return recipe
 
 
