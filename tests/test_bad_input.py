@@ -206,7 +206,8 @@ def box_without_area(tmp: Path) -> Case:
     make_voc(tmp)
     xml = tmp / "Annotations" / "2007_000032.xml"
     # xmin = xmax = 0: one pixel left of the image, which clipping leaves with no width at all
-    xml.write_text(xml.read_text().replace("<xmin>3</xmin>", "<xmin>0</xmin>").replace("<xmax>14</xmax>", "<xmax>0</xmax>"))
+    text = xml.read_text().replace("<xmin>3</xmin>", "<xmin>0</xmin>")
+    xml.write_text(text.replace("<xmax>14</xmax>", "<xmax>0</xmax>"))
     return Case(
         tmp, "train", lambda: VOCDataset(tmp).boxes("2007_000032"), xml,
         "object 1 (aeroplane) box xmin=0 ymin=3 xmax=0 ymax=11 has no area inside the 28x20 image",

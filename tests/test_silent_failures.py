@@ -134,7 +134,8 @@ def test_unwritable_outputs_are_refused_before_any_work(voc, tmp_path, capsys, m
     ("ir_labels.fg_threshold=1.5", "ir_labels.fg_threshold must be at most 1, got 1.5"),
     ("cam.scales=[1.0, 0]", "cam.scales must be positive, got [1.0, 0.0]"),
     ("seed_eval.fixed_threshold=2", "seed_eval.fixed_threshold must be at most 1, got 2.0"),
-    ("seed_eval.sweep=0.5:1.5:0.5", "seed_eval.sweep: invalid threshold list '0.5:1.5:0.5': thresholds must lie in [0, 1]"),
+    ("seed_eval.sweep=0.5:1.5:0.5",
+     "seed_eval.sweep: invalid threshold list '0.5:1.5:0.5': thresholds must lie in [0, 1]"),
 ])
 def test_config_refuses_settings_out_of_range(capsys, setting, message):
     assert main(["config", "synth/demo", "--set", setting]) == 2

@@ -8,8 +8,8 @@ section appears here by being registered.
 
 :func:`load_recipe` checks settings only; :func:`check_inputs` checks the files a run needs, all
 of them, before its first stage. :func:`build_stages` lists every selected method's stages (a
-stage two methods share, such as the classifier, once), then the fully supervised baseline. The work directory's layout is
-:class:`wsss.methods.Context`'s.
+stage two methods share, such as the classifier, once), then the fully supervised baseline.
+The work directory's layout is :class:`wsss.methods.Context`'s.
 """
 
 from __future__ import annotations
