@@ -118,6 +118,45 @@ def test_unwritable_outputs_are_refused_before_any_work(voc, tmp_path, capsys, m
     assert one_error_line(capsys) == f"{blocker}: the output folder is a file, not a folder"
 
 
+def _cli_without_permission_override(argv: list[str]):
+    """``python -m wsss ARGV`` in a process that obeys file permissions (root drops its override
+    with ``setpriv``); None where that cannot be arranged."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            return None
+        caps = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([*prefix, sys.executable, "-m", "wsss", *argv], capture_output=True, text=True, env=env)
+
+
+def test_a_read_only_output_folder_is_named_before_any_work(voc, tmp_path):
+    checkpoint = save_classifier(tmp_path / "a.pt", 0)
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        for argv, folder in (
+            (["train-classifier", "--data", str(voc.root), "--out", str(read_only / "cam.pt"), *TRAIN_FAST],
+             f"{read_only}: cannot write to the folder of the checkpoint (Permission denied)"),
+            (["make-cam", "--data", str(voc.root), "--checkpoint", str(checkpoint), "--out", str(read_only / "maps"),
+              "--device", "cpu"], f"{read_only / 'maps'}: cannot write to the output folder (Permission denied)"),
+        ):
+            done = _cli_without_permission_override(argv)
+            if done is None:
+                pytest.skip("root without setpriv ignores folder permissions")
+            assert done.returncode == 2, done.stderr
+            assert done.stderr.strip() == f"wsss: error: {folder}"
+    finally:
+        read_only.chmod(0o755)
+
+
 # ------------------------------------------------------------------ settings in range, finite losses
 @pytest.mark.parametrize("setting, message", [
     ("classifier.epochs=0", "classifier.epochs must be at least 1, got 0"),
