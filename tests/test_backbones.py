@@ -142,5 +142,5 @@ def test_missing_or_corrupt_weights_file(tmp_path: Path) -> None:
         create_backbone("resnet18_w16", weights=tmp_path / "resnet18.pth")
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(DataError, match=r"corrupt\.pth: cannot read weights file"):
+    with pytest.raises(DataError, match=r"corrupt\.pth: not a readable weights file \(corrupt, truncated"):
         create_backbone("resnet18_w16", weights=corrupt)

@@ -202,6 +202,28 @@ def classes_txt_background_only(tmp: Path) -> Case:
     )  # fmt: skip
 
 
+def box_without_area(tmp: Path) -> Case:
+    make_voc(tmp)
+    xml = tmp / "Annotations" / "2007_000032.xml"
+    # xmin = xmax = 0: one pixel left of the image, which clipping leaves with no width at all
+    text = xml.read_text().replace("<xmin>3</xmin>", "<xmin>0</xmin>")
+    xml.write_text(text.replace("<xmax>14</xmax>", "<xmax>0</xmax>"))
+    return Case(
+        tmp, "train", lambda: VOCDataset(tmp).boxes("2007_000032"), xml,
+        "object 1 (aeroplane) box xmin=0 ymin=3 xmax=0 ymax=11 has no area inside the 28x20 image",
+        boxes=True,
+    )  # fmt: skip
+
+
+def classes_txt_without_background(tmp: Path) -> Case:
+    make_voc(tmp, classes=THREE)
+    (tmp / "classes.txt").write_text("\ncat\ncar\ntree\n")
+    return Case(
+        tmp, "train", lambda: VOCDataset(tmp), tmp / "classes.txt",
+        "line 2 names 'cat', but the first class must be background (label 0); add a 'background' line first",
+    )  # fmt: skip
+
+
 CASES = [
     missing_root,
     missing_jpegimages,
@@ -220,6 +242,8 @@ CASES = [
     classes_txt_empty,
     classes_txt_duplicate,
     classes_txt_background_only,
+    box_without_area,
+    classes_txt_without_background,
 ]
 
 

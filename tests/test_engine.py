@@ -238,7 +238,7 @@ def test_resume_refuses_changed_settings_and_unreadable_files(tmp_path) -> None:
     assert run(folder, epochs=2, resume=False).resumed_from == 0  # starts over
 
     (folder / "checkpoint.pt").write_bytes(b"not a zip")
-    with pytest.raises(DataError, match=r"checkpoint.pt: cannot read test checkpoint"):
+    with pytest.raises(DataError, match=r"checkpoint.pt: not a readable wsss test checkpoint"):
         run(folder, epochs=1)
     torch.save({"format": "other"}, folder / "checkpoint.pt")
     with pytest.raises(DataError, match=r"checkpoint.pt: not a wsss test checkpoint"):

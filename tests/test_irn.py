@@ -319,3 +319,13 @@ def test_make_edges_writes_resumes_and_shards(tmp_path: Path) -> None:
         assert displacement.shape == (2, *edge.shape)
         expected, _ = edge_and_displacement(model.eval(), dataset.load_image(image_id), "cpu")
         np.testing.assert_allclose(edge, expected, atol=1e-3)  # float16 on disk
+
+
+def test_a_diverging_loss_stops_irn_training(tmp_path: Path) -> None:
+    from wsss.training.engine import LossNotFinite
+
+    dataset, labels = _tiny_dataset(tmp_path, count=4)
+    with pytest.raises(LossNotFinite, match=r"the (loss|weights) became"):
+        train_irn(dataset, labels, _tiny_config(batch_size=2, epochs=2, lr=1e30), device="cpu",
+                  out=tmp_path / "irn.pt", progress=False)
+    assert not (tmp_path / "irn.pt").exists()

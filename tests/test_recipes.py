@@ -8,7 +8,7 @@ import pytest
 
 from wsss.errors import ConfigError
 from wsss.methods import Context, get_method, registered_methods
-from wsss.pipeline.recipes import build_stages, load_recipe
+from wsss.pipeline.recipes import build_stages, check_inputs, load_recipe
 from wsss.pipeline.runner import fingerprint
 
 ALL = "methods=[cam, advcam, rib, wood, advcam_wood]"
@@ -65,9 +65,12 @@ def test_each_method_gets_its_reference_thresholds_unless_set() -> None:
     assert fingerprint(forced["cam.pseudo"].depends_on) != fingerprint(stages["cam.pseudo"].depends_on)
 
 
-def test_wood_needs_ood_images_and_bad_settings_fail_before_training() -> None:
-    with pytest.raises(ConfigError, match="ood_list"):
-        load_recipe("synth/demo", ["data.root=/nowhere", "methods=[wood]"])
+def test_wood_needs_ood_images_and_bad_settings_fail_before_training(tmp_path: Path) -> None:
+    # the OoD list is an input, checked with the others before a run (load_recipe checks settings only)
+    recipe = load_recipe("synth/demo", ["data.root=/nowhere", "methods=[wood]"])
+    ctx = Context(recipe, tmp_path / "work")
+    problems = [str(problem) for problem in check_inputs(ctx, build_stages(ctx))]
+    assert "W-OoD needs OoD images: set data.ood_list=LIST" in problems
     with pytest.raises(ConfigError, match="merge"):
         load_recipe("synth/demo", ["seg_inference.merge=median"])
     with pytest.raises(ConfigError, match="epochs"):

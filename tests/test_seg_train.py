@@ -347,7 +347,7 @@ def test_unreadable_checkpoint_is_a_data_error(colour_voc, tmp_path) -> None:
     out = tmp_path / "run"
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="cannot read segmentation training checkpoint"):
+    with pytest.raises(DataError, match="not a readable wsss segmentation training checkpoint"):
         train_segmentation(colour_voc, None, tiny_config(iterations=2), out_dir=out, progress=False,
                            model=tiny_model(), loss_fn=pixel_sum_ce)
     torch.save({"state_dict": {}}, out / "checkpoint.pt")
@@ -520,3 +520,12 @@ def test_mask_source_reports_missing_ids(colour_voc, tmp_path) -> None:
     assert source.missing() == [] and source.is_ground_truth
     (tmp_path / "p").mkdir()
     assert MaskSource(colour_voc, tmp_path / "p").missing(["img00", "img01"]) == ["img00", "img01"]
+
+
+def test_a_diverging_loss_stops_segmentation_training(colour_voc, tmp_path) -> None:
+    from wsss.training.engine import LossNotFinite
+
+    with pytest.raises(LossNotFinite, match=r"the (loss|weights) became"):
+        train_segmentation(colour_voc, None, tiny_config(iterations=6, lr=1e30), out_dir=tmp_path / "run",
+                           progress=False, model=tiny_model(), loss_fn=pixel_sum_ce)
+    assert not (tmp_path / "run" / "model.pt").exists()

@@ -463,3 +463,14 @@ def test_recipes_validate() -> None:
     wood_recipe("synth").validate()
     with pytest.raises(ConfigError, match="unknown W-OoD recipe"):
         wood_recipe("nope")
+
+
+def test_a_diverging_loss_stops_wood_training(tiny_setup, tmp_path) -> None:
+    from wsss.training.engine import LossNotFinite
+
+    _, dataset, ood, init = tiny_setup
+    out = tmp_path / "wood.pt"
+    with pytest.raises(LossNotFinite, match=r"the (loss|weights) became"):
+        train_wood(dataset, ood, tiny_wood_config(epochs=2, lr=1e30), tiny_classifier_config(), device="cpu",
+                   out=out, init=init, progress=False, seed=0)
+    assert not out.exists()

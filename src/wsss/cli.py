@@ -3,7 +3,8 @@
 This module only routes: each command lives in ``wsss.commands.<name>`` with
 ``add_arguments(parser)`` and ``run(args) -> int``, imported only when that command runs so that
 ``wsss --help`` answers at once. A :class:`~wsss.errors.WsssError` becomes one line on stderr and
-exit status 2; anything else is a bug and keeps its traceback.
+exit status 2 (a check that found several problems lists them beneath it, one a line); anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (module, help_text) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        # -v after the command too (its own count, added to the one given before it)
+        sub.add_argument("-v", "--verbose", dest="command_verbose", action="count", default=0,
+                         help="more log output (-vv: debug)")
         if command in (name, "*"):
             importlib.import_module(module).add_arguments(sub)
     return parser
@@ -69,13 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
+    verbose = args.verbose + getattr(args, "command_verbose", 0)
+    level = logging.WARNING - 10 * min(verbose, 2) if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)
     except WsssError as exc:
         print(f"wsss: error: {exc}", file=sys.stderr)
+        for line in exc.details:  # the problems of a check that found several, one a line
+            print(f"  {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("wsss: interrupted (finished outputs are kept; run again to resume)", file=sys.stderr)

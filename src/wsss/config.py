@@ -15,6 +15,7 @@ keys are errors, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -94,9 +95,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return value
     if annotation is float:
         if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads 8e-6 (no dot) as a string
+            value = float(value)  # YAML 1.1 reads 8e-6 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -253,14 +256,78 @@ class Settings:
         return dataclasses.asdict(self)
 
     def replace(self: T, **changes: Any) -> T:
-        """A copy with ``changes``; unknown keys are a :class:`ConfigError`."""
-        return replace_fields(self, changes, self.option_name)
+        """A copy with ``changes``; unknown keys and NaN or infinite numbers are a :class:`ConfigError`."""
+        changed = replace_fields(self, changes, self.option_name)
+        check_finite(changed, self.option_name)
+        return changed
+
+
+def check_ranges(config: Any, where: str, *, at_least: dict[str, float] | None = None,
+                 at_most: dict[str, float] | None = None, positive: tuple[str, ...] = (),
+                 ranges: tuple[str, ...] = ()) -> None:
+    """Range checks of a config dataclass's numeric fields (``None`` values are skipped).
+
+    Args:
+        config: the dataclass.
+        where: its section name, for messages (``classifier``).
+        at_least: field -> least allowed value (``{"epochs": 1, "weight_decay": 0}``).
+        at_most: field -> greatest allowed value (``{"bg_threshold": 1}``).
+        positive: fields that must be above 0.
+        ranges: ``(low, high)`` fields that need ``0 < low <= high``.
+
+    Raises:
+        ConfigError: the first field out of range, naming it and its value.
+    """
+    check_finite(config, where)
+    for name, least in (at_least or {}).items():
+        value = getattr(config, name)
+        if value is not None and value < least:
+            raise ConfigError(f"{where}.{name} must be at least {least:g}, got {value!r}")
+    for name, most in (at_most or {}).items():
+        value = getattr(config, name)
+        if value is not None and value > most:
+            raise ConfigError(f"{where}.{name} must be at most {most:g}, got {value!r}")
+    for name in positive:
+        value = getattr(config, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{where}.{name} must be positive, got {value!r}")
+    for name in ranges:
+        value = getattr(config, name)
+        if value is not None and not 0 < value[0] <= value[1]:
+            raise ConfigError(f"{where}.{name} must be a range 0 < low <= high, got {list(value)}")
+
+
+def check_finite(config: Any, where: str) -> None:
+    """Refuse a NaN or infinite number anywhere in the dataclass ``config`` (nested dataclasses,
+    lists and dicts included); a recipe's numbers are checked as they are read, this catches
+    those set in code.
+
+    Raises:
+        ConfigError: naming the setting, e.g. ``classifier.lr``.
+    """
+
+    def visit(value: Any, name: str) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for item in dataclasses.fields(value):
+                visit(getattr(value, item.name), f"{name}.{item.name}")
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                visit(item, f"{name}[{index}]")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                visit(item, f"{name}.{key}")
+
+    visit(config, where)
 
 
 def with_settings(config: T | None, default: type[T], settings: dict[str, Any], what: str) -> T:
-    """``config`` (``default()`` when None) with keyword ``settings`` replacing fields, validated:
-    what a library call taking ``config=`` and ``**settings`` does first."""
+    """``config`` (``default()`` when None) with keyword ``settings`` replacing fields, validated
+    (NaN and infinite numbers refused, then ``validate()``): what a library call taking
+    ``config=`` and ``**settings`` does first."""
     config = replace_fields(config if config is not None else default(), settings, what)
+    check_finite(config, what)
     config.validate()
     return config
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import hashlib
 import io
 import json
 import os
@@ -29,20 +30,103 @@ IGNORE_INDEX = 255
 """The label of pixels that no loss or score counts (VOC's object borders, unsure pseudo labels)."""
 
 
+def current_umask() -> int:
+    """The process's umask (read from ``/proc`` where it can be, so nothing changes it even briefly)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_failure(exc: OSError, path: Path) -> DataError:
+    reason = exc.strerror or type(exc).__name__
+    return DataError(f"cannot write this file ({reason})", path)
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path``; rename it onto ``path`` only on success."""
+    """Open a temporary file beside ``path``; rename it onto ``path`` only on success.
+
+    The file gets the mode a plain ``open`` would give it (``0o666`` less the umask), not the
+    private ``0o600`` of a temporary file.
+
+    Raises:
+        DataError: the folder cannot be created or written (no permission, read-only, full,
+            a file in the way), naming ``path``, never the temporary file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_failure(exc, path) from None
     try:
         with os.fdopen(fd, mode) as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             yield handle
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _write_failure(exc, path) from None
         raise
+
+
+def ensure_writable_folder(folder: PathLike, what: str = "output folder") -> Path:
+    """Create ``folder`` if needed and prove that files can be written in it, before any work.
+
+    Raises:
+        DataError: one line naming the folder (a file in the way, no permission, read-only).
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"the {what} is a file, not a folder", folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".wsss-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise DataError(f"cannot write to the {what} ({reason})", folder) from None
+    return folder
+
+
+def ensure_writable_file(path: PathLike, what: str = "output file") -> Path:
+    """Check before any work that ``path`` can be written: not a folder, and its folder
+    writable (created if needed).
+
+    Raises:
+        DataError: one line naming the file or its folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"the {what} is a folder", path)
+    ensure_writable_folder(path.parent if str(path.parent) else Path("."), f"folder of the {what}")
+    return path
+
+
+def file_digest(path: PathLike) -> str:
+    """The SHA-256 of a file's bytes, in hex (what identifies a checkpoint, wherever it lies).
+
+    Raises:
+        DataError: the file is missing or unreadable.
+    """
+    path = Path(path)
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise DataError("file not found", path) from None
+    except OSError as exc:
+        raise DataError(f"cannot read this file ({exc.strerror or type(exc).__name__})", path) from None
+    return digest.hexdigest()
 
 
 def write_bytes(path: PathLike, data: bytes) -> None:

@@ -2,8 +2,9 @@
 
 Reads every image of the split in full, every mask (size against its image, values in
 ``0..K`` or 255), resolves every image's labels and, with ``--boxes``, checks the XML boxes lie
-in their image. Prints one summary line on success; on the first problem it raises the one-line
-:class:`~wsss.errors.DataError` naming the file, which the CLI prints before exiting 2.
+in their image. Prints one summary line on success. A problem does not stop the check: at the
+end every problem found is reported, each a line naming its file (the first 20, then how many
+more), and the CLI exits 2.
 A ``--data`` ending in ``.json`` is read as a COCO instances file instead.
 """
 

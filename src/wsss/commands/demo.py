@@ -33,10 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from wsss.errors import DataError
+    from wsss.io import ensure_writable_folder
     from wsss.pipeline.demo import run_demo
 
     if args.ood and not args.data:
         raise DataError("--ood goes with --data (the generated set has its own OoD images)")
+    ensure_writable_folder(args.out, "output folder")
     run_demo(Path(args.out), data=args.data, ood=args.ood, quick=args.quick, recipe=args.recipe,
              overrides=args.overrides, seed=args.seed,
              seed_images=args.seed_images)

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from wsss.errors import ConfigError
-from wsss.evaluation.sweep import DEFAULT_SWEEP, IRN_THRESHOLD
+from wsss.evaluation.sweep import DEFAULT_SWEEP, IRN_THRESHOLD, parse_thresholds
 
 _OFF = ("none", "off")
 
@@ -63,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from wsss.data.voc import VOCDataset
+    from wsss.io import ensure_writable_file
     from wsss.evaluation.run import LABELS, detect_prediction_kind, evaluate_predictions, write_report
 
     no_sweep = args.sweep in _OFF
@@ -73,8 +74,15 @@ def run(args: argparse.Namespace) -> int:
             threshold = float(args.threshold)
         except ValueError:
             raise ConfigError(f"--threshold must be a number or 'none', got {args.threshold!r}") from None
+        if not 0.0 <= threshold <= 1.0:  # maps are normalised to a maximum of 1
+            raise ConfigError(f"--threshold must be in [0, 1] (maps peak at 1), got {args.threshold}")
+    if args.sweep is not None and not no_sweep:
+        parse_thresholds(args.sweep)  # a bad sweep fails now, not after reading every map
     if args.plot is not None and (no_sweep or detect_prediction_kind(args.pred) == LABELS):
         raise ConfigError("--plot needs a threshold sweep over a map store")
+    for path, what in ((args.json, "--json file"), (args.csv, "--csv file"), (args.plot, "--plot file")):
+        if path is not None:
+            ensure_writable_file(path, what)  # before the evaluation, not after
     dataset = VOCDataset(args.data, split=args.split)
     report = evaluate_predictions(
         dataset,

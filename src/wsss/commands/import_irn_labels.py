@@ -21,7 +21,7 @@ import numpy as np
 from wsss.data.labels import LABEL_FILE_NAME, convert_irn_labels, write_image_labels
 from wsss.data.voc import VOC_CLASSES, read_classes_file
 from wsss.errors import DataError
-from wsss.io import read_json
+from wsss.io import ensure_writable_file, read_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +85,8 @@ def load_irn_label_dict(path: Path) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     source: Path = args.input
+    out: Path = args.out if args.out is not None else source.with_name(LABEL_FILE_NAME)
+    ensure_writable_file(out, "label file")
     print(
         f"wsss: import-irn-labels unpickles {source}; do this only with a file you trust",
         file=sys.stderr,
@@ -93,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
     first = np.asarray(next(iter(raw.values())))
     classes = _load_classes(args.classes, int(first.shape[0]) if first.ndim == 1 else -1, source)
     labels = convert_irn_labels(raw, classes, id_format=args.id_format, source=source)
-    out: Path = args.out if args.out is not None else source.with_name(LABEL_FILE_NAME)
     write_image_labels(out, labels, classes)
     with_labels = sum(1 for v in labels.values() if len(v))
     print(

@@ -1,7 +1,8 @@
 """``wsss make-advcam``: AdvCAM maps of a split into a map store (resumable, sharded).
 
 The options of ``make-cam`` plus AdvCAM's; every AdvCAM default is the reference's
-(``wsss.attribution.advcam.AdvCamConfig``).
+(``wsss.attribution.advcam.AdvCamConfig``). Like ``make-cam``, the folder records what made its
+maps and refuses to mix in others (``--overwrite`` starts over).
 """
 
 from __future__ import annotations
@@ -61,15 +62,19 @@ def settings_from_args(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from wsss.attribution.advcam import AdvCamConfig, make_advcams
+    from wsss.commands.make_cam import claim_store, prepare_output
+    from wsss.config import result_settings, with_settings
     from wsss.data.voc import VOCDataset
     from wsss.models.cam_net import load_cam_net_for
-    from wsss.config import with_settings
     from wsss.runtime import resolve_device
 
-    config = with_settings(None, AdvCamConfig, settings_from_args(args), "AdvCAM")
+    config = with_settings(None, AdvCamConfig, settings_from_args(args), "advcam")
     device = resolve_device(args.device)
+    prepare_output(args)
     dataset = VOCDataset(args.data, split=args.split)
     model = load_cam_net_for(args.checkpoint, dataset, device)
+    # the maps depend on every AdvCAM setting but the run-only ones (batching)
+    claim_store(args, dataset, {"maps": "advcam", **result_settings(config)})
     started = time.perf_counter()
     done = make_advcams(model, dataset, args.out, config=config, device=device, progress=not args.no_progress)
     seconds = time.perf_counter() - started

@@ -1,7 +1,9 @@
 """``wsss run``: run a recipe's stages in a work directory.
 
-Every stage skips what is already done with the same configuration, per-image stages resume
-image by image, and under ``torchrun`` the per-image work is split across ranks::
+Before the first stage, everything the run needs is checked (dataset layout, splits, images,
+masks, weight files, OoD list, work folder) and every problem found is listed at once. Every
+stage skips what is already done with the same configuration, per-image stages resume image by
+image, and under ``torchrun`` the per-image work is split across ranks::
 
     wsss run synth/demo --work work --set data.root=data/synth
     torchrun --nproc_per_node=2 -m wsss run voc/cam --work work --set data.root=VOCdevkit
@@ -22,16 +24,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from wsss.errors import problems_error
     from wsss.methods import Context
-    from wsss.pipeline.recipes import build_stages, load_recipe
+    from wsss.pipeline.recipes import build_stages, check_inputs, load_recipe
     from wsss.pipeline.runner import Runner
     from wsss.runtime import PIPELINE_TIMEOUT, distributed_context
 
     recipe = load_recipe(args.recipe, args.overrides)
     ctx = Context(recipe, Path(args.work))
+    stages = build_stages(ctx)
+    problems = check_inputs(ctx, stages)  # all of them, before hours of training
+    if problems:
+        raise problems_error(problems, "with the recipe's inputs (nothing was run)")
     # under torchrun: one process group for the whole run (barriers between stages, DDP training)
     with distributed_context(ctx.device, timeout=PIPELINE_TIMEOUT) as (dist, _):
-        results = Runner(ctx.workdir, recipe).run(build_stages(ctx))
+        results = Runner(ctx.workdir, recipe).run(stages)
     if not dist.is_main:
         return 0
     for name, result in results.items():

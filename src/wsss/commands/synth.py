@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if state == "complete":
         print(f"wsss synth: {args.root} already holds this set (synth.json matches); nothing to do")
         return 0
+    wio.ensure_writable_folder(args.root, "dataset folder")  # before the first image, not at it
     if state == "partial":
         print(f"wsss synth: resuming the partial set in {args.root}")
     start = time.perf_counter()

@@ -23,12 +23,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="local backbone weights in torchvision format (.pth/.pt/.safetensors)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe field, e.g. --set epochs=3 --set lr=0.05 (repeatable)")
+                        help="override a recipe field, e.g. --set epochs=3 or, as in 'wsss run', "
+                             "--set classifier.epochs=3 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def build_config(recipe: str, weights: str | None, overrides: list[str]):
-    """The recipe, then ``--weights``, then ``--set`` overrides."""
+    """The recipe, then ``--weights``, then ``--set`` overrides, validated.
+
+    A key may be bare (``epochs=3``) or carry the recipe section it has in ``wsss run``
+    (``classifier.epochs=3``).
+    """
     from wsss.config import from_dict, merge, parse_override, to_dict
     from wsss.training.classifier import ClassifierConfig, classifier_recipe
 
@@ -36,12 +41,18 @@ def build_config(recipe: str, weights: str | None, overrides: list[str]):
     if weights is not None:
         data["weights"] = str(weights)
     for text in overrides:
-        data = merge(data, parse_override(text))
-    return from_dict(ClassifierConfig, data)
+        override = parse_override(text)
+        if set(override) == {"classifier"} and isinstance(override["classifier"], dict):
+            override = override["classifier"]
+        data = merge(data, override)
+    config = from_dict(ClassifierConfig, data, "classifier")
+    config.validate()
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
     from wsss.data.voc import VOCDataset
+    from wsss.io import ensure_writable_file
     from wsss.runtime import resolve_device
     from wsss.training.classifier import train_classifier
 
@@ -53,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             "--set freeze_bn=false to train from scratch"
         )
     device = resolve_device(args.device)
+    ensure_writable_file(args.out, "checkpoint")  # before training, not after
     train = VOCDataset(args.data, split=args.split)
     val = VOCDataset(args.data, split=args.val_split) if args.val_split else None
     result = train_classifier(train, config, device=device, out=args.out, val_source=val,

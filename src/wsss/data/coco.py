@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from wsss.data.base import ImageDataset
 from wsss.data.voc import read_split_file
-from wsss.errors import DataError
+from wsss.errors import DataError, problems_error
 from wsss.io import IGNORE_INDEX, PathLike, image_size, read_image, read_json, voc_palette
 from wsss.stores.instances import check_coco_document, coco_box, decode_rle, segmentation_rle
 
@@ -278,24 +278,35 @@ class COCODataset(ImageDataset):
     # ------------------------------------------------------------------ validation
     def validate(self, progress: bool = False) -> COCOValidationReport:
         """Check every image decodes at the size the JSON states and every segmentation decodes.
+        A problem does not stop the check: every image is looked at.
 
         Raises:
-            DataError: at the first problem, naming the file.
+            DataError: after all images, every problem found: the problem itself when there is
+                one, else one error listing them (:func:`wsss.errors.problems_error`).
         """
         report = COCOValidationReport()
+        problems: list[DataError] = []
         for image_id in tqdm(self.ids, desc="check-data", disable=None if progress else True):
-            info = self.image_info(image_id)
-            path = self.image_path(image_id)
-            height, width = image_size(path)
-            if (height, width) != (int(info["height"]), int(info["width"])):
-                raise DataError(
-                    f"image is {width}x{height} but {self.annotation_file.name} says "
-                    f"{info['width']}x{info['height']}",
-                    path,
-                )
-            read_image(path)
-            instances = self.instances(image_id)
-            report.images += 1
-            report.annotations += len(instances)
-            report.crowd += int(instances.is_crowd.sum())
+            try:
+                self._check_image(image_id, report)
+            except DataError as exc:
+                problems.append(exc)
+        if problems:
+            raise problems_error(problems, f"in {self.annotation_file}")
         return report
+
+    def _check_image(self, image_id: str, report: COCOValidationReport) -> None:
+        info = self.image_info(image_id)
+        path = self.image_path(image_id)
+        height, width = image_size(path)
+        if (height, width) != (int(info["height"]), int(info["width"])):
+            raise DataError(
+                f"image is {width}x{height} but {self.annotation_file.name} says "
+                f"{info['width']}x{info['height']}",
+                path,
+            )
+        read_image(path)
+        instances = self.instances(image_id)
+        report.images += 1
+        report.annotations += len(instances)
+        report.crowd += int(instances.is_crowd.sum())

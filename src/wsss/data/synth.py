@@ -187,8 +187,8 @@ class SynthConfig:
         for name in ("seed", "train", "val", "ood"):
             if int(getattr(self, name)) < 0:
                 raise bad(name, "must be >= 0")
-        if self.train + self.val < 1:
-            raise ConfigError("synth config: train + val must be at least 1")
+        if self.train < 1:  # an empty train split trains nothing
+            raise bad("train", "must be at least 1")
         if not 32 <= self.size <= 4096:
             raise bad("size", "must be in 32..4096")
         if not 2 <= self.classes <= len(CLASS_NAMES):

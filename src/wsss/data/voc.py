@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from wsss.data.base import ImageDataset
 from wsss.data.labels import LABEL_FILE_NAME, ImageLabelFile, read_image_labels
-from wsss.errors import ConfigError, DataError
+from wsss.errors import ConfigError, DataError, problems_error
 from wsss.io import IGNORE_INDEX, PathLike, read_label_png, voc_palette
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ VOC_CLASSES: tuple[str, ...] = (
     "tvmonitor",
 )
 CLASSES_FILE_NAME = "classes.txt"
+BACKGROUND_NAMES = ("background", "_background_", "__background__")  # VOC, labelme, Detectron
 IMAGE_FOLDER = "JPEGImages"
 MASK_FOLDERS = ("SegmentationClass", "SegmentationClassAug")
 ANNOTATION_FOLDER = "Annotations"
@@ -103,8 +104,9 @@ def read_classes_file(path: PathLike) -> list[str]:
     """Class names from ``classes.txt`` (one per line, background first; blank lines skipped).
 
     Raises:
-        DataError: the file is missing, empty, has fewer than two names, a duplicate name, or
-            more than 255 classes (255 is the ignore label).
+        DataError: the file is missing, empty, does not start with background (``background``,
+            ``_background_`` or ``__background__``, any case), has fewer than two names, a
+            duplicate name, or more than 255 classes (255 is the ignore label).
     """
     path = Path(path)
     try:
@@ -113,7 +115,8 @@ def read_classes_file(path: PathLike) -> list[str]:
         raise DataError("classes file not found", path) from None
     except UnicodeDecodeError:
         raise DataError("classes file is not UTF-8 text", path) from None
-    names = [line.strip() for line in text.splitlines() if line.strip()]
+    numbered = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    names = [name for _, name in numbered]
     if not names:
         raise DataError("classes file is empty (expected one class name per line, background first)", path)
     if len(names) < 2:
@@ -129,6 +132,10 @@ def read_classes_file(path: PathLike) -> list[str]:
         raise DataError(
             f"{len(names)} classes, but label maps hold at most {IGNORE_INDEX} (255 = ignore)", path
         )
+    if names[0].lower() not in BACKGROUND_NAMES:
+        # Without it every class would sit one label too low: refuse rather than shift them.
+        raise DataError(f"line {numbered[0][0]} names {names[0]!r}, but the first class must be background "
+                        "(label 0); add a 'background' line first", path)
     return names
 
 
@@ -615,43 +622,69 @@ class VOCDataset(ImageDataset):
                 )
         if len(boxes):
             boxes = np.clip(boxes, 0, limits)
+            # A box that only touched the image (xmin = xmax = 0) has nothing left after clipping.
+            for number, (box, name) in enumerate(zip(boxes, parsed.names, strict=True), start=1):
+                if box[2] <= box[0] or box[3] <= box[1]:
+                    xmin, ymin, xmax, ymax = (f"{v:g}" for v in raw[number - 1])
+                    raise DataError(
+                        f"object {number} ({name}) box xmin={xmin} ymin={ymin} xmax={xmax} ymax={ymax} "
+                        f"has no area inside the {width}x{height} image",
+                        parsed.path,
+                    )
         return boxes.astype(np.float32).reshape(-1, 4), parsed.classes.copy()
 
     # ------------------------------------------------------------------ validation
     def validate(self, boxes: bool = False, progress: bool = False) -> ValidationReport:
         """Check every id: image decodes, mask decodes, matches the image size and holds only
         ``0..K`` and 255, image-level labels resolve, and (with ``boxes``) the XML boxes lie in
-        the image.
+        the image. A problem does not stop the check: every id is looked at.
 
         Returns:
-            counts of what was checked.
+            counts of what was checked (when nothing was wrong).
 
         Raises:
-            DataError: at the first problem, naming the file.
+            DataError: after the whole split, every problem found: the problem itself when there
+                is one, else one error listing them (:func:`wsss.errors.problems_error`).
         """
         report = ValidationReport()
+        problems: dict[str, DataError] = {}  # by line: a bad mask also fails its labels
+
+        def attempt(check):
+            try:
+                return check()
+            except DataError as exc:
+                problems.setdefault(str(exc), exc)
+                return None
+
         for image_id in tqdm(self.ids, desc="check-data", disable=None if progress else True):
-            image = self.load_image(image_id)
-            report.images += 1
+            image = attempt(lambda: self.load_image(image_id))
+            report.images += image is not None
             mask_path = self.mask_path(image_id)
-            if mask_path is not None:
-                mask = read_label_png(mask_path)
-                if mask.shape != image.shape[:2]:
-                    raise DataError(
-                        f"mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                        f"{self.image_path(image_id).name} is {image.shape[1]}x{image.shape[0]}",
-                        mask_path,
-                    )
-                from_mask = self._labels_from_mask_array(mask, mask_path)
+            if mask_path is not None and attempt(lambda: self._check_mask(image_id, mask_path, image)):
                 report.masks += 1
-                if self.label_source in ("auto", "masks") and image_id not in self._label_cache:
-                    in_file = self.label_file is not None and image_id in self.label_file.labels
-                    if not in_file:
-                        self._label_cache[image_id] = from_mask
-            self.image_labels(image_id)
-            report.labelled += 1
+            report.labelled += attempt(lambda: self.image_labels(image_id)) is not None
             if boxes:
-                box_array, _ = self.boxes(image_id)
-                report.boxes += len(box_array)
-                report.xml_files += 1
+                found = attempt(lambda: self.boxes(image_id))
+                if found is not None:
+                    report.boxes += len(found[0])
+                    report.xml_files += 1
+        if problems:
+            name = self.split_file.stem
+            raise problems_error(list(problems.values()), f"in {self.root} split {name}")
         return report
+
+    def _check_mask(self, image_id: str, mask_path: Path, image: np.ndarray | None) -> bool:
+        """Check a mask against its image (when it decoded); record its labels for the id."""
+        mask = read_label_png(mask_path)
+        if image is not None and mask.shape != image.shape[:2]:
+            raise DataError(
+                f"mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+                f"{self.image_path(image_id).name} is {image.shape[1]}x{image.shape[0]}",
+                mask_path,
+            )
+        from_mask = self._labels_from_mask_array(mask, mask_path)
+        if self.label_source in ("auto", "masks") and image_id not in self._label_cache:
+            in_file = self.label_file is not None and image_id in self.label_file.labels
+            if not in_file:
+                self._label_cache[image_id] = from_mask
+        return True

@@ -203,6 +203,17 @@ def evaluate_predictions(
     )
 
 
+def split_label(split: str | None) -> str:
+    """A split as a picture names it: the name, or a split file's stem (``seed_split``), never a
+    long path that a title would cut at the edge."""
+    if not split:
+        return "split"
+    text = str(split)
+    if "/" in text or "\\" in text or text.endswith((".txt", ".json")):
+        return f"split {Path(text).stem}"
+    return f"split {text}"
+
+
 def default_csv_path(json_path: str | Path) -> Path:
     return Path(json_path).with_suffix(".csv")
 
@@ -250,7 +261,7 @@ def write_report(
             plot_sweep(
                 {report.pred_dir.name or str(report.pred_dir): sweep.curve},
                 plot_path,
-                title=f"{report.split or ''} ({report.num_images} images): mIoU vs background threshold",
+                title=f"{split_label(report.split)} ({report.num_images} images): mIoU vs background threshold",
                 markers=markers,
             )
         )

@@ -63,7 +63,7 @@ def parse_thresholds(spec: str | float | Sequence[float]) -> np.ndarray:
     """Sorted, unique thresholds from ``"start:stop:step"`` (stop included), ``"a,b,c"`` or numbers.
 
     Raises:
-        ConfigError: the spec is malformed, empty, or holds a non-finite value.
+        ConfigError: the spec is malformed, empty, or holds a value outside [0, 1].
     """
     if isinstance(spec, str):
         text = spec.strip()
@@ -86,13 +86,15 @@ def parse_thresholds(spec: str | float | Sequence[float]) -> np.ndarray:
     values = np.unique(np.round(values.astype(np.float64), _DECIMALS))
     if values.size == 0 or not np.isfinite(values).all():
         raise ConfigError(f"invalid threshold list {spec!r}: empty or not finite")
+    if values[0] < 0 or values[-1] > 1:
+        raise ConfigError(f"invalid threshold list {spec!r}: thresholds must lie in [0, 1] (maps peak at 1)")
     return values
 
 
 def _threshold_value(threshold: float) -> float:
     value = float(threshold)
-    if not math.isfinite(value):
-        raise ConfigError(f"threshold must be finite, got {threshold!r}")
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"threshold must be in [0, 1] (maps peak at 1), got {threshold!r}")
     return float(np.round(value, _DECIMALS))
 
 

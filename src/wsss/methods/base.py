@@ -6,7 +6,8 @@ A **method** (CAM, AdvCAM, RIB, W-OoD, ...) is one module under :mod:`wsss.metho
 * ``sections``: the recipe sections it adds, name -> config dataclass (``{"advcam": AdvCamConfig}``);
   a section two methods share (W-OoD's ``wood``) must be the same class in both;
 * ``refine``: its refinement values in its reference code (:class:`RefineDefaults`, with sources);
-* :meth:`Method.validate`: what to check before the first stage runs (settings, extra data);
+* :meth:`Method.validate`: the settings to check before the first stage runs;
+* :meth:`Method.check_inputs`: the extra files it needs (W-OoD's OoD images), checked then too;
 * :meth:`Method.stages`: its chain of :class:`Stage` objects. A stage's ``depends_on`` is its
   fingerprint: the settings that change its output (run-only settings left out, see
   :func:`wsss.config.result_settings`). Stages shared by several methods (the CAM classifier)
@@ -225,6 +226,12 @@ class Method:
             config = getattr(recipe, section)
             if hasattr(config, "validate"):
                 config.validate()
+
+    def check_inputs(self, ctx: Context) -> list[Exception]:
+        """The problems with the files the method needs beyond the dataset (W-OoD's OoD images),
+        found before any stage runs; the pipeline reports them with every other problem. Only
+        settings belong in :meth:`validate` (``wsss config`` shows a recipe without its data)."""
+        return []
 
     def stages(self, ctx: Context) -> list[Stage]:
         """The method's chain, shared stages (e.g. the CAM classifier) included."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from wsss.attribution.cam import CAM_SCALES
 from wsss.config import result_settings
+from wsss.errors import ConfigError
 from wsss.methods.base import Context, Method, RefineDefaults, Stage, register
 from wsss.methods.chain import classifier_maps_stage, image_level_chain
 
@@ -24,6 +25,10 @@ class CamConfig:
 
     scales: tuple[float, ...] = CAM_SCALES  # IRN --cam_scales
     flip: bool = True  # IRN: every scale with its horizontal flip
+
+    def validate(self) -> None:
+        if not self.scales or any(not s > 0 for s in self.scales):
+            raise ConfigError(f"cam.scales must be positive, got {list(self.scales)}")
 
 
 def cam_maps_stage(ctx: Context, method: str, classifier: str = "classifier",

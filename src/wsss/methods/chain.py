@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from wsss.config import result_settings
+from wsss.config import check_ranges, result_settings
+from wsss.errors import ConfigError
 from wsss.methods.base import Context, RefineDefaults, Stage, remover
 from wsss.refine.random_walk import BETA, EXP_TIMES, RADIUS
 from wsss.segmentation.inference import SEG_SCALES
@@ -52,6 +53,15 @@ class SeedEvalConfig:
     fixed_threshold: float = 0.15  # IRN --cam_eval_thres, fixed without ground truth
     label_free: str = "otsu"  # threshold chosen from the maps alone
 
+    def validate(self) -> None:
+        from wsss.evaluation.sweep import parse_thresholds
+
+        try:
+            parse_thresholds(self.sweep)
+        except ConfigError as exc:
+            raise ConfigError(f"seed_eval.sweep: {exc}") from None
+        check_ranges(self, "seed_eval", at_least={"fixed_threshold": 0}, at_most={"fixed_threshold": 1})
+
 
 @dataclass
 class IrLabelConfig:
@@ -61,6 +71,10 @@ class IrLabelConfig:
     bg_threshold: float | None = None  # conf_bg_thres: IRN 0.05, AdvCAM 0.15, RIB 0.17, W-OoD 0.15
     crf: str = "irn"  # CRF parameter set (wsss.refine.crf.CRF_PRESETS)
     workers: int = 0  # CRF worker processes (0: in the main process)
+
+    def validate(self) -> None:
+        check_ranges(self, "ir_labels", at_least={"workers": 0, "fg_threshold": 0, "bg_threshold": 0},
+                     at_most={"fg_threshold": 1, "bg_threshold": 1})
 
 
 @dataclass
@@ -72,6 +86,10 @@ class RandomWalkConfig:
     beta: float = BETA
     exp_times: int = EXP_TIMES  # 2 ** 8 = 256 steps
     radius: int = RADIUS
+
+    def validate(self) -> None:
+        check_ranges(self, "random_walk", positive=("cam_power", "beta"), at_most={"bg_threshold": 1},
+                     at_least={"exp_times": 0, "radius": 1, "bg_threshold": 0})
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 
 from wsss.attribution.advcam import AdvCamConfig
 from wsss.config import result_settings
-from wsss.errors import ConfigError
+from wsss.errors import ConfigError, WsssError
 from wsss.methods.advcam import advcam_maps_stage
 from wsss.methods.base import Context, Method, RefineDefaults, Stage, register, remover
 from wsss.methods.cam import CamConfig, cam_maps_stage
@@ -49,10 +49,14 @@ def wood_classifier_stage(ctx: Context) -> Stage:
 
 
 class _WoodBase(Method):
-    def validate(self, recipe: Any) -> None:
-        super().validate(recipe)
-        if not recipe.data.ood_list:
-            raise ConfigError("W-OoD needs OoD images: set data.ood_list=LIST")
+    def check_inputs(self, ctx: Context) -> list[Exception]:
+        if not ctx.recipe.data.ood_list:
+            return [ConfigError("W-OoD needs OoD images: set data.ood_list=LIST")]
+        try:
+            ctx.ood()  # the list and every image it names
+        except WsssError as exc:
+            return [exc]
+        return []
 
 
 @register

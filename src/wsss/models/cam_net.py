@@ -31,6 +31,7 @@ from torch import nn
 from wsss.errors import ConfigError, DataError
 from wsss.io import atomic_write
 from wsss.models.backbones import ResNet, create_backbone
+from wsss.models.weights import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -251,11 +252,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise DataError("checkpoint not found", path)
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # a truncated zip, a pickle with code in it, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read checkpoint ({reason})", path) from None
+    checkpoint = load_torch_file(path, "wsss checkpoint", map_location)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise DataError(
             "not a wsss CAM-network checkpoint (backbone ImageNet weights go to --weights)", path

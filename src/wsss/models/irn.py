@@ -54,6 +54,7 @@ from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, resize_
 from wsss.errors import ConfigError, DataError
 from wsss.io import atomic_write
 from wsss.models.backbones import ResNet, create_backbone, stage_strides
+from wsss.models.weights import load_torch_file
 from wsss.stores.maps import strided_size
 
 log = logging.getLogger(__name__)
@@ -288,11 +289,7 @@ def load_irn(path: str | os.PathLike, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise DataError("IRN checkpoint not found", path)
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, a pickle with code in it, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read IRN checkpoint ({reason})", path) from None
+    checkpoint = load_torch_file(path, "wsss IRN checkpoint", map_location)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise DataError("not a wsss IRN checkpoint", path)
     if int(checkpoint.get("version", 0)) > CHECKPOINT_VERSION:

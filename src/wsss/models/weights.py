@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -22,7 +23,7 @@ from wsss.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WeightsReport", "load_backbone_weights", "read_state_dict"]
+__all__ = ["WeightsReport", "load_backbone_weights", "load_torch_file", "read_state_dict"]
 
 #: Keys of the file that are never loaded into a backbone (the ImageNet classifier).
 IGNORED_PREFIXES = ("fc.",)
@@ -48,6 +49,30 @@ class WeightsReport:
     unexpected: list[str] = field(default_factory=list)
 
 
+def load_torch_file(path: str | os.PathLike, what: str, map_location: object = "cpu") -> object:
+    """``torch.load(path, weights_only=True)`` for a file wsss (or torchvision) wrote.
+
+    A file that does not load that way is corrupt, truncated, or a pickle made elsewhere; the
+    error says so and names the file. It never repeats PyTorch's advice to load it with
+    ``weights_only=False``, which would run whatever code the pickle holds.
+
+    Args:
+        path: the file (its existence is the caller's to check, with its own words).
+        what: what the file should be, for the message ("wsss checkpoint", "weights file").
+        map_location: passed to ``torch.load``.
+
+    Raises:
+        DataError: "<path>: not a readable <what> (corrupt, truncated, or a pickle from elsewhere)".
+    """
+    try:
+        with warnings.catch_warnings():  # the safe unpickler's remarks on a foreign pickle's protocol
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:  # zip errors, unpickling errors, EOF: all one thing to the user
+        raise DataError(f"not a readable {what} (corrupt, truncated, or a pickle from elsewhere)",
+                        path) from None
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict from a local file, unwrapped and with ``module.`` prefixes removed.
 
@@ -57,16 +82,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise DataError("weights file not found (wsss never downloads weights: pass a local file)", path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             obj: object = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch and safetensors raise many types for a bad file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read weights file ({reason})", path) from None
+        except Exception:  # safetensors raises several types for a bad file
+            raise DataError("not a readable safetensors weights file (corrupt or truncated)", path) from None
+    else:
+        obj = load_torch_file(path, "weights file")
     for _ in range(3):  # a checkpoint may nest {"model": {"state_dict": ...}}
         if isinstance(obj, Mapping):
             wrapped = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)

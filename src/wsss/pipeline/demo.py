@@ -13,10 +13,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from wsss.errors import DataError
+from wsss.errors import DataError, problems_error
 from wsss.io import image_size, read_json, write_json, write_text
 from wsss.methods import Context, get_method
-from wsss.pipeline.recipes import build_stages, final_summary, load_recipe, seed_summary
+from wsss.pipeline.recipes import build_stages, check_inputs, final_summary, load_recipe, seed_summary
 from wsss.pipeline.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,11 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
             seed_split = f"the first {seed_images} images of {seed_split}"
             config = load_recipe(recipe, [*settings, f"data.seed_split={out / 'seed_split.txt'}"])
         ctx = Context(config, out / "work")
-        stage_results = Runner(ctx.workdir, config).run(build_stages(ctx))
+        stages = build_stages(ctx)
+        problems = check_inputs(ctx, stages)
+        if problems:
+            raise problems_error(problems, "with the demo's inputs (nothing was run)")
+        stage_results = Runner(ctx.workdir, config).run(stages)
     if not dist_info.is_main:
         return {}
 

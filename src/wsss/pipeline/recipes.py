@@ -6,9 +6,10 @@ section per stage's settings. The sections come from :data:`wsss.methods.chain.S
 method (:func:`wsss.methods.method_sections`), so this module names no method: a new method's
 section appears here by being registered.
 
-:func:`build_stages` lists every selected method's stages (a stage two methods share, such as
-the classifier, once), then the fully supervised baseline. The work directory's layout is
-:class:`wsss.methods.Context`'s.
+:func:`load_recipe` checks settings only; :func:`check_inputs` checks the files a run needs, all
+of them, before its first stage. :func:`build_stages` lists every selected method's stages (a
+stage two methods share, such as the classifier, once), then the fully supervised baseline.
+The work directory's layout is :class:`wsss.methods.Context`'s.
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from wsss.config import build, recipe_path
-from wsss.errors import ConfigError
-from wsss.io import read_json
+from wsss.config import build, check_finite, recipe_path
+from wsss.errors import ConfigError, DataError, WsssError
+from wsss.io import ensure_writable_folder, read_json
 from wsss.methods import Context, DataConfig, RuntimeConfig, Stage, get_method, method_sections
 from wsss.methods.chain import SHARED_SECTIONS, UNTIL, seg_stages
+from wsss.pipeline.runner import finished_stages
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Recipe", "build_stages", "final_summary", "load_recipe", "seed_summary"]
+__all__ = ["Recipe", "build_stages", "check_inputs", "final_summary", "load_recipe", "seed_summary"]
 
 @dataclass
 class _RecipeHead:
@@ -52,18 +54,114 @@ Recipe = _recipe_class()
 def load_recipe(name: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     """Defaults, then the recipe file (if any), then ``section.key=value`` overrides, checked.
 
-    Every selected method validates its settings and extra data here, before hours of training.
+    Only settings are checked here (types, ranges, NaN and infinity, every selected method's
+    own), so ``wsss config`` shows a recipe that names no data yet; :func:`check_inputs` checks
+    the files a run needs.
     """
     recipe = build(Recipe, None if name is None else recipe_path(name), overrides)
     if recipe.until not in UNTIL:
         raise ConfigError(f"until must be one of {', '.join(UNTIL)}, got {recipe.until!r}")
     methods = [get_method(name) for name in recipe.methods]
-    recipe.seg_inference.validate()
+    check_finite(recipe, "recipe")
+    # the shared sections a run uses (IRN's only past the seeds, DeepLab's only to the end)
+    unused = {"seeds": ("ir_labels", "irn", "random_walk", "segmentation"), "pseudo": ("segmentation",)}
+    for section in SHARED_SECTIONS:
+        config = getattr(recipe, section)
+        if section not in unused.get(recipe.until, ()) and hasattr(config, "validate"):
+            config.validate()
     for method in methods:
         method.validate(recipe)
-    if recipe.until == "final":
-        recipe.segmentation.validate()
     return recipe
+
+
+def check_inputs(ctx: Context, stages: list[Stage]) -> list[WsssError]:
+    """Every problem with what a run of ``stages`` needs, found before the first stage runs.
+
+    Looks at the work folder (writable), ``data.root`` and the three splits (layout, split
+    files, every listed image present, masks where seeds and predictions are scored), the
+    weight files the recipe names, the selected methods' own inputs (W-OoD's OoD list), and a
+    finished classifier checkpoint against the dataset's classes. Reads no image.
+
+    Returns:
+        The problems, each a one-line :class:`WsssError`, without repeats; empty when all is well.
+    """
+    recipe = ctx.recipe
+    problems: list[WsssError] = []
+
+    def attempt(check: Callable[[], Any]) -> Any:
+        try:
+            return check()
+        except WsssError as exc:
+            problems.append(exc)
+            return None
+
+    attempt(lambda: ensure_writable_folder(ctx.workdir, "work folder"))
+    train = None
+    if not recipe.data.root:
+        problems.append(ConfigError("no dataset: set data.root (e.g. --set data.root=PATH)"))
+    else:
+        uses: dict[str, list[str]] = {}
+        for split, use in ((recipe.data.train_split, "classifier training"), (recipe.data.seed_split, "seeds"),
+                           (recipe.data.val_split, "validation")):
+            uses.setdefault(split, []).append(use)
+        for split, what in uses.items():
+            dataset = attempt(lambda: ctx.dataset(split))
+            if dataset is None:
+                continue
+            if split == recipe.data.train_split:
+                train = dataset
+            missing = [image_id for image_id in dataset.ids if not dataset.image_path(image_id).exists()]
+            if missing:
+                problems.append(DataError(f"{len(missing)} of the {len(dataset.ids)} images of split "
+                                          f"{split!r} ({', '.join(what)}) are missing, e.g. {missing[0]!r}",
+                                          dataset.image_path(missing[0]).parent))
+            scored = split == recipe.data.seed_split or (split == recipe.data.val_split and recipe.until == "final")
+            if scored and not dataset.has_masks:
+                problems.append(DataError(f"split {split!r} lacks ground-truth masks for some images; they "
+                                          "score the seeds (seed_split) and the predictions (val_split)",
+                                          dataset.root))
+    named = [("classifier.weights", recipe.classifier.weights)]
+    if recipe.until != "seeds":
+        named.append(("irn.weights", recipe.irn.weights))
+    if recipe.until == "final":
+        named.append(("segmentation.weights", recipe.segmentation.weights))
+    for setting, weights in named:
+        if weights and not Path(weights).is_file():
+            problems.append(DataError(f"weights file named by {setting} not found (wsss never downloads "
+                                      "weights: give a local file)", weights))
+    if not recipe.classifier.weights and recipe.classifier.frozen_stages > 0:
+        problems.append(ConfigError(
+            f"classifier.frozen_stages={recipe.classifier.frozen_stages} fine-tunes a pretrained backbone but "
+            "classifier.weights names no file; set it, or train from scratch with "
+            "classifier.frozen_stages=0 and classifier.freeze_bn=false"))
+    for name in recipe.methods:
+        problems += get_method(name).check_inputs(ctx)
+    if train is not None and "classifier" in finished_stages(ctx.workdir, stages):
+        attempt(lambda: _check_classifier_classes(ctx.classifier_path, train))
+    unique: dict[str, WsssError] = {}
+    for problem in problems:
+        unique.setdefault(str(problem), problem)
+    return list(unique.values())
+
+
+def _check_classifier_classes(path: Path, dataset: Any) -> None:
+    """A finished run's classifier must classify the dataset's classes (its classes.txt may
+    have changed since, which no fingerprint sees)."""
+    from wsss.models.cam_net import read_checkpoint
+
+    if not path.is_file():
+        return
+    checkpoint = read_checkpoint(path)
+    classes = checkpoint.get("classes")
+    count = int(checkpoint["config"]["num_classes"])
+    if count != dataset.num_classes - 1:
+        why = f"classifies {count} foreground classes but the dataset has {dataset.num_classes - 1}"
+    elif classes is not None and list(classes) != list(dataset.classes):
+        why = f"was trained on classes {', '.join(map(str, classes[1:]))}, not {', '.join(dataset.classes[1:])}"
+    else:
+        return
+    raise ConfigError(f"the finished classifier {why} (classes.txt changed?); use another --work, or delete "
+                      "the checkpoint to train again", path)
 
 
 def build_stages(ctx: Context) -> list[Stage]:

@@ -38,6 +38,46 @@ def fingerprint(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def chain_keys(stages: list[Stage]) -> dict[str, str]:
+    """Each stage's key: its fingerprint chained with those of the stages it needs.
+
+    Raises:
+        ValueError: a stage needs one that does not run before it.
+    """
+    keys: dict[str, str] = {}
+    previous: tuple[str, ...] = ()
+    for stage in stages:
+        needs = previous if stage.needs is None else stage.needs
+        unknown = [name for name in needs if name not in keys]
+        if unknown:
+            raise ValueError(f"stage {stage.name} needs {unknown}, which do not run before it")
+        keys[stage.name] = fingerprint([[keys[name] for name in needs], stage.name, stage.depends_on])
+        previous = (stage.name,)
+    return keys
+
+
+def read_marker(workdir: Path, name: str) -> dict[str, Any] | None:
+    """Stage ``name``'s marker in ``workdir``, or None (none, or unreadable: counts as none)."""
+    path = Path(workdir) / ".stages" / f"{name}.json"
+    if not path.is_file():
+        return None
+    try:
+        data = read_json(path)
+    except Exception:  # an unreadable marker counts as no marker
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def finished_stages(workdir: Path, stages: list[Stage]) -> set[str]:
+    """The stages a run in ``workdir`` would skip: done already with the same configuration."""
+    finished = set()
+    for name, key in chain_keys(stages).items():
+        marker = read_marker(workdir, name)
+        if marker and marker.get("key") == key and marker.get("state") == "done":
+            finished.add(name)
+    return finished
+
+
 @dataclass
 class StageResult:
     name: str
@@ -65,28 +105,14 @@ class Runner:
         return self.workdir / ".stages" / f"{name}.json"
 
     def read_marker(self, name: str) -> dict[str, Any] | None:
-        path = self.marker(name)
-        if not path.is_file():
-            return None
-        try:
-            data = read_json(path)
-        except Exception:  # an unreadable marker counts as no marker
-            return None
-        return data if isinstance(data, dict) else None
+        return read_marker(self.workdir, name)
 
     def run(self, stages: list[Stage]) -> dict[str, StageResult]:
         """Run ``stages`` in order; returns each stage's result (``value`` is None if skipped)."""
         results: dict[str, StageResult] = {}
-        keys: dict[str, str] = {}
-        previous: tuple[str, ...] = ()
+        keys = chain_keys(stages)
         for stage in stages:
-            needs = previous if stage.needs is None else stage.needs
-            unknown = [name for name in needs if name not in keys]
-            if unknown:
-                raise ValueError(f"stage {stage.name} needs {unknown}, which do not run before it")
-            chain = fingerprint([[keys[name] for name in needs], stage.name, stage.depends_on])
-            keys[stage.name] = chain
-            previous = (stage.name,)
+            chain = keys[stage.name]
             marker = self.read_marker(stage.name)
             if marker and marker.get("key") == chain and marker.get("state") == "done":
                 log.info("stage %s: done already, skipped", stage.name)

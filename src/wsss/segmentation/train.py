@@ -57,7 +57,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from wsss import io as wio
-from wsss.config import Settings, dump_yaml, recipe_section, result_settings, run_only_field, to_dict
+from wsss.config import Settings, check_finite, dump_yaml, recipe_section, result_settings, run_only_field, to_dict
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss.data.voc import VOCDataset
 from wsss.errors import ConfigError, DataError
@@ -134,7 +134,8 @@ class SegTrainConfig(Settings):
     num_workers: int | None = run_only_field(None)  # DataLoader workers per process; None: half the CPUs / world
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first invalid option."""
+        """Raise :class:`ConfigError` naming the first invalid option (NaN and infinity included)."""
+        check_finite(self, "segmentation")
         if (self.iterations is None) == (self.epochs is None):
             raise ConfigError("segmentation training: set exactly one of iterations and epochs "
                               f"(got iterations={self.iterations}, epochs={self.epochs})")

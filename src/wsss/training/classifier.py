@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from wsss.data.transforms import ClassificationDataset, EvalTransform, ImageLabelSource, TrainTransform
-from wsss.config import Settings, recipe_section, result_settings, run_only_field, to_dict
+from wsss.config import Settings, check_ranges, recipe_section, result_settings, run_only_field, to_dict
 from wsss.errors import ConfigError
 from wsss.models.cam_net import CamNet
 from wsss.runtime import eval_mode, resolve_device, seed_everything
@@ -84,6 +84,14 @@ class ClassifierConfig(Settings):
     eval_resize_long: int | None = None  # validation on full images, as IRN's make_cam input
     amp: bool = run_only_field(False)  # wsss: mixed precision, on CUDA only (IRN trains in float32)
 
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first setting out of range (NaN and infinity included)."""
+        check_ranges(self, "classifier", positive=("lr", "eval_resize_long"), ranges=("resize_long",),
+                     at_least={"batch_size": 1, "epochs": 1, "crop_size": 1, "eval_batch_size": 1,
+                               "classifier_lr_mult": 0, "weight_decay": 0, "momentum": 0, "poly_power": 0,
+                               "frozen_stages": 0, "num_workers": 0, "seed": 0})
+        if any(not s > 0 for s in self.std):
+            raise ConfigError(f"classifier.std must be positive, got {list(self.std)}")
 
 
 def irn_recipe() -> ClassifierConfig:
@@ -271,6 +279,7 @@ def train_classifier(
     config = config or ClassifierConfig()
     if seed is not None:
         config = config.replace(seed=int(seed))
+    config.validate()
     device = resolve_device(device)
     seed_everything(config.seed)
     num_classes, classes = _num_foreground_classes(source)

@@ -13,7 +13,7 @@ hand both to :class:`TrainingEngine`. The engine owns:
 * **History**: one record per update (``iteration``, ``loss``, ``lr`` used, the step's terms) and
   one per epoch (means, ``lr`` at its end, ``seconds``, and what ``on_epoch_end`` adds).
 * **Divergence**: a NaN or infinite loss stops training with :class:`LossNotFinite`, naming the
-  update.
+  update; so do NaN or infinite weights after the last update.
 * **Checkpoints**: every N updates and/or at epoch ends (:class:`CheckpointSpec`), written
   atomically, read with ``torch.load(weights_only=True)``; beside them ``history.json`` and
   ``training_curve.png``.
@@ -56,6 +56,7 @@ from tqdm import tqdm
 
 from wsss import io as wio
 from wsss.errors import ConfigError, DataError, WsssError
+from wsss.models.weights import load_torch_file
 from wsss.runtime import mean_over_processes
 from wsss.training.schedule import build_sgd, poly_lr_scheduler
 
@@ -171,11 +172,7 @@ def read_checkpoint(path: str | Path, formats: Sequence[str], what: str, map_loc
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} not found", path)
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # a truncated file, a pickle carrying code, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read {what} ({reason})", path) from None
+    obj = load_torch_file(path, f"wsss {what}", map_location)
     if not isinstance(obj, dict) or obj.get("format") not in formats:
         raise DataError(f"not a wsss {what}", path)
     if int(obj.get("version", 0)) > version:
@@ -616,7 +613,7 @@ class TrainingEngine:
                 (validation) before it is saved.
 
         Raises:
-            LossNotFinite: the loss became NaN or infinite.
+            LossNotFinite: the loss became NaN or infinite, or the weights did in the last update.
         """
         self._data, self._streams = data, dict(streams or {})
         stop = self._stop = self.total_steps if stop_at is None else min(self.total_steps, int(stop_at))
@@ -645,6 +642,11 @@ class TrainingEngine:
         finally:
             bar.close()
             self.seconds = time.perf_counter() - started
+        # The last update's loss was finite, but its step may still have broken the weights.
+        broken = next((name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()), None)
+        if broken is not None:
+            raise LossNotFinite(f"{self.desc}: the weights became NaN or infinite ({broken}) at iteration "
+                                f"{self.iteration} of {self.total_steps}; training stopped: lower the learning rate")
 
     def _run_epoch(self, data: BatchSource, step: Callable[[Any], StepOutput], epoch: int, skip: int,
                    stop: int, bar: tqdm, on_epoch_start: Callable[[int], None] | None,

@@ -49,7 +49,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from wsss.config import Settings, recipe_section, result_settings, run_only_field, to_dict
+from wsss.config import Settings, check_ranges, recipe_section, result_settings, run_only_field, to_dict
 from wsss.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, normalize, random_crop_arrays, resize_image,
                                   scaled_size, to_chw_tensor)
 from wsss.errors import ConfigError, DataError
@@ -116,6 +116,16 @@ class IrnConfig(Settings):
     edge_pad_to: int | None = None  # IRN pads inputs to 512 (cropping larger ones); None: no pad
     amp: bool = run_only_field(False)  # wsss: mixed precision, on CUDA only (IRN trains in float32)
 
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first setting out of range (NaN and infinity included)."""
+        check_ranges(self, "irn", positive=("lr", "head_width"), ranges=("rescale",),
+                     at_least={"batch_size": 1, "epochs": 1, "crop_size": 1, "radius": 1,
+                               "displacement_lr_mult": 0, "weight_decay": 0, "momentum": 0, "poly_power": 0,
+                               "num_workers": 0, "seed": 0, "mean_shift_images": 1, "edge_pad_to": 1})
+        if not self.edge_scales or any(not s > 0 for s in self.edge_scales):
+            raise ConfigError(f"irn.edge_scales must be positive, got {list(self.edge_scales)}")
+        if any(not s > 0 for s in self.std):
+            raise ConfigError(f"irn.std must be positive, got {list(self.std)}")
 
 
 def irn_recipe_default() -> IrnConfig:
@@ -467,6 +477,7 @@ def train_irn(
     config = config or IrnConfig()
     if seed is not None:
         config = config.replace(seed=int(seed))
+    config.validate()
     device = resolve_device(device)
     seed_everything(config.seed)
 

@@ -66,7 +66,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from wsss.data.transforms import ClassificationDataset, EvalTransform, ImageLabelSource, TrainTransform
-from wsss.config import Settings, recipe_section, result_settings, to_dict
+from wsss.config import Settings, check_finite, recipe_section, result_settings, to_dict
 from wsss.errors import ConfigError, DataError
 from wsss.models.cam_net import CamNet, load_cam_net
 from wsss.models.climbing import climb_step
@@ -131,7 +131,8 @@ class WoodConfig(Settings):
     ood_images: int | None = None
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` on settings that cannot work."""
+        """Raise :class:`ConfigError` on settings that cannot work (NaN and infinity included)."""
+        check_finite(self, "wood")
         if self.distance_weight < 0 or self.ood_weight < 0:
             raise ConfigError("wood.distance_weight and wood.ood_weight must be non-negative")
         if not 0.0 <= self.push_quantile < 1.0:
@@ -631,6 +632,7 @@ def train_wood(
     classifier_config = classifier_config or ClassifierConfig()
     if seed is not None:
         classifier_config = classifier_config.replace(seed=int(seed))
+    classifier_config.validate()
     seed = classifier_config.seed
     epochs = config.epochs if config.epochs is not None else classifier_config.epochs
     lr = config.lr if config.lr is not None else classifier_config.lr

@@ -7,6 +7,7 @@ written atomically through :mod:`wsss.io`.
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -15,6 +16,30 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from wsss.io import write_bytes
+
+
+TITLE_WIDTH = 70  # characters per title line at fontsize 10 on a 6-inch figure
+LABEL_STEP = 11  # points between stacked best-point labels (fontsize 8)
+
+
+def label_rows(points: Sequence[tuple[float, float]], x_span: float, y_span: float,
+               near: tuple[float, float] = (0.15, 0.06)) -> list[int]:
+    """The row (0, 1, ...) above its point at which each best-point label goes, so that labels of
+    near-equal optima stack instead of overlapping.
+
+    Points are taken from the lowest up; a label goes one row above the highest row used by the
+    labels of already placed points within ``near`` (fractions of the spans: about a label's
+    width and height) of it, so a stack of labels rises above its cluster in the points' order.
+    """
+    x_near, y_near = near[0] * (x_span or 1.0), near[1] * (y_span or 1.0)
+    rows = [0] * len(points)
+    placed: list[int] = []
+    for index in sorted(range(len(points)), key=lambda i: points[i][1]):
+        x, y = points[index]
+        close = [rows[j] for j in placed if abs(points[j][0] - x) < x_near and abs(points[j][1] - y) < y_near]
+        rows[index] = max(close) + 1 if close else 0
+        placed.append(index)
+    return rows
 
 
 def plot_sweep(
@@ -48,31 +73,34 @@ def plot_sweep(
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
     scale = 100.0 if percent else 1.0
+    bests = []  # (x, y, colour) of each curve's best point
+    all_x, all_y = [], []
     for name, (thresholds, mious) in curves.items():
         x = np.asarray(thresholds, dtype=np.float64)
         y = np.asarray(mious, dtype=np.float64) * scale
         if x.shape != y.shape or x.ndim != 1:
             raise ValueError(f"curve '{name}': thresholds and mIoU must be 1-D of equal length")
         (line,) = axes.plot(x, y, marker=".", markersize=3, linewidth=1.5, label=name)
+        all_x.append(x)
+        all_y.append(y[np.isfinite(y)])
         if x.size and not np.isnan(y).all():
             best = int(np.nanargmax(y))
             axes.plot([x[best]], [y[best]], "o", color=line.get_color(), label=f"{name}: best (oracle)")
-            axes.annotate(
-                f"{y[best]:.1f} @ {x[best]:.2f}",
-                (x[best], y[best]),
-                textcoords="offset points",
-                xytext=(4, 6),
-                fontsize=8,
-                color=line.get_color(),
-            )
+            bests.append((x[best], y[best], line.get_color()))
+    xs, ys = np.concatenate(all_x), np.concatenate(all_y)
+    spans = (float(np.ptp(xs)) if xs.size else 1.0, float(np.ptp(ys)) if ys.size else 1.0)
+    rows = label_rows([(x, y) for x, y, _ in bests], *spans)
+    for (x, y, colour), row in zip(bests, rows):
+        axes.annotate(f"{y:.1f} @ {x:.2f}", (x, y), textcoords="offset points", xytext=(4, 6 + LABEL_STEP * row),
+                      fontsize=8, color=colour)
     for index, (label, threshold) in enumerate((markers or {}).items()):
         axes.axvline(float(threshold), linestyle="--", linewidth=1, color=f"C{(index + len(curves)) % 10}",
                      label=label)
-    axes.margins(y=0.12)  # room for the best-point labels
+    axes.margins(y=0.12 + 0.06 * max(rows, default=0))  # room for the best-point labels
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     if title:
-        axes.set_title(title, fontsize=10)
+        axes.set_title(textwrap.fill(title, TITLE_WIDTH), fontsize=10)  # wrapped, never cut at the edge
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
