@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wsss.config import build, recipe_path
+from wsss.config import ScaleMode, build, recipe_path
 from wsss.errors import ConfigError
 from wsss.io import read_json
 from wsss.methods import Context, DataConfig, RuntimeConfig, Stage, get_method, method_sections
@@ -34,6 +34,9 @@ class _RecipeHead:
     methods: tuple[str, ...] = ("cam",)
     until: str = "final"  # seeds | pseudo | final: how far each method goes
     fully_supervised: bool = True  # also train the network on ground truth (with until=final)
+    # reference: the references' values in pixels, grid cells and logits as they are (VOC's scale);
+    # image: relative to each image, equal to them at VOC's scale (wsss.config.SCALE_MODES, docs/scale.md)
+    scale: ScaleMode = "reference"
     data: DataConfig = field(default_factory=DataConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
