@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from wsss.config import REFERENCE_IMAGE_SIZE, check_scale
 from wsss.errors import DataError
 from wsss.models.path_index import PathIndex, max_along_paths, pair_indices
+from wsss.stores.maps import strided_size
 
 # Defaults of IRN's make_sem_seg_labels: beta 10, exp_times 8 (256 steps), radius 5 at inference.
 BETA = 10.0
@@ -52,7 +53,7 @@ RADIUS = 5
 # IRN's sem_seg_bg_thres.
 BG_THRESHOLD = 0.25
 # The stride-4 grid of the reference's image (VOC 375 x 500): 94 x 125 = 11,750 cells.
-REFERENCE_GRID = tuple((size - 1) // 4 + 1 for size in REFERENCE_IMAGE_SIZE)
+REFERENCE_GRID = strided_size(*REFERENCE_IMAGE_SIZE)
 
 
 def walk_steps(exp_times: int, grid_size: tuple[int, int], scale: str = "reference") -> int:
