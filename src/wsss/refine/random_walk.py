@@ -26,8 +26,8 @@ the grid's side means t in proportion to the grid's area: :func:`walk_steps` giv
 the sparse walk applies T one step at a time, any integer count is exact; the reference's
 repeated squaring is the special case of a power of two (:func:`random_walk_dense` takes any
 count through ``matrix_power``). The radius stays 5 cells: it is the length of one move, an
-integer that cannot shrink with the grid without becoming another operator (radius 1-2 has 4-12
-directions instead of 34), and the boundary branch is trained on pairs up to radius 10, so a
+integer that cannot shrink with the grid without becoming another operator (radius 2, the
+smallest, has 4 directions and radius 3 has 12, against 34 at 5), and the boundary branch is trained on pairs up to radius 10, so a
 walk radius larger than that would use affinities it never learned; the number of steps carries
 the scale.
 """
