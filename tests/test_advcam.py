@@ -376,3 +376,119 @@ def test_recipe_wires_advcam_stages() -> None:
     assert faster_stage.depends_on == stages["advcam.maps"].depends_on
     with pytest.raises(ConfigError, match="iterations"):
         load_recipe("synth/demo", ["methods=[advcam]", "advcam.iterations=0"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Lambda with the reference's strength (scale="image")
+
+
+class _WideStub(nn.Module):
+    """A classifier with 2048 feature channels, like ResNet-50's, at stride 4, and ``positive``
+    positive weights in every class row (P_c): cheap, and its P_c is whatever a test needs."""
+
+    def __init__(self, positive: int, num_classes: int = 2, channels: int = 2048) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(positive)
+        self.num_classes = num_classes
+        self.project = nn.Conv2d(3, channels, 1).double()
+        with torch.no_grad():
+            self.project.weight.copy_(torch.randn(channels, 3, 1, 1, generator=generator, dtype=torch.float64))
+            self.project.bias.copy_(torch.randn(channels, generator=generator, dtype=torch.float64) * 0.1)
+        magnitude = torch.rand(num_classes, channels, generator=generator, dtype=torch.float64) * 0.02
+        sign = torch.full((num_classes, channels), -0.1, dtype=torch.float64)  # weak negatives: maps not empty
+        for row in range(num_classes):
+            sign[row, torch.randperm(channels, generator=generator)[:positive]] = 1.0
+        self.classifier = nn.Conv2d(channels, num_classes, 1, bias=False).double()
+        with torch.no_grad():
+            self.classifier.weight.copy_((magnitude * sign)[:, :, None, None])
+        self.requires_grad_(False)
+
+    def class_maps(self, images: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.relu(self.project(F.avg_pool2d(images, 4))), self.classifier.weight)
+
+
+def _climb(model: nn.Module, height: int, width: int, **options) -> torch.Tensor:
+    image = torch.randn(2, 1, 2, 3, height, width, generator=torch.Generator().manual_seed(height),
+                        dtype=torch.float64)[:, 0]  # two trajectories of a flip pair each
+    return adversarial_climb(model, image, torch.tensor([0, 1]), 4, **options)
+
+
+def test_reference_cells_are_the_stride_16_maps_of_a_voc_image() -> None:
+    from wsss.attribution.advcam import reference_cells
+
+    assert [reference_cells(s) for s in (0.5, 1.0, 1.5, 2.0)] == [192, 768, 1692, 2961]
+    # the same count as a ResNet at output stride 16 gives for a 375 x 500 image at those scales
+    torch.manual_seed(0)
+    net = CamNet("resnet18_w16", 2, output_stride=16, freeze_bn=False, frozen_stages=0).eval()
+    with torch.no_grad():
+        for scale, pair in zip((0.5, 1.0), multiscale_inputs(_image(375, 500), (0.5, 1.0), flip=False)):
+            maps = net.class_maps(pair)
+            assert maps.shape[-2] * maps.shape[-1] == reference_cells(scale)
+
+
+def test_lambda_is_the_literal_one_at_voc_scale_and_keeps_the_strength_elsewhere() -> None:
+    from wsss.attribution.advcam import (REFERENCE_POSITIVE_WEIGHTS, mask_weights, reference_cells,
+                                         regulariser_strength)
+
+    voc = torch.tensor([REFERENCE_POSITIVE_WEIGHTS])
+    assert REFERENCE_POSITIVE_WEIGHTS == 1024  # half of ResNet-50's 2048 channels
+    assert regulariser_strength(7.0, 768, 1024) == 2.625  # the issue's ~2.6 at VOC's scale
+    for scale in (0.5, 1.0, 1.5, 2.0):  # a ResNet-50 at stride 16 on a 500 x 375 image: exactly 7
+        cells = reference_cells(scale)
+        assert mask_weights(7.0, cells, voc, cells).tolist() == [7.0]
+    # the demo's classifier (128 px, stride 8: 16 x 16 cells, 128 channels, ~64 positive): 7 * 3 / 16
+    small = mask_weights(7.0, 256, torch.tensor([64, 32]), reference_cells(1.0))
+    assert small.tolist() == [7.0 * 768 / 256 * 64 / 1024, 7.0 * 768 / 256 * 32 / 1024]
+    assert regulariser_strength(small, 256, torch.tensor([64, 32])).tolist() == pytest.approx([2.625, 2.625])
+    assert regulariser_strength(7.0, 256, 64) == 14.0  # the literal 7 there: five times the reference's
+
+
+def test_image_scale_climbs_with_the_formulas_lambda() -> None:
+    # P_c = 1024 and 24 x 32 = 768 cells: the reference's scale, where image = reference
+    voc_like = _WideStub(positive=1024)
+    literal = _climb(voc_like, 96, 128, mask_weight=7.0)
+    assert (literal > 0).float().mean() > 0.2
+    torch.testing.assert_close(_climb(voc_like, 96, 128, mask_weight=7.0, reference=768), literal, rtol=0, atol=0)
+    # P_c = 256 on 16 x 16 = 256 cells: lambda = 7 * (768 / 256) * (256 / 1024) = 5.25
+    small = _WideStub(positive=256)
+    scaled = _climb(small, 64, 64, mask_weight=7.0, reference=768)
+    assert (scaled > 0).float().mean() > 0.2
+    torch.testing.assert_close(scaled, _climb(small, 64, 64, mask_weight=5.25), rtol=1e-12, atol=0)
+    assert not torch.allclose(scaled, _climb(small, 64, 64, mask_weight=7.0))  # the setting matters
+
+
+def test_image_scale_reaches_the_maps_and_is_checked(net64: CamNet) -> None:
+    config = AdvCamConfig(iterations=4, scales=(1.0, 0.5))
+    image = _image(20, 26, seed=5)
+    literal = compute_advcam(net64, image, [1, 3], config=config)
+    np.testing.assert_array_equal(compute_advcam(net64, image, [1, 3], config=config, scale="reference").high_res,
+                                  literal.high_res)
+    scaled = compute_advcam(net64, image, [1, 3], config=config, scale="image")
+    assert scaled.high_res.shape == literal.high_res.shape
+    assert not torch.allclose(scaled.high_res, literal.high_res)
+    with pytest.raises(ConfigError, match="scale must be one of"):
+        compute_advcam(net64, image, [1], config=config, scale="voc")
+
+
+def test_climb_report_traces_score_and_area_at_both_settings() -> None:
+    import json
+
+    from wsss.attribution.advcam import climb_report, reference_cells
+
+    net = _random_net()
+    with torch.no_grad():  # mostly positive class weights: every class has a map, as after training
+        net.classifier.weight.normal_(0.05, 0.1, generator=torch.Generator().manual_seed(1))
+    reports = climb_report(net, _image(40, 60, seed=2), [1, 3], iterations=6)
+    assert sorted(reports) == ["image", "reference"]
+    literal, scaled = reports["reference"], reports["image"]
+    assert literal.score.shape == literal.area.shape == literal.accumulated_area.shape == (2, 6)
+    assert literal.cells == scaled.cells == 5 * 8  # 40 x 60 at stride 8
+    assert literal.mask_weight.tolist() == [7.0, 7.0]
+    expected = 7.0 * reference_cells(1.0) / literal.cells * literal.positive_weights / 1024
+    np.testing.assert_allclose(scaled.mask_weight, expected, rtol=1e-15)
+    np.testing.assert_allclose(scaled.strength, 2.625, rtol=1e-12)  # the reference's strength
+    np.testing.assert_allclose(literal.strength, 7.0 * 40 / (2 * literal.positive_weights), rtol=1e-15)
+    np.testing.assert_array_equal(literal.score[:, 0], scaled.score[:, 0])  # the same start
+    assert ((literal.area > 0) & (literal.area <= 1)).all() and ((scaled.area > 0) & (scaled.area <= 1)).all()
+    assert not np.allclose(literal.score[:, 1:], scaled.score[:, 1:])  # and another climb
+    json.dumps({name: report.to_dict() for name, report in reports.items()})

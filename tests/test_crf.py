@@ -166,3 +166,42 @@ def test_bad_input_is_a_data_error() -> None:
         crf_from_labels(image, truth.astype(np.float32), 2)
     with pytest.raises(ConfigError, match="gt_prob"):
         crf_from_labels(image, truth, 2, gt_prob=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Widths that follow the image (scale="image")
+
+
+def test_widths_follow_the_image_diagonal_and_equal_the_presets_at_voc_size() -> None:
+    import math
+
+    for name, preset in CRF_PRESETS.items():
+        assert preset.reference_size == (375, 500), name  # every reference runs its CRF on VOC images
+        assert preset.for_image(375, 500, "image") == preset  # the literal widths at the reference's size
+        assert preset.for_image(128, 128, "reference") is preset
+        small = preset.for_image(128, 128, "image")
+        ratio = math.hypot(128, 128) / 625.0
+        assert small.gaussian_sxy == pytest.approx(preset.gaussian_sxy * ratio, rel=1e-15)
+        assert small.bilateral_sxy == pytest.approx(preset.bilateral_sxy * ratio, rel=1e-15)
+        # colour width, weights and iterations are not lengths in pixels
+        assert (small.bilateral_srgb, small.gaussian_compat, small.bilateral_compat, small.iterations) == (
+            preset.bilateral_srgb, preset.gaussian_compat, preset.bilateral_compat, preset.iterations)
+    assert CRF_PRESETS["irn"].for_image(750, 1000, "image").bilateral_sxy == pytest.approx(100.0)
+    custom = CrfParams(bilateral_sxy=40.0, reference_size=(100, 100))
+    assert custom.for_image(200, 200, "image").bilateral_sxy == pytest.approx(80.0)
+    with pytest.raises(ConfigError, match="scale must be one of"):
+        CRF_PRESETS["irn"].for_image(10, 10, "pixels")
+    with pytest.raises(ConfigError, match="reference_size"):
+        CrfParams(reference_size=(0, 10))
+
+
+def test_crf_at_image_scale_runs_with_the_scaled_widths() -> None:
+    image, truth = two_colour_scene()
+    probs = noisy_probs(*truth.shape, centre=31.0)
+    scaled = CRF_PRESETS["irn"].for_image(*image.shape[:2], "image")
+    np.testing.assert_array_equal(dense_crf(image, probs, "irn", scale="image"), dense_crf(image, probs, scaled))
+    np.testing.assert_array_equal(dense_crf(image, probs, "irn", scale="reference"), dense_crf(image, probs, "irn"))
+    assert not np.allclose(dense_crf(image, probs, "irn", scale="image"), dense_crf(image, probs, "irn"))
+    seeds = probs.argmax(0)
+    np.testing.assert_array_equal(crf_from_labels(image, seeds, 2, "irn", scale="image"),
+                                  crf_from_labels(image, seeds, 2, scaled))

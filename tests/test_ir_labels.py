@@ -206,3 +206,20 @@ def test_stage_errors_name_the_map_file(tmp_path: Path, dataset_and_maps) -> Non
                        progress=False)
     with pytest.raises(DataError, match="map folder not found"):
         make_ir_labels(dataset, tmp_path / "none", tmp_path / "ir", fg_threshold=0.3, bg_threshold=0.05)
+
+
+def test_image_scale_sizes_the_crf_to_each_image() -> None:
+    from wsss.refine.crf import CRF_PRESETS
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)
+    image[:, 20:] //= 4  # a dark right half: an edge for the CRF to use
+    high_res = rng.random((2, 24, 40)).astype(np.float32)
+    maps = maps_of(high_res, [2, 6])
+    scaled = CRF_PRESETS["irn"].for_image(24, 40, "image")
+    by_scale = make_ir_label(image, maps, 0.30, 0.05, "irn", scale="image")
+    np.testing.assert_array_equal(by_scale, make_ir_label(image, maps, 0.30, 0.05, scaled))
+    np.testing.assert_array_equal(make_ir_label(image, maps, 0.30, 0.05, "irn", scale="reference"),
+                                  make_ir_label(image, maps, 0.30, 0.05, "irn"))
+    with pytest.raises(ConfigError, match="scale"):
+        make_ir_label(image, maps, 0.30, 0.05, "irn", scale="voc")

@@ -215,3 +215,63 @@ def test_bad_inputs_raise_one_line_data_errors(change, message):
         propagate_to_labels(strided, keys, edge, size, where=where)
     assert caught.value.path == where
     assert str(caught.value).startswith(str(where)) and "\n" not in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps that follow the image (scale="image")
+
+
+def test_walk_steps_follow_the_grid_area():
+    from wsss.errors import ConfigError
+    from wsss.refine.random_walk import REFERENCE_GRID, walk_steps
+
+    assert REFERENCE_GRID == (94, 125)  # the stride-4 grid of a 500 x 375 VOC image
+    assert walk_steps(8, (94, 125), "image") == 256 == walk_steps(8, (94, 125))
+    assert walk_steps(4, (94, 125), "image") == 16
+    # the formula elsewhere: 256 * h * w / 11750, to the nearest integer, at least 1
+    assert walk_steps(8, (32, 32), "image") == round(256 * 1024 / 11750) == 22
+    assert walk_steps(8, (188, 250), "image") == 1024
+    assert walk_steps(8, (1, 1), "image") == 1
+    # reference: 2 ** exp_times whatever the grid
+    assert all(walk_steps(8, size) == 256 for size in [(1, 1), (32, 32), (188, 250)])
+    with pytest.raises(ConfigError, match="scale must be one of reference, image"):
+        walk_steps(8, (32, 32), "voc")
+    with pytest.raises(ValueError, match="exp_times"):
+        walk_steps(-1, (32, 32), "image")
+
+
+@pytest.mark.parametrize("steps", [0, 1, 5, 22])
+def test_any_step_count_equals_the_dense_matrix_power(steps):
+    maps, edge = random_inputs(2, 9, 11, seed=steps)
+    exact = random_walk_dense(maps.double(), edge.double(), steps=steps)
+    sparse = random_walk(maps.double(), edge.double(), steps=steps)
+    assert torch.allclose(sparse, exact, rtol=0, atol=1e-9)
+    if steps == 0:
+        assert torch.equal(sparse, maps.double() * (1 - edge.double()))
+
+
+def test_steps_given_as_a_power_of_two_equal_exp_times():
+    maps, edge = random_inputs(2, 10, 12, seed=3)
+    assert torch.equal(random_walk(maps, edge, steps=16), random_walk(maps, edge, exp_times=4))
+    assert torch.allclose(random_walk_dense(maps.double(), edge.double(), steps=16),
+                          random_walk_dense(maps.double(), edge.double(), exp_times=4), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="steps"):
+        random_walk(maps, edge, steps=-2)
+
+
+def test_labels_at_image_scale_walk_steps_in_proportion_to_the_grid():
+    from wsss.refine.random_walk import walk_steps
+
+    strided, keys, edge, size = two_regions(weak=0.5)  # a 10 x 14 grid: 256 * 140 / 11750 -> 3 steps
+    edge = edge * 0.3  # weak boundaries, which 256 steps cross and 3 do not
+    assert walk_steps(8, strided.shape[1:], "image") == 3
+    scaled = propagate_to_labels(strided, keys, edge, size, scale="image", bg_threshold=0.3)
+    # the same labels as IRN's make_sem_seg_labels with a 3-step walk, spelled out
+    walked = random_walk(torch.from_numpy(strided), torch.from_numpy(edge), steps=3)
+    up = F.interpolate(walked[None], scale_factor=4, mode="bilinear", align_corners=False)[0, :, :40, :56]
+    scores = torch.cat([torch.full((1, 40, 56), 0.3), up / up.max()])
+    np.testing.assert_array_equal(scaled, np.array([0, 3, 7], np.uint8)[scores.argmax(0).numpy()])
+    # reference: 256 steps, the default
+    literal = propagate_to_labels(strided, keys, edge, size, scale="reference", bg_threshold=0.3)
+    np.testing.assert_array_equal(literal, propagate_to_labels(strided, keys, edge, size, bg_threshold=0.3))
+    assert not np.array_equal(scaled, literal)

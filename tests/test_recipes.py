@@ -123,3 +123,23 @@ def test_a_registered_method_adds_its_section_and_stages() -> None:
     finally:
         base._REGISTRY.pop("blurcam", None)
         base._REGISTRY.pop("clash", None)
+
+
+def test_scale_reaches_the_stages_that_use_it_and_their_fingerprints() -> None:
+    literal, scaled = _stages(ALL), _stages(ALL, "scale=image")
+    uses_scale = {f"{m}.{step}" for m in registered_methods() for step in ("ir_labels", "pseudo")}
+    uses_scale |= {"advcam.maps", "rib.maps", "advcam_wood.maps"}
+    assert set(literal) == set(scaled)
+    for name in literal:
+        before, after = fingerprint(literal[name].depends_on), fingerprint(scaled[name].depends_on)
+        assert (before != after) == (name in uses_scale), name
+        # scale: reference adds nothing, so work finished before the setting existed stays valid
+        if isinstance(literal[name].depends_on, dict):
+            assert "scale" not in literal[name].depends_on, name
+    assert scaled["cam.pseudo"].depends_on["scale"] == "image"
+    # the prediction CRF is sized by it too, when there is one
+    crf_literal = _stages("methods=[cam]", "seg_inference.crf=deeplab")["cam.predict"]
+    crf_scaled = _stages("methods=[cam]", "seg_inference.crf=deeplab", "scale=image")["cam.predict"]
+    assert fingerprint(crf_literal.depends_on) != fingerprint(crf_scaled.depends_on)
+    with pytest.raises(ConfigError, match="scale"):
+        load_recipe("synth/demo", ["scale=voc"])

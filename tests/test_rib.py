@@ -482,3 +482,80 @@ def test_make_ribs_errors(net32: CamNet, tmp_path) -> None:
 def test_config_validation(field: str, value) -> None:
     with pytest.raises(ConfigError, match="rib"):
         dataclasses.replace(RibConfig(), **{field: value}).validate()
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning rates and margin in the network's logit units (scale="image")
+
+
+def test_scaled_settings_are_the_literal_ones_at_the_reference_logit() -> None:
+    from wsss.attribution.rib import REFERENCE_TARGET_LOGIT, RibSettings, scaled_settings
+
+    voc = RibConfig()
+    literal = RibSettings(8e-6, 8e-6 * 10, 1e-4, 1e-4, 600.0, 1.0)
+    assert scaled_settings(voc, REFERENCE_TARGET_LOGIT, "image") == literal
+    assert scaled_settings(voc) == literal
+    # twice the reference's logits: backbone lr / 2 with decay x 2, classifier lr x 2 with decay / 2, margin x 2
+    double = scaled_settings(voc, 2 * REFERENCE_TARGET_LOGIT, "image")
+    assert dataclasses.astuple(double) == pytest.approx((4e-6, 1.6e-4, 2e-4, 5e-5, 1200.0, 2.0), rel=1e-15)
+    assert double.backbone_lr * double.backbone_weight_decay == pytest.approx(8e-6 * 1e-4)  # decay per step kept
+    # reference: literal at every logit scale; a target the classifier does not see keeps them too
+    assert scaled_settings(voc, 2 * REFERENCE_TARGET_LOGIT, "reference") == literal
+    assert scaled_settings(voc, -1.0, "image") == scaled_settings(voc, 0.0, "image") == literal
+    with pytest.raises(ConfigError, match="scale must be one of"):
+        scaled_settings(voc, 1.0, "logits")
+
+
+def _scaled_classifier(model: CamNet, factor: float) -> CamNet:
+    copy = _random_net()
+    copy.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        copy.classifier.weight.mul_(factor)
+    return copy.eval()
+
+
+def test_image_scale_makes_the_maps_independent_of_the_logit_scale(net64: CamNet) -> None:
+    # A classifier with 3x the weights has 3x the logits; at scale "image" RIB takes the same
+    # steps in its units (lr / c for the backbone, c lr for the classifier, c margin): same maps.
+    image, keys = _image(seed=4), [1]
+    batches = _batches(4, OTHER_LABELS)
+    louder = _scaled_classifier(net64, 3.0)
+    base = compute_rib(net64, image, keys, batches, MOVING, scale="image")
+    loud = compute_rib(louder, image, keys, batches, MOVING, scale="image")
+    assert loud.logit_scale == pytest.approx(3.0 * base.logit_scale, rel=1e-12)
+    assert (loud.steps, loud.stop) == (base.steps, base.stop) == (4, "steps")
+    assert _relative(loud.high_res, base.high_res) < 1e-6 and _relative(loud.strided, base.strided) < 1e-6  # float32 maps
+    # the literal settings treat the two networks differently
+    literal = compute_rib(net64, image, keys, batches, MOVING)
+    assert literal.logit_scale == 1.0
+    assert _relative(compute_rib(louder, image, keys, batches, MOVING).high_res, literal.high_res) > 1e-3
+    assert _relative(base.high_res, literal.high_res) > 1e-6  # and image differs from reference here
+    # the margin is in the same units too: the base network's step-0 sum s against margins around it
+    start = abs(compute_rib(net64, image, keys, batches, MOVING, scale="image", trace=True).trace[0]["target_sum"])
+    for factor, ending in ((0.5, (1, "margin")), (1.5, (4, "steps"))):
+        margin = dataclasses.replace(MOVING, margin=factor * start / base.logit_scale)
+        runs = [compute_rib(model, image, keys, batches, margin, scale="image") for model in (net64, louder)]
+        assert [(r.steps, r.stop) for r in runs] == [ending, ending]
+    literal_margin = dataclasses.replace(MOVING, margin=2 * start)  # the louder network's 3 s passes it at once
+    assert compute_rib(louder, image, keys, batches, literal_margin).stop == "margin"
+    assert compute_rib(net64, image, keys, batches, literal_margin).stop == "steps"
+
+
+def test_climb_report_traces_both_settings(net64: CamNet) -> None:
+    import json
+
+    from wsss.attribution.rib import REFERENCE_TARGET_LOGIT, climb_report
+
+    reports = climb_report(net64, _image(seed=2), [1, 3], _batches(3, [[0, 1, 0]]), MOVING, steps=3)
+    assert sorted(reports) == ["image", "reference"]
+    for result in reports.values():
+        assert len(result.trace) == result.steps == 3
+        assert all(len(step["score"]) == len(step["area"]) == 2 for step in result.trace)
+        assert all(0 < a <= 1 for step in result.trace for a in step["area"])
+        json.dumps(result.trace)
+    literal, scaled = reports["reference"], reports["image"]
+    assert literal.logit_scale == 1.0
+    start = np.mean(scaled.trace[0]["score"])  # mean pooled logit of the target at step 0
+    assert scaled.logit_scale == pytest.approx(start / REFERENCE_TARGET_LOGIT, rel=1e-12)
+    assert literal.trace[0] == scaled.trace[0]  # the same start, then each its own climb
+    assert literal.trace[1]["score"] != scaled.trace[1]["score"]

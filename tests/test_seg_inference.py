@@ -210,3 +210,18 @@ def test_predict_dataset_shards_by_rank(voc_fixture, voc_dataset, tmp_path):
 def test_predict_dataset_class_count_mismatch(voc_dataset, tmp_path):
     with pytest.raises(ConfigError, match="classes"):
         predict_dataset(CountingStub(3), voc_dataset, tmp_path / "pred", device=CPU, progress=False)
+
+
+def test_crf_scale_sizes_the_crf_to_the_image():
+    pytest.importorskip("pydensecrf", reason="the dense CRF needs pydensecrf2")
+    from wsss.refine.crf import CRF_PRESETS, dense_crf
+
+    image = _image(16, 20, seed=4)
+    plain = predict_probs(RampStub(), image, device=CPU, scales=(1.0,), flip=False)
+    scaled = predict_probs(RampStub(), image, device=CPU, scales=(1.0,), flip=False, crf="deeplab",
+                           crf_scale="image")
+    expected = dense_crf(image, plain, CRF_PRESETS["deeplab"].for_image(16, 20, "image"))
+    np.testing.assert_allclose(scaled, expected, atol=1e-6)
+    with pytest.raises(ConfigError, match="scale"):
+        predict_dataset(RampStub(), type("Empty", (), {"ids": []})(), "unused", device=CPU, crf="deeplab",
+                        crf_scale="voc")

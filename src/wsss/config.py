@@ -347,3 +347,28 @@ def result_settings(config: Any) -> dict[str, Any]:
     """``to_dict(config)`` without its run-only fields (see :func:`run_only_field`)."""
     return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)
             if not f.metadata.get(RUN_ONLY)}
+
+
+SCALE_MODES = ("reference", "image")
+"""How settings measured in pixels, grid cells or logits are read (the recipe's ``scale``):
+
+* ``reference``: literally, the reference code's values (PASCAL VOC's scale) at every image size;
+* ``image``: relative to the reference's scale, per image (the image's size, its maps' cells, the
+  network's logits on it), so that each equals the literal value exactly at the reference's scale.
+
+The formulas and reference values are in ``docs/scale.md``.
+"""
+
+ScaleMode = typing.Literal["reference", "image"]
+
+REFERENCE_IMAGE_SIZE = (375, 500)
+"""(H, W) of the image the references' pixel and cell settings were set for: PASCAL VOC's
+typical 500 x 375 photograph (IRN, AdvCAM, RIB, BANA, BBAM's CRF and DeepLab all run on VOC
+images at their own size). Its diagonal is 625 px; its stride-4 grid 94 x 125."""
+
+
+def check_scale(scale: str) -> str:
+    """``scale`` if it is one of :data:`SCALE_MODES`; else a one-line :class:`ConfigError`."""
+    if scale not in SCALE_MODES:
+        raise ConfigError(f"scale must be one of {', '.join(SCALE_MODES)}, got {scale!r}")
+    return scale

@@ -33,6 +33,20 @@ is doubled too and after normalisation all scales weigh the same. The default he
 paper's intent (0.5 weighted 2, the others 1); ``reference_scale_weight=True`` gives the
 reference's output.
 
+Strength that follows the network and the image (``scale="image"``, ``docs/scale.md``): the drift
+is a *sum* over the map's ``hw`` cells of maps scaled by about ``1 / (2 P_c)``, the class margin a
+*mean*, so lambda acts through ``lambda hw / (2 P_c)``. For the reference's network (ResNet-50,
+output stride 16, 2048 channels) on a 500 x 375 VOC image that is ``7 * 768 / (2 * 1024)``
+= 2.6; for a small classifier on small images it can be ten times that, which freezes the maps.
+``scale="image"`` uses ``lambda * (hw_ref / hw) * (P_c / P_ref)`` per trajectory and input scale:
+``hw`` the cells of the map actually climbed, ``hw_ref`` those of VOC's 375 x 500 image at the
+same input scale at stride 16 (:func:`reference_cells`; 768 at 1.0), ``P_ref`` = 1024, half of a
+ResNet-50 classifier row's 2048 weights (:data:`REFERENCE_POSITIVE_WEIGHTS`; this gives the
+2.6 the issue measured). At that scale it is the literal 7. The step is normalised by the
+gradient's max, so the logits' own scale does not matter; no other setting needs scaling
+(tau is relative to the map's max, xi is in image intensity). :func:`climb_report` records the
+class score and map area over the steps at both settings.
+
 Example:
     >>> net.eval()
     >>> maps = compute_advcam(net, image, keys=[3, 15], device=torch.device("cuda"))
@@ -45,7 +59,7 @@ import copy
 import logging
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -64,7 +78,8 @@ from wsss.attribution.cam import (
     multiscale_inputs,
     normalise_maps,
 )
-from wsss.config import run_only_field, with_settings
+from wsss.config import REFERENCE_IMAGE_SIZE, check_scale, run_only_field, with_settings
+from wsss.data.transforms import scaled_size
 from wsss.errors import ConfigError
 from wsss.io import image_size
 from wsss.models.climbing import climb_step
@@ -75,17 +90,59 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "AdvCamConfig",
+    "ClimbTrace",
+    "REFERENCE_POSITIVE_WEIGHTS",
     "adversarial_climb",
     "attribution_maps",
+    "climb_report",
     "climbing_copy",
     "compute_advcam",
     "compute_advcam_batch",
     "fold_batchnorm",
     "make_advcams",
+    "mask_weights",
+    "reference_cells",
+    "regulariser_strength",
     "scale_schedule",
 ]
 
 GAP2D_POS_EPS = 1e-12  # reference misc/torchutils.gap2d_pos: sum / (count of positives + 1e-12)
+REFERENCE_OUTPUT_STRIDE = 16  # AdvCAM/IRN resnet50_cam: strides (2, 2, 2, 1)
+REFERENCE_POSITIVE_WEIGHTS = 1024
+"""P_ref: positive entries of a class's classifier row for the reference's ResNet-50 (2048
+channels), taken as half of them (weights symmetric about 0). With VOC's 768 cells at scale 1.0
+this puts the effective strength at 7 * 768 / 2048 = 2.6, the issue's measured ~2.6."""
+
+
+def reference_cells(scale: float) -> int:
+    """``hw_ref``: the cells of the stride-16 map the reference's ResNet-50 gives for a 375 x 500
+    VOC image at input scale ``scale`` (resized as :func:`~wsss.attribution.cam.multiscale_inputs`
+    does, then ``ceil(n / 16)`` per side, as every stride-2 layer of a ResNet halves with
+    rounding up): 192, 768, 1692, 2961 cells at 0.5, 1.0, 1.5, 2.0."""
+    height, width = scaled_size(*REFERENCE_IMAGE_SIZE, scale)
+    return -(-height // REFERENCE_OUTPUT_STRIDE) * -(-width // REFERENCE_OUTPUT_STRIDE)
+
+
+def regulariser_strength(mask_weight: float | torch.Tensor, cells: int, positive_weights: int | torch.Tensor
+                         ) -> float | torch.Tensor:
+    """``lambda hw / (2 P_c)``: how strongly the drift penalty acts against the class margin
+    (2.6 for the reference: lambda 7, hw 768, P_c 1024)."""
+    return mask_weight * cells / (2 * positive_weights)
+
+
+def mask_weights(mask_weight: float, cells: int, positive_weights: torch.Tensor, reference: int
+                 ) -> torch.Tensor:
+    """Per-trajectory lambda with the reference's strength: ``lambda (hw_ref / hw) (P_c / P_ref)``,
+    float64, exactly ``lambda`` where ``hw = hw_ref`` and ``P_c = P_ref``.
+
+    Args:
+        mask_weight: lambda at the reference's scale (7).
+        cells: ``hw``, the cells of the map being climbed.
+        positive_weights: (n,) ``P_c`` per trajectory.
+        reference: ``hw_ref`` for the same input scale (:func:`reference_cells`).
+    """
+    ratio = positive_weights.to(torch.float64) / REFERENCE_POSITIVE_WEIGHTS
+    return ratio * (mask_weight * reference / cells)
 
 
 @dataclass
@@ -207,6 +264,9 @@ def adversarial_climb(
     mask_weight: float = 7.0,
     mask_threshold: float = 0.5,
     weight: float = 1.0,
+    reference: int | None = None,
+    trace: list[dict[str, torch.Tensor]] | None = None,
+    area_threshold: float = 0.3,
 ) -> torch.Tensor:
     """Climb n independent trajectories together and accumulate their attribution maps.
 
@@ -221,6 +281,14 @@ def adversarial_climb(
         iterations: T; the maps of x_0 .. x_{T-1} are accumulated.
         step_size, mask_weight, mask_threshold: xi, lambda, tau.
         weight: each step's map is multiplied by this before accumulation (the scale weight).
+        reference: ``None``: lambda is ``mask_weight`` as given (the reference's scale). An int:
+            ``hw_ref`` of this input scale (:func:`reference_cells`); lambda becomes
+            ``mask_weight (hw_ref / hw) (P_c / P_ref)`` per trajectory (:func:`mask_weights`).
+        trace: if a list, one entry per step is appended: ``score`` (n,) the class score
+            ``y_c`` (mean over the pair), ``area`` (n,) the share of cells of ``A_t`` above
+            ``area_threshold`` of its max, ``accumulated_area`` the same of ``sum_{s<=t} A_s``,
+            and once ``mask_weight`` (n,) and ``strength`` (n,) (:func:`regulariser_strength`).
+        area_threshold: see ``trace`` (the issue's 0.3).
 
     Returns:
         (n, h', w') the accumulated maps ``weight * sum_t A_t`` (detached).
@@ -245,8 +313,14 @@ def adversarial_climb(
         if step == 0:
             initial = detached
             accumulated = detached * weight
+            cells = logits.shape[-2] * logits.shape[-1]
+            lambdas = mask_weight if reference is None else \
+                mask_weights(mask_weight, cells, positive_weights, reference).to(regions.dtype)
         else:
             accumulated = accumulated + detached * weight
+        if trace is not None:
+            _record_step(trace, logits.detach(), rows, channels, detached, accumulated, area_threshold,
+                         lambdas if step == 0 else None, cells, positive_weights)
         if last:
             break
         scores = F.relu(logits).mean(dim=(-2, -1))  # y, (n, B, K)
@@ -255,14 +329,34 @@ def adversarial_climb(
         peak = detached.amax(dim=(-2, -1), keepdim=True)
         mask = (detached / peak > mask_threshold).to(regions.dtype)  # 0/0 = nan -> empty mask
         drift = ((regions - initial).abs() * mask).sum(dim=(-2, -1))
-        objective = (class_margin - mask_weight * drift).sum()
+        objective = (class_margin - lambdas * drift).sum()
         (gradient,) = torch.autograd.grad(objective, image)
         image = climb_step(image.detach(), gradient, step_size, "image", bounds="image")
     return accumulated
 
 
+def _area(maps: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(n,) share of each map's cells above ``threshold`` of its max (0 for an all-zero map)."""
+    peak = maps.amax(dim=(-2, -1), keepdim=True)
+    return ((maps > threshold * peak) & (peak > 0)).to(torch.float64).mean(dim=(-2, -1))
+
+
+def _record_step(trace: list[dict[str, torch.Tensor]], logits: torch.Tensor, rows: torch.Tensor,
+                 channels: torch.Tensor, regions: torch.Tensor, accumulated: torch.Tensor, threshold: float,
+                 lambdas: float | torch.Tensor | None, cells: int, positive_weights: torch.Tensor) -> None:
+    """One step's entry of :func:`adversarial_climb`'s ``trace``."""
+    own = F.relu(logits[rows, :, channels]).mean(dim=(-2, -1)).mean(dim=1)  # y_c over the pair, (n,)
+    entry = {"score": own.double().cpu(), "area": _area(regions, threshold).cpu(),
+             "accumulated_area": _area(accumulated, threshold).cpu()}
+    if lambdas is not None:
+        lambdas = torch.as_tensor(lambdas, dtype=torch.float64).expand(len(rows)).cpu()
+        entry["mask_weight"] = lambdas
+        entry["strength"] = regulariser_strength(lambdas, cells, positive_weights.double().cpu())
+    trace.append(entry)
+
+
 def _climb_images(net: nn.Module, images: Sequence[np.ndarray], keys: Sequence[np.ndarray],
-                  config: AdvCamConfig, device: torch.device) -> list[CamResult]:
+                  config: AdvCamConfig, device: torch.device, scale: str = "reference") -> list[CamResult]:
     """The batched computation for checked inputs and a :func:`climbing_copy` of the classifier."""
     dtype = net.classifier.weight.dtype
     schedule = scale_schedule(config)
@@ -271,12 +365,13 @@ def _climb_images(net: nn.Module, images: Sequence[np.ndarray], keys: Sequence[n
     channels = torch.as_tensor(np.concatenate(keys) - 1, device=device)
     chunk = config.max_batch_pairs or len(channels)
     per_scale: list[list[torch.Tensor]] = [[] for _ in images]
-    for index, (_, iterations, weight) in enumerate(schedule):
+    for index, (input_scale, iterations, weight) in enumerate(schedule):
         pairs = torch.stack([inputs[i][index] for i in owner.tolist()]).to(device, dtype)
+        reference = None if scale == "reference" else reference_cells(input_scale)
         maps = torch.cat([
             adversarial_climb(net, pairs[start:start + chunk], channels[start:start + chunk], iterations,
                               step_size=config.step_size, mask_weight=config.mask_weight,
-                              mask_threshold=config.mask_threshold, weight=weight)
+                              mask_threshold=config.mask_threshold, weight=weight, reference=reference)
             for start in range(0, len(channels), chunk)
         ])
         for image_maps, own in zip(per_scale, maps.split([len(k) for k in keys])):
@@ -297,6 +392,7 @@ def compute_advcam_batch(
     config: AdvCamConfig | None = None,
     device: torch.device | str = "cpu",
     where: Sequence[str | os.PathLike | None] | None = None,
+    scale: str = "reference",
     **settings,
 ) -> list[CamResult]:
     """AdvCAM maps of several same-size images, every class of every image climbing in one batch.
@@ -310,6 +406,8 @@ def compute_advcam_batch(
         config: AdvCAM settings (default: the reference's).
         device: where to run the network.
         where: each image's path or id, for error messages.
+        scale: ``"reference"``: lambda is ``config.mask_weight``; ``"image"``: lambda with the
+            reference's strength for this network and these maps (see the module docstring).
         **settings: :class:`AdvCamConfig` fields replacing ``config``'s, e.g. ``iterations=10``.
 
     Returns:
@@ -320,6 +418,7 @@ def compute_advcam_batch(
         model in training mode, a bad setting. ValueError: images of different sizes.
     """
     config = with_settings(config, AdvCamConfig, settings, "AdvCAM")
+    check_scale(scale)
     _check_eval_mode(model)
     where = list(where) if where is not None else [None] * len(images)
     if not len(images) == len(keys) == len(where):
@@ -327,7 +426,7 @@ def compute_advcam_batch(
     keys = [check_keys(k, model.num_classes, w) for k, w in zip(keys, where)]
     if len({tuple(image.shape[:2]) for image in images}) > 1:
         raise ValueError("compute_advcam_batch needs images of one size; group them first")
-    return _climb_images(climbing_copy(model), images, keys, config, torch.device(device))
+    return _climb_images(climbing_copy(model), images, keys, config, torch.device(device), scale)
 
 
 def compute_advcam(
@@ -338,11 +437,12 @@ def compute_advcam(
     config: AdvCamConfig | None = None,
     device: torch.device | str = "cpu",
     where: str | os.PathLike | None = None,
+    scale: str = "reference",
     **settings,
 ) -> CamResult:
     """AdvCAM maps of one image for its labelled classes (see :func:`compute_advcam_batch`)."""
     return compute_advcam_batch(model, [image], [keys], config=config, device=device, where=[where],
-                                **settings)[0]
+                                scale=scale, **settings)[0]
 
 
 def _size_groups(ids: Sequence[str], size_of, per_batch: int) -> list[list[str]]:
@@ -365,6 +465,7 @@ def make_advcams(
     ids: Sequence[str] | None = None,
     dist: DistInfo | None = None,
     progress: bool = True,
+    scale: str = "reference",
     **settings,
 ) -> int:
     """Write AdvCAM maps for every image of ``source`` into a :class:`~wsss.stores.maps.MapStore`.
@@ -384,12 +485,14 @@ def make_advcams(
         ids: a subset of ``source.ids``.
         dist: this process's rank (default: from the environment).
         progress: show a progress bar.
+        scale: ``"reference"`` or ``"image"``, as :func:`compute_advcam_batch`.
         **settings: :class:`AdvCamConfig` fields replacing ``config``'s.
 
     Returns:
         How many images were processed in this call.
     """
     config = with_settings(config, AdvCamConfig, settings, "AdvCAM")
+    check_scale(scale)
     store = store if isinstance(store, MapStore) else MapStore(store)
     ids = list(source.ids if ids is None else ids)
     classes = getattr(source, "classes", None)
@@ -415,12 +518,109 @@ def make_advcams(
         images = [source.load_image(image_id) for image_id in group]
         keys = [check_keys(_image_keys(source, i), net.num_classes, where(i)) for i in group]
         if len({image.shape[:2] for image in images}) > 1:  # a header that disagrees with the pixels
-            results = [_climb_images(net, [im], [k], config, device)[0] for im, k in zip(images, keys)]
+            results = [_climb_images(net, [im], [k], config, device, scale)[0] for im, k in zip(images, keys)]
         else:
-            results = _climb_images(net, images, keys, config, device)
+            results = _climb_images(net, images, keys, config, device, scale)
         for image_id, result in zip(group, results):
             store.save(image_id, result.to_maps())
 
     return run_per_image_batched(ids, work, store.has,
                                  lambda every: _size_groups(every, size_of, config.images_per_batch),
                                  desc="advcam", dist=dist, progress=progress)
+
+
+@dataclass
+class ClimbTrace:
+    """AdvCAM's climb at one input scale, per labelled class, at one ``scale`` setting.
+
+    Attributes:
+        keys: (C,) class ids.
+        scale: ``"reference"`` or ``"image"``.
+        input_scale: the input scale climbed (1.0: the image as it is).
+        cells: ``hw`` of the climbed maps.
+        positive_weights: (C,) ``P_c``.
+        mask_weight: (C,) the lambda used.
+        strength: (C,) ``lambda hw / (2 P_c)`` (the reference's: 2.6).
+        score: (C, T) the class score ``y_c`` (mean of the ReLU'd class map, over the pair) at
+            step t = 0 .. T-1.
+        area: (C, T) the share of cells of ``A_t`` above ``area_threshold`` of its max.
+        accumulated_area: (C, T) the same of the accumulated map ``sum_{s<=t} A_s``.
+    """
+
+    keys: np.ndarray
+    scale: str
+    input_scale: float
+    cells: int
+    positive_weights: np.ndarray
+    mask_weight: np.ndarray
+    strength: np.ndarray
+    score: np.ndarray
+    area: np.ndarray
+    accumulated_area: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain numbers and lists, fit for JSON."""
+        return {"keys": self.keys.tolist(), "scale": self.scale, "input_scale": self.input_scale,
+                "cells": self.cells, "positive_weights": self.positive_weights.tolist(),
+                "mask_weight": self.mask_weight.tolist(), "strength": self.strength.tolist(),
+                "score": self.score.tolist(), "area": self.area.tolist(),
+                "accumulated_area": self.accumulated_area.tolist()}
+
+
+def climb_report(
+    model: nn.Module,
+    image: np.ndarray,
+    keys: Sequence[int] | np.ndarray,
+    *,
+    config: AdvCamConfig | None = None,
+    device: torch.device | str = "cpu",
+    input_scale: float = 1.0,
+    area_threshold: float = 0.3,
+    where: str | os.PathLike | None = None,
+    **settings,
+) -> dict[str, ClimbTrace]:
+    """How AdvCAM climbs on one image at both settings: ``{"reference": ..., "image": ...}``.
+
+    Every labelled class climbs ``config.iterations`` steps from the image at ``input_scale``
+    (with its flip if ``config.flip``), once with the literal lambda and once with lambda at
+    the reference's strength (:func:`mask_weights`); each :class:`ClimbTrace` holds the class
+    score and the map area at every step. For benchmarks: a lambda that freezes the maps shows
+    as a flat area, one that lets them climb as a growing one.
+
+    Args:
+        model: the CAM classifier, in eval mode, on ``device`` (not modified).
+        image: ``uint8`` (H, W, 3) RGB.
+        keys: its labelled class ids (1..K).
+        config: AdvCAM settings (default: the reference's); ``**settings`` replace its fields.
+        device: where to run the network.
+        input_scale: the scale the image is resized by before climbing.
+        area_threshold: a cell counts in the area above this share of the map's max (0.3).
+        where: the image's path or id, for error messages.
+    """
+    config = with_settings(config, AdvCamConfig, settings, "AdvCAM")
+    if input_scale <= 0 or not 0 <= area_threshold < 1:
+        raise ConfigError(f"input_scale must be positive and area_threshold in [0, 1), got {input_scale}, "
+                          f"{area_threshold}")
+    _check_eval_mode(model)
+    keys = check_keys(keys, model.num_classes, where)
+    device = torch.device(device)
+    net = climbing_copy(model)
+    pair = multiscale_inputs(image, [input_scale], flip=config.flip)[0]
+    pairs = pair.unsqueeze(0).expand(len(keys), *pair.shape).to(device, net.classifier.weight.dtype)
+    channels = torch.as_tensor(keys - 1, device=device)
+    reports = {}
+    for scale in ("reference", "image"):
+        trace: list[dict[str, torch.Tensor]] = []
+        reference = None if scale == "reference" else reference_cells(input_scale)
+        maps = adversarial_climb(net, pairs, channels, config.iterations, step_size=config.step_size,
+                                 mask_weight=config.mask_weight, mask_threshold=config.mask_threshold,
+                                 reference=reference, trace=trace, area_threshold=area_threshold)
+        positive = (net.classifier.weight.detach().flatten(1) > 0).sum(dim=1)[channels]
+        reports[scale] = ClimbTrace(
+            keys=keys, scale=scale, input_scale=float(input_scale), cells=int(maps.shape[-2] * maps.shape[-1]),
+            positive_weights=positive.cpu().numpy(), mask_weight=trace[0]["mask_weight"].numpy(),
+            strength=trace[0]["strength"].numpy(),
+            score=torch.stack([step["score"] for step in trace], dim=1).numpy(),
+            area=torch.stack([step["area"] for step in trace], dim=1).numpy(),
+            accumulated_area=torch.stack([step["accumulated_area"] for step in trace], dim=1).numpy())
+    return reports

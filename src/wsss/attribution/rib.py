@@ -66,6 +66,21 @@ which no exact implementation can skip (about 90% of the CPU time): on a CPU wit
 taken this is 1.1-1.25x faster than the reference's loop, more when runs stop early
 (``benchmarks/rib_speed.py``).
 
+Learning rate and margin that follow the network's logit scale (``scale="image"``,
+``docs/scale.md``): the loss is a sum of raw logits and the margin a bound on them, so both are in
+the units of this network's logits, which the reference set for an ImageNet ResNet-50 on VOC. The
+scale is measured per image at step 0: ``c = z / z_ref``, ``z`` the mean over the loss rows
+(loss scales x flips) and the target's classes of the plain pooled logit (the classifier's own
+output), ``z_ref`` its reference value (:data:`REFERENCE_TARGET_LOGIT`, an estimate, see there).
+Then the margin is ``c * margin``, the backbone's learning rate ``lr / c`` and the classifier's
+``c * classifier_lr_mult * lr``, with the weight decays ``c * weight_decay`` and
+``weight_decay / c`` (:func:`scaled_settings`). Why these: a network whose classifier weights
+are c times the reference's has c times its logits, c times its backbone gradients and the same
+classifier gradients; with those settings it takes exactly the reference's steps in its own
+units, so its normalised maps, stop and explosion are the same (tested). At ``c = 1`` every
+value is the literal one. A target whose pooled logit is not positive (the classifier does not
+see its class) keeps the literal values.
+
 Example:
     >>> net.eval()
     >>> config = RibConfig()
@@ -78,7 +93,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence as SequenceABC
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import numpy as np
@@ -100,7 +115,7 @@ from wsss.attribution.cam import (
     normalise_maps,
 )
 from wsss.data.transforms import TrainTransform
-from wsss.config import with_settings
+from wsss.config import check_scale, with_settings
 from wsss.errors import ConfigError, DataError
 from wsss.runtime import DistInfo, eval_mode, run_per_image
 from wsss.stores.maps import MapStore
@@ -112,9 +127,12 @@ __all__ = [
     "DisjointClassIndex",
     "OtherBatch",
     "OtherImageBatches",
+    "REFERENCE_TARGET_LOGIT",
     "RibConfig",
     "RibResult",
+    "RibSettings",
     "RibTuner",
+    "climb_report",
     "compute_rib",
     "draw_other_images",
     "gap_pool",
@@ -123,7 +141,15 @@ __all__ = [
     "map_explodes",
     "pool_logits",
     "rib_loss",
+    "scaled_settings",
 ]
+
+REFERENCE_TARGET_LOGIT = 4.6
+"""``z_ref``: the reference classifier's pooled logit for a labelled class at step 0 (mean over
+the loss scales 1.0, 1.5, 2.0 and their flips). An estimate, not a measurement (no VOC
+classifier was at hand): ``log(99) = 4.6``, where a sigmoid gives 0.99, the confidence a
+classifier trained with a sigmoid loss reaches on its own training images. One measurement with
+the reference's ResNet-50 on VOC train would replace it; at ``scale="reference"`` it plays no part."""
 
 
 @dataclass
@@ -197,10 +223,17 @@ class RibResult(CamResult):
     Attributes:
         steps: how many steps' maps were accumulated (``theta_0 .. theta_{steps-1}``).
         stop: ``"steps"`` (all steps, or the other images ran out), ``"margin"`` or ``"explode"``.
+        logit_scale: ``c``, the network's logit scale against the reference's (1 at
+            ``scale="reference"``; see :func:`scaled_settings`).
+        trace: one entry per step whose maps were computed: ``target_sum`` (what the margin
+            bounds), ``score`` (per class, the pooled logit's mean over the loss rows) and
+            ``area`` (per class, the share of the first scale's map above 0.3 of its max).
     """
 
     steps: int = 0
     stop: str = "steps"
+    logit_scale: float = 1.0
+    trace: list[dict[str, float | list[float]]] = field(default_factory=list)
 
 
 @dataclass
@@ -219,6 +252,38 @@ class OtherBatch:
         if self.images.dim() != 4 or self.labels.dim() != 2 or len(self.images) != len(self.labels):
             raise ValueError(f"other images (B, 3, H, W) and labels (B, K) expected, got "
                              f"{tuple(self.images.shape)} and {tuple(self.labels.shape)}")
+
+
+@dataclass(frozen=True)
+class RibSettings:
+    """The settings in logit units RIB runs one image with (see :func:`scaled_settings`)."""
+
+    backbone_lr: float
+    classifier_lr: float
+    backbone_weight_decay: float
+    classifier_weight_decay: float
+    margin: float
+    logit_scale: float = 1.0
+
+
+def scaled_settings(config: RibConfig, target_logit: float | None = None, scale: str = "reference"
+                    ) -> RibSettings:
+    """Learning rates, weight decays and margin for a target whose step-0 pooled logit is
+    ``target_logit`` (mean over the loss rows and its classes).
+
+    ``scale="reference"``, or a logit that is not positive: the literal values (backbone
+    ``lr``, classifier ``classifier_lr_mult * lr``, ``weight_decay`` for both, ``margin``).
+    ``scale="image"``: with ``c = target_logit / REFERENCE_TARGET_LOGIT``, backbone ``lr / c``
+    with decay ``c * weight_decay``, classifier ``c * classifier_lr_mult * lr`` with decay
+    ``weight_decay / c``, margin ``c * margin``; exactly the literal values at ``c = 1``.
+    """
+    literal = RibSettings(config.lr, config.lr * config.classifier_lr_mult, config.weight_decay,
+                          config.weight_decay, config.margin)
+    if check_scale(scale) == "reference" or target_logit is None or not target_logit > 0:
+        return literal
+    c = float(target_logit) / REFERENCE_TARGET_LOGIT
+    return RibSettings(literal.backbone_lr / c, literal.classifier_lr * c, literal.backbone_weight_decay * c,
+                       literal.classifier_weight_decay / c, literal.margin * c, c)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,13 +571,20 @@ class RibTuner:
             weight = weight.index_select(0, channels)
         return F.conv2d(features, weight)
 
-    def optimizer(self, config: RibConfig):
+    def optimizer(self, config: RibConfig, settings: RibSettings | None = None):
         """A fresh SGD over the working parameters (classifier lr x ``classifier_lr_mult``) and its
-        poly schedule over ``config.steps`` updates, as the reference's ``PolyOptimizer``."""
+        poly schedule over ``config.steps`` updates, as the reference's ``PolyOptimizer``;
+        ``settings`` (:func:`scaled_settings`) replace the groups' learning rates and decays."""
         optimizer = build_sgd([(self.backbone_params.values(), 1.0),
                                ([self.classifier_weight], config.classifier_lr_mult)],
                               config.lr, weight_decay=config.weight_decay,
                               reference_momentum_quirk=config.reference_momentum_quirk)
+        if settings is not None and settings.logit_scale != 1.0:
+            for group in optimizer.param_groups:
+                classifier = any(p is self.classifier_weight for p in group["params"])
+                group["lr"] = settings.classifier_lr if classifier else settings.backbone_lr
+                group["weight_decay"] = (settings.classifier_weight_decay if classifier
+                                         else settings.backbone_weight_decay)
         return optimizer, poly_lr_scheduler(optimizer, config.steps, config.poly_power)
 
 
@@ -527,8 +599,9 @@ def _as_batches(other_images, steps: int) -> tuple[Sequence[OtherBatch | None], 
 
 
 def _fine_tune(tuner: RibTuner, image: np.ndarray, keys: np.ndarray, other_images, config: RibConfig,
-               device: torch.device) -> RibResult:
-    """The RIB loop for checked inputs; ``tuner`` is reset first."""
+               device: torch.device, scale: str = "reference", trace: bool = False) -> RibResult:
+    """The RIB loop for checked inputs; ``tuner`` is reset first. ``scale="image"`` measures the
+    logit scale at step 0 (:func:`scaled_settings`); ``trace`` fills the result's trace."""
     tuner.reset()
     dtype = tuner.classifier_weight.dtype
     channels = torch.as_tensor(keys - 1, device=device)
@@ -538,13 +611,15 @@ def _fine_tune(tuner: RibTuner, image: np.ndarray, keys: np.ndarray, other_image
     # the target at every scale, through the frozen stages once for all steps
     inputs = multiscale_inputs(image, config.scales, flip=config.flip)
     frozen = [tuner.frozen(x.to(device, dtype)) for x in inputs]
-    optimizer, schedule = tuner.optimizer(config)
+    settings = scaled_settings(config)  # literal until step 0 has measured the logits
+    optimizer = schedule = None  # made before the first update, once the settings are known
     accumulated: list[torch.Tensor | None] = [None] * len(frozen)
     cached_batch, cached_features = None, None
     taken, stop = 0, "steps"
+    steps_trace: list[dict[str, float | list[float]]] = []
     for step in range(steps):
         update = step < steps - 1  # the last step's update would never be used
-        step_maps, target_logits = [], []
+        step_maps, target_logits, plain_logits = [], [], []
         for index, features in enumerate(frozen):
             with torch.set_grad_enabled(update and loss_scale[index]):
                 raw = tuner.maps(features, channels)  # (2, C, h, w)
@@ -555,18 +630,26 @@ def _fine_tune(tuner: RibTuner, image: np.ndarray, keys: np.ndarray, other_image
                 break
             if update and loss_scale[index]:
                 target_logits.append(pool_logits(raw, target_positive, channels, config))
+            if loss_scale[index] and (trace or (step == 0 and scale == "image")):
+                plain_logits.append(gap_pool(raw.detach()))  # (2, C): the classifier's own logits
         if stop == "explode":
             if config.reference_explode_accumulation:  # the reference added it before checking
                 accumulated[0] = accumulated[0] + step_maps[0]
             break
+        if step == 0 and scale == "image":
+            settings = scaled_settings(config, float(torch.cat(plain_logits).mean()), scale)
         accumulated = [m if a is None else a + m for a, m in zip(accumulated, step_maps)]
         taken += 1
+        if trace:
+            steps_trace.append(_trace_entry(target_logits, plain_logits, step_maps[0]))
         if not update:
             break
         target_sum = torch.stack([y.sum() for y in target_logits]).sum()
-        if abs(float(target_sum.detach())) > config.margin:
+        if abs(float(target_sum.detach())) > settings.margin:
             stop = "margin"
             break
+        if optimizer is None:
+            optimizer, schedule = tuner.optimizer(config, settings)
         loss = -target_sum
         batch = batches[step]
         if batch is not None and len(batch.images):
@@ -582,7 +665,18 @@ def _fine_tune(tuner: RibTuner, image: np.ndarray, keys: np.ndarray, other_image
         schedule.step()
     strided, high_res = assemble_maps(accumulated, image.shape[:2], tuner.model.output_stride)
     return RibResult(keys=keys, strided=normalise_maps(strided).float().cpu(),
-                     high_res=normalise_maps(high_res).float().cpu(), steps=taken, stop=stop)
+                     high_res=normalise_maps(high_res).float().cpu(), steps=taken, stop=stop,
+                     logit_scale=settings.logit_scale, trace=steps_trace)
+
+
+def _trace_entry(target_logits: list[torch.Tensor], plain_logits: list[torch.Tensor], first_scale: torch.Tensor,
+                 area_threshold: float = 0.3) -> dict[str, float | list[float]]:
+    """One step of :attr:`RibResult.trace`."""
+    target_sum = float(torch.stack([y.detach().sum() for y in target_logits]).sum()) if target_logits else None
+    score = torch.cat(plain_logits).mean(dim=0)  # (C,) over the loss rows
+    peak = first_scale.amax(dim=(-2, -1), keepdim=True)
+    area = ((first_scale > area_threshold * peak) & (peak > 0)).to(torch.float64).mean(dim=(-2, -1))
+    return {"target_sum": target_sum, "score": score.double().cpu().tolist(), "area": area.cpu().tolist()}
 
 
 def compute_rib(
@@ -595,6 +689,8 @@ def compute_rib(
     device: torch.device | str = "cpu",
     where: str | os.PathLike | None = None,
     tuner: RibTuner | None = None,
+    scale: str = "reference",
+    trace: bool = False,
     **settings,
 ) -> RibResult:
     """RIB maps of one image for its labelled classes.
@@ -611,6 +707,9 @@ def compute_rib(
         device: where to run the network.
         where: the image's path or id, for error messages.
         tuner: a :class:`RibTuner` of ``model`` to reuse (saves allocating working parameters).
+        scale: ``"reference"``: the literal learning rates and margin; ``"image"``: in this
+            network's logit units, measured on the image (see the module docstring).
+        trace: record the class scores and map areas of every step (:attr:`RibResult.trace`).
         **settings: :class:`RibConfig` fields replacing ``config``'s.
 
     Returns:
@@ -621,6 +720,7 @@ def compute_rib(
         mode, a bad setting.
     """
     config = with_settings(config, RibConfig, settings, "RIB")
+    check_scale(scale)
     _check_eval_mode(model)
     keys = check_keys(keys, model.num_classes, where)
     weight = model.classifier.weight
@@ -628,7 +728,7 @@ def compute_rib(
     if (tuner is None or tuner.model is not model or tuner.trainable_stages != config.trainable_stages
             or working.dtype != weight.dtype or working.device != weight.device):
         tuner = RibTuner(model, config.trainable_stages)
-    return _fine_tune(tuner, image, keys, other_images, config, torch.device(device))
+    return _fine_tune(tuner, image, keys, other_images, config, torch.device(device), scale, trace)
 
 
 def make_ribs(
@@ -644,6 +744,7 @@ def make_ribs(
     dist: DistInfo | None = None,
     pool=None,
     index: DisjointClassIndex | None = None,
+    scale: str = "reference",
     **settings,
 ) -> int:
     """Write RIB maps for every image of ``source`` into a :class:`~wsss.stores.maps.MapStore`.
@@ -669,6 +770,7 @@ def make_ribs(
         pool: the dataset the other images come from (default: ``source``), e.g. the classifier's
             training split when the targets are another split.
         index: a prebuilt :class:`DisjointClassIndex` over ``pool`` (default: built here, once).
+        scale: ``"reference"`` or ``"image"``, as :func:`compute_rib`.
         **settings: :class:`RibConfig` fields replacing ``config``'s.
 
     Returns:
@@ -678,6 +780,7 @@ def make_ribs(
         DataError: an image without labelled class, or with no image sharing no class with it.
     """
     config = with_settings(config, RibConfig, settings, "RIB")
+    check_scale(scale)
     store = store if isinstance(store, MapStore) else MapStore(store)
     targets = list(source.ids if ids is None else ids)
     pool = source if pool is None else pool
@@ -704,8 +807,9 @@ def make_ribs(
         keys = check_keys(_image_keys(source, image_id), model.num_classes, where(image_id))
         others = OtherImageBatches(pool, built["index"], image_id, keys, config, seed=seed,
                                    where=where(image_id)) if config.batch_size else None
-        result = _fine_tune(built["tuner"], source.load_image(image_id), keys, others, config, device)
-        log.debug("rib %s: %d steps, stop: %s", image_id, result.steps, result.stop)
+        result = _fine_tune(built["tuner"], source.load_image(image_id), keys, others, config, device, scale)
+        log.debug("rib %s: %d steps, stop: %s, logit scale %.3g", image_id, result.steps, result.stop,
+                  result.logit_scale)
         stops[result.stop] = stops.get(result.stop, 0) + 1
         store.save(image_id, result.to_maps())
 
@@ -715,3 +819,22 @@ def make_ribs(
         ended = ", ".join(f"{reason}: {count}" for reason, count in sorted(stops.items()))
         log.info("rib: %d images; ended by %s", done, ended)
     return done
+
+
+def climb_report(
+    model: nn.Module,
+    image: np.ndarray,
+    keys: Sequence[int] | np.ndarray,
+    other_images: Sequence[OtherBatch] | OtherBatch | None,
+    config: RibConfig | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    where: str | os.PathLike | None = None,
+    **settings,
+) -> dict[str, RibResult]:
+    """How RIB climbs on one image at both settings: ``{"reference": ..., "image": ...}``, each a
+    :class:`RibResult` whose ``trace`` holds the target's logit sum, class scores and map areas
+    at every step and whose ``logit_scale`` is the ``c`` used (arguments as :func:`compute_rib`)."""
+    return {scale: compute_rib(model, image, keys, other_images, config, device=device, where=where,
+                               scale=scale, trace=True, **settings)
+            for scale in ("reference", "image")}

@@ -3,7 +3,8 @@
 The algorithm is :mod:`wsss.attribution.advcam`. Refinement values: AdvCAM ``run_sample.py`` and
 ``make_sem_seg_labels.py`` (``conf_fg_thres`` 0.35, ``conf_bg_thres`` 0.15, power 1.5,
 ``sem_seg_bg_thres`` 0.25). Batching settings (``images_per_batch``, ``max_batch_pairs``) change
-speed and memory, not the maps, so changing them reruns nothing.
+speed and memory, not the maps, so changing them reruns nothing. The recipe's ``scale: image``
+gives lambda the reference's strength on this classifier and these maps (``docs/scale.md``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from wsss.attribution.advcam import AdvCamConfig
 from wsss.config import result_settings
 from wsss.methods.base import Context, Method, RefineDefaults, Stage, register
-from wsss.methods.chain import classifier_maps_stage, image_level_chain
+from wsss.methods.chain import classifier_maps_stage, image_level_chain, scale_dependency
 
 __all__ = ["AdvCamMethod", "advcam_maps_stage"]
 
@@ -26,10 +27,11 @@ def advcam_maps_stage(ctx: Context, method: str, classifier: str = "classifier",
     def make(model, dataset, out: Path) -> None:
         from wsss.attribution.advcam import make_advcams
 
-        make_advcams(model, dataset, out, config=recipe.advcam, device=ctx.device, progress=recipe.runtime.progress)
+        make_advcams(model, dataset, out, config=recipe.advcam, device=ctx.device, progress=recipe.runtime.progress,
+                     scale=recipe.scale)
 
-    return classifier_maps_stage(ctx, method, make, {"advcam": result_settings(recipe.advcam)}, classifier,
-                                 classifier_path)
+    return classifier_maps_stage(ctx, method, make, {"advcam": result_settings(recipe.advcam), **scale_dependency(ctx)},
+                                 classifier, classifier_path)
 
 
 @register

@@ -10,6 +10,10 @@ After its own maps, every image-level method runs the same chain (IRN's), each s
 uses (IR-label thresholds, the walk's power and background threshold) come from its
 :class:`~wsss.methods.base.RefineDefaults`; a recipe value that is set wins. The sections here are
 part of every recipe (:data:`SHARED_SECTIONS`).
+
+The recipe's ``scale`` (``reference`` | ``image``, ``docs/scale.md``) reaches every stage with a
+setting in pixels, grid cells or logits: the IR labels' CRF, the walk's steps, the prediction
+CRF, and the maps of AdvCAM and RIB. Those stages fingerprint it with :func:`scale_dependency`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ __all__ = [
     "eval_stage",
     "image_level_chain",
     "refine_and_train",
+    "scale_dependency",
     "seg_stages",
 ]
 
@@ -69,7 +74,7 @@ class IrLabelConfig:
 
     fg_threshold: float | None = None  # conf_fg_thres: IRN 0.30, AdvCAM/RIB 0.35, W-OoD 0.30
     bg_threshold: float | None = None  # conf_bg_thres: IRN 0.05, AdvCAM 0.15, RIB 0.17, W-OoD 0.15
-    crf: str = "irn"  # CRF parameter set (wsss.refine.crf.CRF_PRESETS)
+    crf: str = "irn"  # CRF parameter set (wsss.refine.crf.CRF_PRESETS); scale: image sizes its widths
     workers: int = 0  # CRF worker processes (0: in the main process)
 
     def validate(self) -> None:
@@ -84,8 +89,8 @@ class RandomWalkConfig:
     cam_power: float | None = None  # np_power: IRN/W-OoD 1.0, RIB 1.3, AdvCAM 1.5
     bg_threshold: float | None = None  # sem_seg_bg_thres: IRN 0.25, RIB 0.27, AdvCAM+W-OoD 0.22
     beta: float = BETA
-    exp_times: int = EXP_TIMES  # 2 ** 8 = 256 steps
-    radius: int = RADIUS
+    exp_times: int = EXP_TIMES  # 2 ** 8 = 256 steps (scale: image -> 256 x grid area / 94 x 125)
+    radius: int = RADIUS  # 5 cells at every scale (see wsss.refine.random_walk)
 
     def validate(self) -> None:
         check_ranges(self, "random_walk", positive=("cam_power", "beta"), at_most={"bg_threshold": 1},
@@ -106,6 +111,14 @@ class SegInferenceConfig:
 
         if self.merge not in ("max", "mean"):
             raise ConfigError(f"seg_inference.merge must be max or mean, got {self.merge!r}")
+
+
+def scale_dependency(ctx: Context) -> dict[str, Any]:
+    """The recipe's ``scale`` as fingerprint entries of a stage that uses it: none at ``reference``
+    (the literal values, what such a stage computed before the setting existed, so finished work
+    stays valid), ``{"scale": "image"}`` otherwise."""
+    scale = ctx.recipe.scale
+    return {} if scale == "reference" else {"scale": scale}
 
 
 SHARED_SECTIONS: dict[str, type] = {
@@ -193,10 +206,11 @@ def _ir_label_stage(ctx: Context, method: str, defaults: RefineDefaults) -> Stag
         from wsss.refine.ir_labels import make_ir_labels
 
         make_ir_labels(ctx.dataset(recipe.data.seed_split), ctx.maps_dir(method), out, fg_threshold=fg,
-                       bg_threshold=bg, crf=config.crf, workers=config.workers, progress=recipe.runtime.progress)
+                       bg_threshold=bg, crf=config.crf, scale=recipe.scale, workers=config.workers,
+                       progress=recipe.runtime.progress)
 
     return Stage(f"{method}.ir_labels", run=run, clear=remover(out), needs=(f"{method}.maps",),
-                 depends_on={"fg": fg, "bg": bg, "crf": config.crf})
+                 depends_on={"fg": fg, "bg": bg, "crf": config.crf, **scale_dependency(ctx)})
 
 
 def _irn_stage(ctx: Context, method: str) -> Stage:
@@ -245,10 +259,11 @@ def _pseudo_stage(ctx: Context, method: str, defaults: RefineDefaults) -> Stage:
 
         make_pseudo_masks(ctx.dataset(recipe.data.seed_split), ctx.maps_dir(method), ctx.edge_dir(method), out,
                           cam_power=power, bg_threshold=bg, beta=walk.beta, exp_times=walk.exp_times,
-                          radius=walk.radius, device=ctx.device, progress=recipe.runtime.progress)
+                          radius=walk.radius, scale=recipe.scale, device=ctx.device,
+                          progress=recipe.runtime.progress)
 
     return Stage(f"{method}.pseudo", run=run, clear=remover(out), needs=(f"{method}.maps", f"{method}.edges"),
-                 depends_on={"cam_power": power, "bg": bg, "walk": walk})
+                 depends_on={"cam_power": power, "bg": bg, "walk": walk, **scale_dependency(ctx)})
 
 
 def seg_stages(ctx: Context, method: str, masks: Path | None, needs: tuple[str, ...]) -> list[Stage]:
@@ -272,7 +287,7 @@ def seg_stages(ctx: Context, method: str, masks: Path | None, needs: tuple[str, 
                                       map_location=ctx.device)
         inference = recipe.seg_inference
         predict_dataset(model.to(ctx.device), dataset, pred_dir, device=ctx.device, scales=inference.scales,
-                        flip=inference.flip, merge=inference.merge, crf=inference.crf,
+                        flip=inference.flip, merge=inference.merge, crf=inference.crf, crf_scale=recipe.scale,
                         progress=recipe.runtime.progress)
 
     return [
@@ -280,7 +295,8 @@ def seg_stages(ctx: Context, method: str, masks: Path | None, needs: tuple[str, 
         Stage(f"{method}.seg", run=train, clear=remover(seg_dir), needs=needs,
               depends_on={"train": train_set, "segmentation": result_settings(recipe.segmentation)}),
         Stage(f"{method}.predict", run=predict, clear=remover(pred_dir), needs=(f"{method}.seg",),
-              depends_on={"val": recipe.data.val_split, "inference": recipe.seg_inference}),
+              depends_on={"val": recipe.data.val_split, "inference": recipe.seg_inference,
+                          **(scale_dependency(ctx) if recipe.seg_inference.crf else {})}),
         eval_stage(ctx, method, "final", f"{method}.predict", pred_dir, recipe.data.val_split),
     ]
 

@@ -3,7 +3,8 @@
 The algorithm is :mod:`wsss.attribution.rib`. Its other images come from ``data.train_split``
 (the reference takes targets and other images from the same list) and are drawn with the run's
 seed. Refinement values: RIB ``run_sample.py`` for VOC (``conf_fg_thres`` 0.35,
-``conf_bg_thres`` 0.17, power 1.3, ``sem_seg_bg_thres`` 0.27).
+``conf_bg_thres`` 0.17, power 1.3, ``sem_seg_bg_thres`` 0.27). The recipe's ``scale: image`` puts
+the learning rates and the margin in the classifier's own logit units (``docs/scale.md``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from wsss.attribution.rib import RibConfig
 from wsss.config import result_settings
 from wsss.methods.base import Context, Method, RefineDefaults, Stage, register
-from wsss.methods.chain import classifier_maps_stage, image_level_chain
+from wsss.methods.chain import classifier_maps_stage, image_level_chain, scale_dependency
 
 __all__ = ["RibMethod", "rib_maps_stage"]
 
@@ -26,10 +27,11 @@ def rib_maps_stage(ctx: Context, method: str = "rib") -> Stage:
         from wsss.attribution.rib import make_ribs
 
         make_ribs(model, dataset, out, config=recipe.rib, device=ctx.device, progress=recipe.runtime.progress,
-                  seed=recipe.runtime.seed, pool=ctx.dataset(recipe.data.train_split))
+                  seed=recipe.runtime.seed, pool=ctx.dataset(recipe.data.train_split), scale=recipe.scale)
 
     return classifier_maps_stage(ctx, method, make, {"pool": recipe.data.train_split,
-                                                     "rib": result_settings(recipe.rib), "seed": recipe.runtime.seed})
+                                                     "rib": result_settings(recipe.rib), "seed": recipe.runtime.seed,
+                                                     **scale_dependency(ctx)})
 
 
 @register

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from wsss.config import build, check_finite, recipe_path
+from wsss.config import ScaleMode, build, check_finite, recipe_path
 from wsss.errors import ConfigError, DataError, WsssError
 from wsss.io import ensure_writable_folder, read_json
 from wsss.methods import Context, DataConfig, RuntimeConfig, Stage, get_method, method_sections
@@ -36,6 +36,9 @@ class _RecipeHead:
     methods: tuple[str, ...] = ("cam",)
     until: str = "final"  # seeds | pseudo | final: how far each method goes
     fully_supervised: bool = True  # also train the network on ground truth (with until=final)
+    # reference: the references' values in pixels, grid cells and logits as they are (VOC's scale);
+    # image: relative to each image, equal to them at VOC's scale (wsss.config.SCALE_MODES, docs/scale.md)
+    scale: ScaleMode = "reference"
     data: DataConfig = field(default_factory=DataConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 

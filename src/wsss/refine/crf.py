@@ -21,7 +21,13 @@ each named after the code it comes from. Energies in the usual notation::
                                                                -|I_i - I_j|^2 / 2 bilateral_srgb^2) )
 
 (pydensecrf's ``compat`` is the Potts weight w; ``sxy``/``srgb`` the standard deviations theta.)
-No preset rescales ``sxy`` with the image size: IRN, DeepLab and BANA use fixed pixel units.
+No reference rescales ``sxy`` with the image size: IRN, DeepLab, BANA and BBAM use fixed pixel
+units, set for VOC's images (``CrfParams.reference_size``). With ``scale="image"`` both spatial
+widths follow the image instead: ``sxy * diagonal(H, W) / diagonal(reference_size)``
+(:meth:`CrfParams.for_image`), the literal values on a 500 x 375 image. ``srgb`` is in colour
+units and stays; so do the ``compat`` weights, since pydensecrf normalises each kernel
+(``NORMALIZE_SYMMETRIC``, its default), so a kernel's message is a weighted mean over however
+many pixels it spans rather than a sum that would shrink with them.
 
 Per-image CRF work is CPU-bound and single-threaded: stages run it in worker processes with
 :func:`wsss.runtime.run_per_image_parallel`.
@@ -33,14 +39,16 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from wsss.config import Settings
+from wsss.config import REFERENCE_IMAGE_SIZE, Settings, check_scale
 from wsss.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -67,6 +75,8 @@ class CrfParams(Settings):
         bilateral_sxy: spatial standard deviation (pixels) of the appearance kernel.
         bilateral_srgb: colour standard deviation (0..255 units) of the appearance kernel.
         bilateral_compat: weight of the appearance kernel.
+        reference_size: (H, W) of the images the two ``sxy`` were set for (the reference's:
+            VOC's 375 x 500 for every preset); :meth:`for_image` scales them from it.
     """
 
     option_name: ClassVar[str] = "CRF"
@@ -77,6 +87,7 @@ class CrfParams(Settings):
     bilateral_sxy: float = 50.0
     bilateral_srgb: float = 5.0
     bilateral_compat: float = 10.0
+    reference_size: tuple[int, int] = REFERENCE_IMAGE_SIZE
 
     def __post_init__(self) -> None:
         if int(self.iterations) != self.iterations or self.iterations < 0:
@@ -87,18 +98,40 @@ class CrfParams(Settings):
         for name in ("gaussian_compat", "bilateral_compat"):
             if not float(getattr(self, name)) >= 0:
                 raise ConfigError(f"CRF {name} must be non-negative, got {getattr(self, name)}")
+        if len(self.reference_size) != 2 or not all(int(size) >= 1 for size in self.reference_size):
+            raise ConfigError(f"CRF reference_size must be (H, W) >= 1, got {self.reference_size}")
+
+    def for_image(self, height: int, width: int, scale: str = "reference") -> "CrfParams":
+        """These parameters for an image of ``height`` x ``width`` pixels.
+
+        ``scale="reference"``: unchanged (fixed pixel widths). ``scale="image"``: both spatial
+        widths times ``sqrt(H^2 + W^2) / sqrt(H_ref^2 + W_ref^2)``, so that a kernel covers the
+        same share of the image as the reference's on its images (exactly the literal widths at
+        ``reference_size``); everything else unchanged.
+        """
+        if check_scale(scale) == "reference":
+            return self
+        ratio = math.hypot(height, width) / math.hypot(*self.reference_size)
+        return dataclasses.replace(self, gaussian_sxy=self.gaussian_sxy * ratio,
+                                   bilateral_sxy=self.bilateral_sxy * ratio)
 
 
 CRF_PRESETS: dict[str, CrfParams] = {
     # IRN misc/imutils.py crf_inference_label (a2ece00): t=10, addPairwiseGaussian(sxy=3, compat=3),
     # addPairwiseBilateral(sxy=50, srgb=5, compat=10); fixed pixel units, no image-scale factor.
+    # Run by step/cam_to_ir_label.py on each VOC image at its own size (reference_size: 375 x 500).
     "irn": CrfParams(10, 3.0, 3.0, 50.0, 5.0, 10.0),
     # DeepLab-v2 on VOC as in kazuto1011/deeplab-pytorch configs/voc12.yaml: ITER_MAX 10, POS_W 3,
-    # POS_XY_STD 1, BI_W 4, BI_XY_STD 67, BI_RGB_STD 3 (DeepLab-v1's LargeFOV used 121 / 5).
+    # POS_XY_STD 1, BI_W 4, BI_XY_STD 67, BI_RGB_STD 3 (DeepLab-v1's LargeFOV used 121 / 5); run on
+    # the VOC val image at its own size.
     "deeplab": CrfParams(10, 1.0, 3.0, 67.0, 3.0, 4.0),
-    # BANA configs/stage2.yml DCRF [bi_w 4, bi_xy 55, bi_rgb 3, pos_w 3, pos_xy 3], 10 iterations (Y_crf).
+    # BANA configs/stage2.yml DCRF [bi_w 4, bi_xy 55, bi_rgb 3, pos_w 3, pos_xy 3], 10 iterations (Y_crf);
+    # stage2.py runs it on the JPEG as read, at VOC's size.
     "bana": CrfParams(10, 3.0, 3.0, 55.0, 3.0, 4.0),
     # BBAM make_annotation/anno_utils.py get_top_CRF: pos_xy 1, pos_w 3, bi_xy 80, bi_rgb 3, bi_w 4, 10 it.
+    # Its detector sees images resized to a short side of 800, but the CRF does not: make_cocoann_
+    # topCRF_parallel.py reads the JPEG unresized and get_top_CRF resizes the mask to the XML's (w, h),
+    # so the CRF runs at VOC's own size too.
     "bbam": CrfParams(10, 1.0, 3.0, 80.0, 3.0, 4.0),
 }
 
@@ -150,6 +183,7 @@ def dense_crf(
     probs: np.ndarray,
     params: CrfParams | str = "irn",
     *,
+    scale: str = "reference",
     where: str | os.PathLike | None = None,
 ) -> np.ndarray:
     """Refine per-pixel class probabilities with a dense CRF.
@@ -159,6 +193,8 @@ def dense_crf(
         probs: (C, H, W) non-negative class scores (a softmax, or CAMs with a background
             channel); each pixel's scores are used up to scale.
         params: :class:`CrfParams` or a preset name from :data:`CRF_PRESETS`.
+        scale: ``"reference"``: the parameters' pixel widths as they are; ``"image"``: scaled to
+            this image (:meth:`CrfParams.for_image`).
         where: file named in errors (e.g. the map file the scores came from).
 
     Returns:
@@ -170,6 +206,7 @@ def dense_crf(
     """
     params = crf_params(params)
     image = _check_image(image, where)
+    params = params.for_image(*image.shape[:2], scale=scale)
     probs = np.asarray(probs)
     if probs.ndim != 3 or probs.shape[0] < 1:
         raise DataError(f"CRF probabilities must be (C, H, W), got shape {probs.shape}", where)
@@ -197,6 +234,7 @@ def crf_from_labels(
     params: CrfParams | str = "irn",
     gt_prob: float = 0.7,
     *,
+    scale: str = "reference",
     where: str | os.PathLike | None = None,
 ) -> np.ndarray:
     """Refine a hard label map with a dense CRF (IRN's ``crf_inference_label``).
@@ -211,6 +249,7 @@ def crf_from_labels(
         n_labels: number of labels.
         params: :class:`CrfParams` or a preset name (IRN: ``"irn"``).
         gt_prob: confidence in the given labels, in (0, 1) (IRN: 0.7).
+        scale: as in :func:`dense_crf`.
         where: file named in errors.
 
     Returns:
@@ -227,6 +266,7 @@ def crf_from_labels(
     if n_labels < 1:
         raise ConfigError(f"n_labels must be at least 1, got {n_labels}")
     image = _check_image(image, where)
+    params = params.for_image(*image.shape[:2], scale=scale)
     labels = np.asarray(labels)
     if labels.shape != image.shape[:2]:
         raise DataError(f"label map is {labels.shape} but the image is {image.shape[:2]}", where)

@@ -15,6 +15,10 @@ So a pixel is a confident foreground class where the foreground pass says so (wh
 background pass says), confident background where both passes say background, and ignored in
 between. The maps are used as stored (IRN raises them to no power here).
 
+``scale="image"`` scales the CRF's spatial widths to each image (the preset's widths times the
+image's diagonal over VOC's 625 px, :meth:`~wsss.refine.crf.CrfParams.for_image`);
+``"reference"`` (the default) keeps IRN's pixel widths at every size.
+
 Each method's threshold pair (with its source) is its ``refine`` in :mod:`wsss.methods`.
 
 Example:
@@ -33,6 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from wsss.config import check_scale
 from wsss.errors import ConfigError, DataError
 from wsss.io import IGNORE_INDEX
 from wsss.refine.crf import CrfParams, crf_from_labels, crf_params
@@ -98,7 +103,8 @@ def _check_maps(maps: LocalizationMaps, image: np.ndarray, num_classes: int | No
 
 def _crf_pass(image: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, threshold: float,
               params: CrfParams, gt_prob: float, where: str | os.PathLike | None) -> np.ndarray:
-    """Argmax over [threshold, maps...], label CRF, then channel index -> class id."""
+    """Argmax over [threshold, maps...], label CRF (``params`` already sized for the image),
+    then channel index -> class id."""
     background = np.full((1, *scores.shape[1:]), threshold, dtype=scores.dtype)
     seeds = np.concatenate([background, scores], axis=0).argmax(axis=0)  # ties -> background
     refined = crf_from_labels(image, seeds, len(class_ids), params, gt_prob, where=where)
@@ -113,6 +119,7 @@ def make_ir_label(
     crf: CrfParams | str = "irn",
     *,
     gt_prob: float = GT_PROB,
+    scale: str = "reference",
     num_classes: int | None = None,
     where: str | os.PathLike | None = None,
 ) -> np.ndarray:
@@ -125,6 +132,7 @@ def make_ir_label(
         bg_threshold: background score of the background pass (IRN 0.05).
         crf: CRF parameters or preset name (IRN: ``"irn"``).
         gt_prob: confidence of the label unary (IRN 0.7).
+        scale: ``"reference"``: the CRF's pixel widths as given; ``"image"``: scaled to this image.
         num_classes: K + 1 of the dataset; keys must lie in 1..K.
         where: the map file, named in errors.
 
@@ -142,6 +150,7 @@ def make_ir_label(
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise DataError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}", where)
     _check_maps(maps, image, num_classes, where)
+    params = params.for_image(*image.shape[:2], scale=scale)
     scores = np.asarray(maps.high_res, dtype=np.float32)
     class_ids = np.concatenate([[0], maps.keys]).astype(np.int64)
     fg_labels = _crf_pass(image, scores, class_ids, fg, params, gt_prob, where)
@@ -160,6 +169,7 @@ class _IrLabelWork:
     bg_threshold: float
     crf: CrfParams
     gt_prob: float
+    scale: str
     num_classes: int | None
 
     def is_done(self, image_id: str) -> bool:
@@ -168,7 +178,7 @@ class _IrLabelWork:
     def __call__(self, image_id: str) -> None:
         label = make_ir_label(
             self.dataset.load_image(image_id), self.maps.load(image_id), self.fg_threshold,
-            self.bg_threshold, self.crf, gt_prob=self.gt_prob, num_classes=self.num_classes,
+            self.bg_threshold, self.crf, gt_prob=self.gt_prob, scale=self.scale, num_classes=self.num_classes,
             where=self.maps.path(image_id),
         )
         self.out.save(image_id, label)
@@ -183,6 +193,7 @@ def make_ir_labels(
     bg_threshold: float,
     crf: CrfParams | str = "irn",
     gt_prob: float = GT_PROB,
+    scale: str = "reference",
     workers: int = 0,
     ids: Sequence[str] | None = None,
     dist: DistInfo | None = None,
@@ -198,7 +209,7 @@ def make_ir_labels(
         maps_dir: a :class:`~wsss.stores.maps.MapStore` folder holding maps for every id.
         out_dir: where the PNGs go (a :class:`~wsss.stores.masks.MaskStore`).
         fg_threshold, bg_threshold: see :func:`make_ir_label`.
-        crf, gt_prob: see :func:`make_ir_label`.
+        crf, gt_prob, scale: see :func:`make_ir_label`.
         workers: worker processes for the CRF.
         ids: a subset of ``dataset.ids``.
         dist: this process's rank (default: from the environment).
@@ -219,10 +230,11 @@ def make_ir_labels(
     palette = getattr(dataset, "palette", None)
     work = _IrLabelWork(
         dataset=dataset, maps=MapStore(maps_dir), out=MaskStore(out_dir, palette), fg_threshold=fg,
-        bg_threshold=bg, crf=crf_params(crf), gt_prob=float(gt_prob),
+        bg_threshold=bg, crf=crf_params(crf), gt_prob=float(gt_prob), scale=check_scale(scale),
         num_classes=None if num_classes is None else int(num_classes),
     )
     ids = list(dataset.ids if ids is None else ids)
-    log.info("IR labels for %d images (fg %.3g, bg %.3g) -> %s", len(ids), fg, bg, out_dir)
+    log.info("IR labels for %d images (fg %.3g, bg %.3g, CRF widths at %s scale) -> %s", len(ids), fg, bg,
+             scale, out_dir)
     return run_per_image_parallel(ids, work, work.is_done, workers=workers, desc="ir labels",
                                   dist=dist, progress=progress)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
+from wsss.config import check_scale
 from wsss.errors import ConfigError, DataError
 from wsss.io import image_size
 from wsss.refine.random_walk import BETA, BG_THRESHOLD, EXP_TIMES, RADIUS, propagate_to_labels
@@ -31,6 +32,7 @@ def make_pseudo_masks(
     beta: float = BETA,
     exp_times: int = EXP_TIMES,
     radius: int = RADIUS,
+    scale: str = "reference",
     device: Any = "cpu",
     ids: Sequence[str] | None = None,
     dist: DistInfo | None = None,
@@ -39,11 +41,13 @@ def make_pseudo_masks(
     """Write a pseudo mask for every image of ``dataset``; return how many were written now.
 
     ``cam_power`` (1.0 IRN, 1.3 RIB, 1.5 AdvCAM), ``bg_threshold`` (IRN's ``sem_seg_bg_thres``),
-    ``beta``, ``exp_times`` and ``radius`` are those of
-    :func:`wsss.refine.random_walk.propagate_to_labels`. Errors name the file: maps or boundary
+    ``beta``, ``exp_times``, ``radius`` and ``scale`` (``"image"``: steps in proportion to each
+    image's stride-4 grid) are those of :func:`wsss.refine.random_walk.propagate_to_labels`.
+    Errors name the file: maps or boundary
     map missing, maps of another size than the image, maps of classes the image is not labelled
     with (a map file for another image), NaN.
     """
+    check_scale(scale)
     if cam_power <= 0 or not 0 <= bg_threshold <= 1:
         raise ConfigError(f"cam_power must be positive and bg_threshold in [0, 1], got {cam_power}, {bg_threshold}")
     store, edges = MapStore(maps_dir), EdgeStore(edge_dir)
@@ -69,7 +73,7 @@ def make_pseudo_masks(
         edge, _ = edges.load(image_id)
         label = propagate_to_labels(
             maps.strided.astype("float32"), maps.keys, edge, (height, width), cam_power=cam_power,
-            bg_threshold=bg_threshold, beta=beta, exp_times=exp_times, radius=radius, device=device,
+            bg_threshold=bg_threshold, beta=beta, exp_times=exp_times, radius=radius, scale=scale, device=device,
             where=edges.path(image_id),
         )
         out.save(image_id, label)

@@ -17,6 +17,19 @@ and applies it ``t`` times to the maps instead -- ``v T^t = (((v T) T) ... T)`` 
 no matrix product of T with itself (a sparse T^2 would already have 4x the non-zeros) and costs
 ``t * C * N * (2 D + 1)`` operations: memory O(N D), and about 1e9 operations for 500x375.
 :func:`random_walk_dense` is the reference's formulation, kept for tests and benchmarks.
+
+Steps that follow the image (``scale="image"``, see ``docs/scale.md``): IRN's 256 steps are set
+for VOC's stride-4 grid of about 94 x 125 cells. A walk of radius-r moves spreads over a
+distance of about ``r sqrt(t)`` cells after t steps, so keeping that distance in proportion to
+the grid's side means t in proportion to the grid's area: :func:`walk_steps` gives
+``round(2 ** exp_times * h * w / (94 * 125))`` (at least 1), exactly 256 on VOC's grid. Since
+the sparse walk applies T one step at a time, any integer count is exact; the reference's
+repeated squaring is the special case of a power of two (:func:`random_walk_dense` takes any
+count through ``matrix_power``). The radius stays 5 cells: it is the length of one move, an
+integer that cannot shrink with the grid without becoming another operator (radius 2, the
+smallest, has 4 directions and radius 3 has 12, against 34 at 5), and the boundary branch is trained on pairs up to radius 10, so a
+walk radius larger than that would use affinities it never learned; the number of steps carries
+the scale.
 """
 
 from __future__ import annotations
@@ -28,8 +41,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsss.config import REFERENCE_IMAGE_SIZE, check_scale
 from wsss.errors import DataError
 from wsss.models.path_index import PathIndex, max_along_paths, pair_indices
+from wsss.stores.maps import strided_size
 
 # Defaults of IRN's make_sem_seg_labels: beta 10, exp_times 8 (256 steps), radius 5 at inference.
 BETA = 10.0
@@ -37,15 +52,40 @@ EXP_TIMES = 8
 RADIUS = 5
 # IRN's sem_seg_bg_thres.
 BG_THRESHOLD = 0.25
+# The stride-4 grid of the reference's image (VOC 375 x 500): 94 x 125 = 11,750 cells.
+REFERENCE_GRID = strided_size(*REFERENCE_IMAGE_SIZE)
 
 
-def _check_inputs(maps: torch.Tensor, edge: torch.Tensor, exp_times: int) -> None:
+def walk_steps(exp_times: int, grid_size: tuple[int, int], scale: str = "reference") -> int:
+    """How many steps the walk takes on a stride-4 grid of ``grid_size`` (h, w) cells.
+
+    ``scale="reference"``: ``2 ** exp_times`` (IRN: 256) at every size. ``scale="image"``:
+    ``2 ** exp_times`` times the grid's area over the reference grid's (94 x 125), rounded to
+    the nearest integer (half to even), at least 1: 256 on VOC's grid, 22 on a 32 x 32 one.
+    """
+    check_scale(scale)
+    if int(exp_times) != exp_times or exp_times < 0:
+        raise ValueError(f"exp_times must be an integer >= 0, got {exp_times!r}")
+    steps = 2 ** int(exp_times)
+    if scale == "reference":
+        return steps
+    height, width = (int(size) for size in grid_size)
+    return max(1, round(steps * height * width / (REFERENCE_GRID[0] * REFERENCE_GRID[1])))
+
+
+def _check_inputs(maps: torch.Tensor, edge: torch.Tensor, exp_times: int, steps: int | None) -> int:
+    """The number of steps (``steps``, else ``2 ** exp_times``) after checking the inputs."""
     if maps.dim() != 3:
         raise ValueError(f"maps must be (C, h, w), got shape {tuple(maps.shape)}")
     if edge.shape != maps.shape[1:]:
         raise ValueError(f"edge must be (h, w) = {tuple(maps.shape[1:])}, got {tuple(edge.shape)}")
     if int(exp_times) != exp_times or exp_times < 0:
         raise ValueError(f"exp_times must be an integer >= 0, got {exp_times!r}")
+    if steps is None:
+        return 2 ** int(exp_times)
+    if int(steps) != steps or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    return int(steps)
 
 
 def _sparse_transition(edge: torch.Tensor, beta: float, radius: int) -> torch.Tensor:
@@ -103,12 +143,12 @@ def _sparse_transition(edge: torch.Tensor, beta: float, radius: int) -> torch.Te
 
 
 def random_walk(maps: torch.Tensor, edge: torch.Tensor, *, beta: float = BETA,
-                exp_times: int = EXP_TIMES, radius: int = RADIUS) -> torch.Tensor:
+                exp_times: int = EXP_TIMES, radius: int = RADIUS, steps: int | None = None) -> torch.Tensor:
     """IRN's random walk with a sparse transition matrix: same result as the dense reference.
 
     Runs on the device of ``maps``, in float64 (float32 on MPS), and returns the dtype of
     ``maps``; memory is O(N (2 D + 1)) for N = h * w pixels and D offsets (34 at radius 5). The
-    ``2 ** exp_times`` steps are sparse matrix products with the (N, C) maps, each a weighted
+    steps are sparse matrix products with the (N, C) maps, each a weighted
     average of a pixel's neighbours.
 
     Args:
@@ -118,11 +158,13 @@ def random_walk(maps: torch.Tensor, edge: torch.Tensor, *, beta: float = BETA,
         beta: exponent of the affinities (IRN: 10).
         exp_times: the walk takes ``2 ** exp_times`` steps (IRN: 8, i.e. 256).
         radius: affinity radius in stride-4 pixels (IRN: 5 at inference).
+        steps: the number of steps, any integer >= 0, instead of ``2 ** exp_times``
+            (see :func:`walk_steps`).
 
     Returns:
-        (C, h, w) propagated maps, ``(maps * (1 - edge)) T^(2 ** exp_times)``.
+        (C, h, w) propagated maps, ``(maps * (1 - edge)) T^steps``.
     """
-    _check_inputs(maps, edge, exp_times)
+    steps = _check_inputs(maps, edge, exp_times, steps)
     channels, height, width = maps.shape
     # 256 float32 steps accumulate ~3e-5 of rounding (as much as the reference's own float32
     # error); float64 costs no measurable time here, as the products are bound by index reads.
@@ -130,24 +172,26 @@ def random_walk(maps: torch.Tensor, edge: torch.Tensor, *, beta: float = BETA,
     edge = edge.to(precise)
     transition = _sparse_transition(edge, beta, radius)
     state = (maps.to(precise) * (1.0 - edge)).reshape(channels, height * width).t().contiguous()
-    for _ in range(2 ** int(exp_times)):
+    for _ in range(steps):
         state = transition @ state
     return state.t().reshape(channels, height, width).to(maps.dtype)
 
 
 def random_walk_dense(maps: torch.Tensor, edge: torch.Tensor, *, beta: float = BETA,
-                      exp_times: int = EXP_TIMES, radius: int = RADIUS) -> torch.Tensor:
+                      exp_times: int = EXP_TIMES, radius: int = RADIUS, steps: int | None = None
+                      ) -> torch.Tensor:
     """The reference's dense formulation (IRN ``propagate_to_edge``): the test oracle.
 
     Pads the boundary map with 1 by ``radius`` on the left, right and bottom, writes the pair
     affinities, their transpose and the identity into a dense matrix over the padded grid, crops
     it to the image's pixels, raises it to ``beta``, divides every column by its sum and squares
     it ``exp_times`` times, in the dtype of ``maps`` (IRN: float32). Memory O(N^2), time
-    O(exp_times N^3): small images only.
+    O(exp_times N^3): small images only. Given ``steps``, the matrix is raised to that power by
+    ``torch.linalg.matrix_power`` instead (any integer, not only a power of two).
 
     Args and returns: as :func:`random_walk`.
     """
-    _check_inputs(maps, edge, exp_times)
+    walk_length = _check_inputs(maps, edge, exp_times, steps)
     channels, height, width = maps.shape
     edge = edge.to(maps.dtype)
     index = PathIndex(radius)
@@ -168,8 +212,11 @@ def random_walk_dense(maps: torch.Tensor, edge: torch.Tensor, *, beta: float = B
     transition = dense ** beta
     del dense
     transition = transition / transition.sum(dim=0, keepdim=True)
-    for _ in range(int(exp_times)):
-        transition = transition @ transition
+    if steps is None:
+        for _ in range(int(exp_times)):
+            transition = transition @ transition
+    else:
+        transition = torch.linalg.matrix_power(transition, walk_length)
     state = (maps * (1.0 - edge)).reshape(channels, height * width)
     return (state @ transition).reshape(channels, height, width)
 
@@ -178,7 +225,7 @@ def propagate_to_labels(strided: np.ndarray, keys: np.ndarray, edge: np.ndarray,
                         image_size: tuple[int, int], *, cam_power: float = 1.0,
                         bg_threshold: float = BG_THRESHOLD, beta: float = BETA,
                         exp_times: int = EXP_TIMES, radius: int = RADIUS,
-                        device: torch.device | str = "cpu",
+                        scale: str = "reference", device: torch.device | str = "cpu",
                         where: str | Path | None = None) -> np.ndarray:
     """One image's pseudo label from its stride-4 maps and boundary map (IRN make_sem_seg_labels).
 
@@ -194,6 +241,8 @@ def propagate_to_labels(strided: np.ndarray, keys: np.ndarray, edge: np.ndarray,
         edge: (h, w) boundary map in [0, 1].
         image_size: (H, W) of the image.
         cam_power, bg_threshold, beta, exp_times, radius: as above and in :func:`random_walk`.
+        scale: ``"reference"``: ``2 ** exp_times`` steps; ``"image"``: in proportion to this
+            image's stride-4 grid (:func:`walk_steps`).
         device: where the walk runs.
         where: file named in error messages (the maps' path, say).
 
@@ -217,7 +266,8 @@ def propagate_to_labels(strided: np.ndarray, keys: np.ndarray, edge: np.ndarray,
     if cam_power != 1.0:
         maps = maps ** cam_power
     boundary = torch.from_numpy(edge.astype(np.float32)).to(device)
-    walked = random_walk(maps, boundary, beta=beta, exp_times=exp_times, radius=radius)
+    steps = walk_steps(exp_times, strided.shape[1:], scale)
+    walked = random_walk(maps, boundary, beta=beta, radius=radius, steps=steps)
 
     upsampled = F.interpolate(walked[None], scale_factor=4, mode="bilinear", align_corners=False)
     upsampled = upsampled[0, :, :height, :width]

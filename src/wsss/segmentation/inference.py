@@ -11,7 +11,8 @@ flipped back, and all of them merged per pixel and class:
 The probabilities are the softmax of the merged logits (for a cosine classifier the logits
 already carry tau, so this is BANA's ``softmax(20 * cos)``); an optional dense CRF
 (:func:`wsss.refine.crf.dense_crf`, e.g. ``crf="deeplab"``) refines them, and the label map is
-their argmax.
+their argmax. ``crf_scale="image"`` sizes the CRF's spatial widths to each image (the preset's
+widths times the image's diagonal over VOC's 625 px); ``"reference"`` keeps them in pixels.
 
 Example:
     >>> model.eval()
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.config import check_scale
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, scaled_size, to_chw_tensor
 from wsss.errors import ConfigError
 from wsss.io import voc_palette
@@ -138,6 +140,7 @@ def predict_probs(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     crf: str | None = None,
+    crf_scale: str = "reference",
     where: str | os.PathLike | None = None,
 ) -> np.ndarray:
     """Class probabilities ``float32`` (C, H, W): softmax of :func:`predict_logits`, optionally CRF-refined.
@@ -145,6 +148,7 @@ def predict_probs(
     Args:
         crf: a dense-CRF preset of :mod:`wsss.refine.crf` (``"deeplab"``: kazuto1011's VOC
             settings; ``"bana"``...), or ``None`` for no CRF.
+        crf_scale: ``"reference"``: the preset's pixel widths; ``"image"``: scaled to the image.
         where: file named in CRF errors.
         Others: see :func:`predict_logits`.
     """
@@ -157,7 +161,8 @@ def predict_probs(
         from wsss.refine.crf import dense_crf
     except ImportError as exc:
         raise ConfigError(f"crf={crf!r} needs wsss.refine.crf, which cannot be imported ({exc})") from None
-    return np.asarray(dense_crf(np.asarray(image), probs, params=crf, where=where), dtype=np.float32)
+    return np.asarray(dense_crf(np.asarray(image), probs, params=crf, scale=crf_scale, where=where),
+                      dtype=np.float32)
 
 
 def predict(
@@ -171,6 +176,7 @@ def predict(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     crf: str | None = None,
+    crf_scale: str = "reference",
     where: str | os.PathLike | None = None,
 ) -> np.ndarray:
     """Label map ``uint8`` (H, W): the argmax of :func:`predict_probs` (same arguments)."""
@@ -181,7 +187,7 @@ def predict(
         num_classes = logits.shape[0]
     else:
         probs = predict_probs(model, image, device=device, scales=scales, flip=flip, merge=merge,
-                              mean=mean, std=std, crf=crf, where=where)
+                              mean=mean, std=std, crf=crf, crf_scale=crf_scale, where=where)
         labels = probs.argmax(axis=0)
         num_classes = probs.shape[0]
     if num_classes > 255:
@@ -201,6 +207,7 @@ def predict_dataset(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     crf: str | None = None,
+    crf_scale: str = "reference",
     ids: Sequence[str] | None = None,
     palette: Sequence[int] | None = None,
     dist: DistInfo | None = None,
@@ -225,6 +232,7 @@ def predict_dataset(
     Returns:
         How many images were processed in this call.
     """
+    check_scale(crf_scale)
     ids = list(dataset.ids if ids is None else ids)
     palette = list(palette if palette is not None else getattr(dataset, "palette", None) or voc_palette())
     out = MaskStore(out_dir, palette)
@@ -239,7 +247,7 @@ def predict_dataset(
     def work(image_id: str) -> None:
         where = dataset.image_path(image_id) if hasattr(dataset, "image_path") else image_id
         labels = predict(model, dataset.load_image(image_id), device=device, scales=scales, flip=flip,
-                         merge=merge, mean=mean, std=std, crf=crf, where=where)
+                         merge=merge, mean=mean, std=std, crf=crf, crf_scale=crf_scale, where=where)
         out.save(image_id, labels)
 
     with eval_mode(model):
