@@ -199,6 +199,33 @@ def test_train_bap_a_few_steps_on_a_tiny_dataset(tmp_path):
     assert loaded.classes == ["background", "a", "b", "c"]
 
 
+def test_train_bap_killed_and_resumed_equals_an_uninterrupted_run(tmp_path):
+    from helpers import make_voc
+
+    from wsss.data.voc import VOCDataset
+    from wsss.training.bana import BapConfig, train_bap
+
+    fixture = make_voc(tmp_path / "voc", classes=["background", "a", "b", "c"], size=(24, 32))
+    dataset = VOCDataset(fixture.root, split="train")
+    config = BapConfig(backbone="resnet18_w16", batch_size=2, steps=4, milestones=(3,), lr=0.01, box_samples=4,
+                       checkpoint_every=1)
+    straight = train_bap(dataset, config, checkpoint_dir=tmp_path / "straight")
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_3(iteration: int, loss: float) -> None:
+        if iteration == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_bap(dataset, config, checkpoint_dir=tmp_path / "run", callback=kill_at_3)
+    resumed = train_bap(dataset, config, checkpoint_dir=tmp_path / "run")
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+
+
 # ----------------------------------------------------------------------------------- stage 2
 def _stage2_case():
     """24 x 24: background features outside the box [4, 20) x [4, 20) of class 1; inside, the

@@ -33,9 +33,9 @@ Where this departs from the reference, on purpose:
   drop a column for odd extents. Here every box is sampled on the same ``box_samples`` x
   ``box_samples`` grid of bin centres with one ``torchvision.ops.roi_align`` call (one sample per
   bin, ``aligned=True``: input pixel edge ``x`` is feature coordinate ``x / s - 0.5``), and each
-  of the 2 x 2 cells is exactly a quarter of the grid. Default 16 points a side (ours: at least
-  the feature extent of a box as wide as a 321-px VOC crop at stride 8, 41 cells, would need 41;
-  16 covers the typical box and keeps the cost fixed).
+  of the 2 x 2 cells is exactly a quarter of the grid. Default 16 points a side (ours): a box up
+  to 16 feature cells wide (128 px at stride 8) is sampled at least as densely as the reference
+  samples it; a wider one (a 321-px VOC crop is 41 cells) more sparsely, at a fixed cost.
 * **Coordinates.** The reference normalises boxes with ``(W - 1) / 2`` and samples with
   ``grid_sample``'s default corners; at 321 px and stride 8 its scale is exactly ``1 / 8``, the
   ``1 / s`` used here.
