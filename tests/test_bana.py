@@ -307,3 +307,27 @@ def test_bana_labels_from_a_network_runs_on_the_uint8_image():
     assert 0.0 <= labels.disagreement <= 1.0
     with pytest.raises(DataError, match="uint8"):
         bana_labels(net, image.astype(np.float32), boxes, np.array([1, 2]))
+
+
+def test_make_bana_labels_writes_both_folders_and_resumes(tmp_path):
+    from helpers import make_voc
+
+    from wsss.data.voc import VOCDataset
+    from wsss.refine.bana_labels import make_bana_labels
+    from wsss.stores.masks import MaskStore
+
+    fixture = make_voc(tmp_path / "voc", classes=["background", "a", "b", "c"], size=(24, 32))
+    dataset = VOCDataset(fixture.root, split="train")
+    torch.manual_seed(0)
+    net = BapNet("resnet18_w16", num_classes=4, box_samples=4)
+    crf_dir, ret_dir = tmp_path / "Y_crf", tmp_path / "Y_ret"
+    first = make_bana_labels(net, dataset, crf_dir, ret_dir, ids=dataset.ids[:2])
+    assert first["images"] == 2 and 0.0 <= first["disagreement"] <= 1.0
+    again = make_bana_labels(net, dataset, crf_dir, ret_dir)  # a rerun resumes, no error
+    assert again["images"] == len(dataset.ids) - 2 and again["total"] == len(dataset.ids)
+    store = MaskStore(crf_dir)
+    for image_id in dataset.ids:
+        labels = store.load(image_id, image_size=fixture.sizes[image_id], num_classes=4)
+        boxes, classes = dataset.boxes(image_id)
+        masks = box_masks(torch.from_numpy(boxes), *labels.shape).numpy()
+        assert (labels[~masks.any(axis=0)] == 0).all()

@@ -34,6 +34,10 @@ Where this departs from the reference:
   reference lets the later box overwrite the earlier).
 * Features are upsampled bilinearly with ``align_corners=False`` (the reference: ``True``), the
   convention that matches stage 1's ``roi_align(aligned=True)`` box coordinates.
+* :func:`make_bana_labels` writes ``Y_crf`` and ``Y_ret`` through :class:`wsss.stores.masks.MaskStore`
+  into the two folders it is given (the reference writes ``Y_crf``/``Y_ret`` but its stage 3
+  reads ``Ycrf``/``Yret``), skips images whose two maps exist, so a rerun resumes instead of
+  failing on ``os.mkdir``.
 * An image whose boxes cover it entirely has no background prototype: A = 0 inside the boxes (the
   reference divides by 1e-12, giving a zero prototype and the same A = 0).
 
@@ -58,6 +62,8 @@ from wsss.errors import DataError
 from wsss.io import IGNORE_INDEX
 from wsss.models.bap_net import BapNet, box_masks, check_boxes
 from wsss.refine.crf import CrfParams, dense_crf
+from wsss.runtime import run_per_image
+from wsss.stores.masks import MaskStore
 
 __all__ = [
     "BG_THRESHOLD",
@@ -66,6 +72,7 @@ __all__ = [
     "bana_labels_from_features",
     "bana_unary",
     "label_disagreement",
+    "make_bana_labels",
     "reliable_labels",
     "retrieval_labels",
 ]
@@ -289,3 +296,48 @@ def bana_labels(
         model.train(was_training)
     return bana_labels_from_features(features, model.weight.detach(), image, boxes, classes,
                                      bg_threshold=bg_threshold, crf=crf, scale=scale, where=where)
+
+
+def make_bana_labels(
+    model: BapNet,
+    dataset,
+    crf_dir: str | os.PathLike,
+    ret_dir: str | os.PathLike,
+    *,
+    ids: Sequence[str] | None = None,
+    device: torch.device | str = "cpu",
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    bg_threshold: float = BG_THRESHOLD,
+    crf: CrfParams | str = CRF_PRESET,
+    scale: str = "reference",
+    progress: bool = False,
+) -> dict[str, float]:
+    """Y_crf and Y_ret of every image of ``dataset`` (``ids``, ``load_image``, ``boxes``, ``palette``),
+    resumable: an image whose two maps exist is skipped.
+
+    Returns:
+        ``{"images": computed now, "total": len(ids), "disagreement": share of all pixels of the
+        stored maps where Y_crf != Y_ret}``.
+    """
+    ids = list(dataset.ids if ids is None else ids)
+    palette = getattr(dataset, "palette", None)
+    crf_store, ret_store = MaskStore(crf_dir, palette), MaskStore(ret_dir, palette)
+
+    def work(image_id: str) -> None:
+        image = dataset.load_image(image_id)
+        boxes, classes = dataset.boxes(image_id)
+        labels = bana_labels(model, image, boxes, classes, device=device, mean=mean, std=std,
+                             bg_threshold=bg_threshold, crf=crf, scale=scale, where=image_id)
+        ret_store.save(image_id, labels.y_ret)
+        crf_store.save(image_id, labels.y_crf)
+
+    done = run_per_image(ids, work, lambda i: crf_store.has(i) and ret_store.has(i), desc="bana labels",
+                         progress=progress)
+    differ = pixels = 0
+    for image_id in ids:
+        if crf_store.has(image_id) and ret_store.has(image_id):
+            y_crf, y_ret = crf_store.load(image_id), ret_store.load(image_id)
+            differ += int((y_crf != y_ret).sum())
+            pixels += y_crf.size
+    return {"images": done, "total": len(ids), "disagreement": differ / pixels if pixels else 0.0}
