@@ -155,6 +155,17 @@ def test_bap_net_forward_loss_and_gradients_match_the_loop():
     assert torch.allclose(grads[0][2], grads[1][2], atol=1e-4, rtol=1e-3)
 
 
+def test_bap_net_on_banas_vgg16_stage1_backbone():
+    net = BapNet("vgg16_largefov", num_classes=3, box_samples=4).eval()
+    assert net.output_stride == 8 and net.weight.shape == (3, 1024)
+    assert net.backbone.fc6.dilation == (1, 1)  # BANA stage 1: VGG16(dilation=1)
+    with torch.no_grad():
+        out = net(torch.randn(1, 3, 32, 32), torch.tensor([[4.0, 4.0, 20.0, 24.0]]), torch.tensor([0]))
+    assert out.fg_logits.shape == (4, 3) and bool(out.uses_bap[0])
+    groups = net.parameter_groups()
+    assert [g["lr_mult"] for g in groups] == [1.0, 2.0, 10.0] and groups[1]["weight_decay_mult"] == 0.0
+
+
 def test_bap_loss_targets_box_classes_and_background_cells():
     torch.manual_seed(1)
     net = BapNet("resnet18_w16", num_classes=3, box_samples=4).eval()
