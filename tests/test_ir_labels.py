@@ -67,7 +67,8 @@ def test_threshold_rule_matches_a_direct_computation() -> None:
     high_res[1, 0, :5] = 0.35  # exactly at the foreground threshold: a tie goes to background
     high_res[[0, 2], 0, :5] = 0.0
     # the methods' reference pairs (IRN, AdvCAM, RIB, W-OoD)
-    for fg, bg in sorted({(m.refine.fg_threshold, m.refine.bg_threshold) for m in map(get_method, registered_methods())}):
+    for fg, bg in sorted({(m.refine.fg_threshold, m.refine.bg_threshold) for m in map(get_method, registered_methods())
+                           if m.refine is not None}):
         label = make_ir_label(image, maps_of(high_res, [1, 4, 7]), fg, bg, SILENT_CRF)
         np.testing.assert_array_equal(label, direct_ir_label(high_res, [1, 4, 7], fg, bg))
     label = make_ir_label(image, maps_of(high_res, [1, 4, 7]), 0.35, 0.15, SILENT_CRF)

@@ -124,12 +124,14 @@ class Context:
     The work directory's layout (``<workdir>/...``)::
 
         classifier.pt                 the CAM classifier (shared by the image-level methods)
-        <name>.pt                     other classifiers a method trains (W-OoD: classifier_wood.pt)
+        <name>.pt                     other classifiers a method trains (W-OoD: classifier_wood.pt,
+                                      BANA: bap_net.pt, its training checkpoints in bap_net/)
         maps/<method>/<id>.npz        localization maps (the map store)        -> seeds
         ir_labels/<method>/<id>.png   confident fg / bg / 255 (two CRF passes)
         irn/<method>.pt               IRN (boundary + displacement), trained on them
         edges/<method>/<id>.npz       boundary maps at stride 4
         pseudo/<method>/<id>.png      random-walk pseudo masks                  -> pseudo
+                                      (boxes: filled boxes; bana: Y_crf, and Y_ret in pseudo/bana_ret/)
         seg/<method>/model.pt         DeepLab trained on the pseudo masks (and checkpoints)
         predictions/<method>/<id>.png its predictions on the val split         -> final
         eval/<method>_{seed,pseudo,final}.json

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from wsss.config import check_ranges, result_settings
 from wsss.errors import ConfigError
@@ -266,16 +266,26 @@ def _pseudo_stage(ctx: Context, method: str, defaults: RefineDefaults) -> Stage:
                  depends_on={"cam_power": power, "bg": bg, "walk": walk, **scale_dependency(ctx)})
 
 
-def seg_stages(ctx: Context, method: str, masks: Path | None, needs: tuple[str, ...]) -> list[Stage]:
-    """Train the segmentation network on ``masks`` (None: ground truth), predict val, score it."""
+def seg_stages(ctx: Context, method: str, masks: Path | Mapping[str, Path] | None, needs: tuple[str, ...],
+               config: SegTrainConfig | None = None) -> list[Stage]:
+    """Train the segmentation network on ``masks``, predict val, score it.
+
+    ``masks``: one folder of label PNGs, ``None`` for the ground truth, or several targets by
+    name (``{"target": <Y_crf folder>, "target_ret": <Y_ret folder>}``, BANA) for a loss that
+    reads them. ``config``: the training settings, default the recipe's ``segmentation``
+    section (a method that changes its loss or classifier passes its own copy of it); the
+    stage's fingerprint is the settings it trains with.
+    """
     recipe = ctx.recipe
     seg_dir, pred_dir = ctx.seg_dir(method), ctx.prediction_dir(method)
     train_set = recipe.data.seed_split
+    settings = recipe.segmentation if config is None else config
+    targets = dict(masks) if isinstance(masks, Mapping) else masks
 
     def train() -> None:
         from wsss.segmentation.train import train_segmentation
 
-        train_segmentation(ctx.dataset(train_set), masks, recipe.segmentation, device=ctx.device,
+        train_segmentation(ctx.dataset(train_set), targets, settings, device=ctx.device,
                            out_dir=seg_dir, progress=recipe.runtime.progress)
 
     def predict() -> None:
@@ -293,7 +303,7 @@ def seg_stages(ctx: Context, method: str, masks: Path | None, needs: tuple[str, 
     return [
         # every rank trains (DDP under torchrun)
         Stage(f"{method}.seg", run=train, clear=remover(seg_dir), needs=needs,
-              depends_on={"train": train_set, "segmentation": result_settings(recipe.segmentation)}),
+              depends_on={"train": train_set, "segmentation": result_settings(settings)}),
         Stage(f"{method}.predict", run=predict, clear=remover(pred_dir), needs=(f"{method}.seg",),
               depends_on={"val": recipe.data.val_split, "inference": recipe.seg_inference,
                           **(scale_dependency(ctx) if recipe.seg_inference.crf else {})}),
