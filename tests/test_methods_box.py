@@ -197,3 +197,21 @@ def test_run_boxes_and_bana_end_to_end_on_a_tiny_generated_set(tmp_path: Path) -
     print("tiny set:", {f"{m} {w}": round(v, 1) for (m, w), v in scores.items()},
           f"disagreement {summary['disagreement']:.3f}")
     assert main(args) == 0  # a rerun finds every stage done
+
+
+def test_the_demo_gives_the_box_methods_rows_without_seeds(tmp_path: Path) -> None:
+    from wsss.data.synth import SynthConfig, generate
+    from wsss.pipeline.demo import run_demo
+
+    root = tmp_path / "data"
+    generate(root, SynthConfig(seed=3, train=24, val=8, ood=4, size=64, classes=3))
+    overrides = [BOTH, "fully_supervised=false", "runtime.device=cpu", "runtime.progress=false", "bana.steps=3",
+                 "bana.milestones=[2]", "segmentation.epochs=1", "segmentation.scale_range=null",
+                 "seg_inference.scales=[1.0]", "seg_inference.flip=false"]
+    results = run_demo(tmp_path / "demo", data=str(root), overrides=overrides, seed_images=0)
+    for method in ("boxes", "bana"):
+        row = results["methods"][method]
+        assert row["seed_miou"] is None and row["pseudo_miou"] is not None and row["final_miou"] is not None
+    text = (tmp_path / "demo" / "results.txt").read_text()
+    assert "Pseudo masks (boxes, bana: their own)" in text and "Seeds on" not in text
+    assert not (tmp_path / "demo" / "seed_sweep.png").exists()

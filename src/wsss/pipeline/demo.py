@@ -2,6 +2,8 @@
 
 Also draws ``seed_sweep.png`` (seed mIoU against the background threshold, every method) and
 ``seed_maps.png`` (image, ground truth and each method's map for the first training images).
+Methods without seeds (the box-supervised ``bana`` and ``boxes``, with ``--set methods=[...]``)
+get rows from their pseudo masks on, and no curve or map column.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ SEED_IMAGES = 200
 """Training images that get seeds, pseudo masks and a segmentation network (the classifier sees
 them all): per-image methods (AdvCAM, RIB) cost seconds per image on a CPU."""
 QUICK_SEED_IMAGES = 40
+NO_SEEDS = {"seed_miou": None, "seed_threshold": None, "seed_miou_label_free": None,
+            "seed_threshold_label_free": None, "seed_miou_fixed": None, "seed_protocols": {}}
+"""The seed columns of a method without seeds (the box-supervised ones)."""
 
 
 def seed_subset(dataset, count: int, path: Path) -> Path | None:
@@ -161,18 +166,22 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
         return [_scores_from_json(r, classes, label) for r in read_json(path)["results"]]
 
     for method in config.methods:
-        summary = seed_summary(ctx, method)
+        # box-supervised methods (bana, boxes) have no seeds: their rows start at the pseudo masks
+        has_seeds = ctx.eval_path(method, "seed").is_file()
+        summary = seed_summary(ctx, method) if has_seeds else dict(NO_SEEDS)
         own = {stage.name for stage in get_method(method).stages(ctx)}  # shared stages included
         seconds = sum(r.seconds for name, r in stage_results.items() if name in own)
         results["methods"][method] = {**summary, "pseudo_miou": final_summary(ctx, method, "pseudo"),
                                       "final_miou": final_summary(ctx, method, "final"),
                                       "seconds": round(seconds, 1)}
+        pseudo_rows += rows_of(method, "pseudo", method)
+        final_rows += rows_of(method, "final", method)
+        if not has_seeds:
+            continue
         report = read_json(ctx.eval_path(method, "seed"))
         for result in report["results"]:
             kind = "oracle" if result["threshold_uses_ground_truth"] else result["protocol"].split(" t=")[0]
             seed_rows.append(_scores_from_json(result, classes, f"{method}, {kind}"))
-        pseudo_rows += rows_of(method, "pseudo", method)
-        final_rows += rows_of(method, "final", method)
         sweep = report["sweep"]
         curves[method] = (np.asarray(sweep["thresholds"]), np.asarray(sweep["miou"]) / 100.0)
     fully = final_summary(ctx, "fully_supervised", "final")
@@ -186,16 +195,18 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
                                                        if r["final_miou"] is not None else None)
     results["seconds"] = round(time.perf_counter() - start, 1)
 
-    plot_sweep(curves, out / "seed_sweep.png", title="Seed mIoU against the background threshold")
     seed_set = ctx.dataset(config.data.seed_split)
-    seed_grid(seed_set, {m: ctx.maps_dir(m) for m in config.methods}, seed_set.ids[:8], out / "seed_maps.png")
-    sections = [
-        summary_table(results),
-        format_table(seed_rows, classes, title=f"Seeds on {seed_split}, per class (IoU %)"),
-    ]
+    if curves:
+        plot_sweep(curves, out / "seed_sweep.png", title="Seed mIoU against the background threshold")
+        seed_grid(seed_set, {m: ctx.maps_dir(m) for m in curves}, seed_set.ids[:8], out / "seed_maps.png")
+    sections = [summary_table(results)]
+    if seed_rows:
+        sections.append(format_table(seed_rows, classes, title=f"Seeds on {seed_split}, per class (IoU %)"))
     if pseudo_rows:
+        own = [m for m in config.methods if m not in curves]  # no seeds: their own pseudo-mask stages
+        how = "; ".join((["IRN random walk"] if curves else []) + ([f"{', '.join(own)}: their own"] if own else []))
         sections.append(format_table(pseudo_rows, classes,
-                                     title=f"Pseudo masks (IRN random walk) on {seed_split}, per class (IoU %)"))
+                                     title=f"Pseudo masks ({how}) on {seed_split}, per class (IoU %)"))
     if final_rows:
         sections.append(format_table(final_rows, classes, title=f"Segmentation on split '{config.data.val_split}', "
                                      "trained on the pseudo masks of the same images, per class (IoU %)"))
