@@ -215,3 +215,30 @@ def test_the_demo_gives_the_box_methods_rows_without_seeds(tmp_path: Path) -> No
     text = (tmp_path / "demo" / "results.txt").read_text()
     assert "Pseudo masks (boxes, bana: their own)" in text and "Seeds on" not in text
     assert not (tmp_path / "demo" / "seed_sweep.png").exists()
+
+
+def test_a_killed_bana_labels_stage_resumes_with_identical_labels(tmp_path: Path) -> None:
+    from wsss.cli import main
+    from wsss.data.synth import SynthConfig, generate
+    from wsss.io import read_json, write_json
+
+    root = tmp_path / "data"
+    generate(root, SynthConfig(seed=3, train=16, val=4, ood=4, size=64, classes=3))
+    work = tmp_path / "work"
+    args = ["run", "synth/demo", "--work", str(work)]
+    for setting in (f"data.root={root}", "methods=[bana]", "until=pseudo", "runtime.device=cpu",
+                    "runtime.progress=false", "bana.steps=2", "bana.milestones=[1]"):
+        args += ["--set", setting]
+    assert main(args) == 0
+    folders = [work / "pseudo" / "bana", work / "pseudo" / "bana_ret"]
+    before = {p: p.read_bytes() for folder in folders for p in sorted(folder.glob("*.png"))}
+    summary = read_json(work / "pseudo" / "bana_labels.json")
+    # a kill mid-stage: its marker says running, some labels were never written
+    marker = work / ".stages" / "bana.labels.json"
+    write_json(marker, {**read_json(marker), "state": "running"})
+    for path in list(before)[::3]:
+        path.unlink()
+    assert main(args) == 0
+    assert {p: p.read_bytes() for folder in folders for p in sorted(folder.glob("*.png"))} == before
+    again = read_json(work / "pseudo" / "bana_labels.json")
+    assert again["disagreement"] == summary["disagreement"] and 0 < again["computed_now"] < 16
