@@ -215,6 +215,11 @@ def test_the_demo_gives_the_box_methods_rows_without_seeds(tmp_path: Path) -> No
     text = (tmp_path / "demo" / "results.txt").read_text()
     assert "Pseudo masks (boxes, bana: their own)" in text and "Seeds on" not in text
     assert not (tmp_path / "demo" / "seed_sweep.png").exists()
+    from PIL import Image
+
+    grid = np.asarray(Image.open(tmp_path / "demo" / "pseudo_masks.png"))
+    # image, ground truth, filled boxes, Y_crf, Y_ret: five 64 px columns, eight rows
+    assert grid.shape[1] > 5 * 64 and grid.shape[0] > 8 * 64
 
 
 def test_a_killed_bana_labels_stage_resumes_with_identical_labels(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ an unknown class name or a box outside its image is found before the first stage
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from wsss.config import Settings, check_ranges, result_settings
@@ -156,6 +157,9 @@ class BanaMethod(Method):
             problems += box_problems(ctx, data.seed_split, "BANA's pseudo labels (stage 2)", need_boxes=True)
         return problems
 
+    def pictures(self, ctx: Context) -> dict[str, Path]:
+        return {"bana Y_crf": ctx.pseudo_dir(self.name), "bana Y_ret": ctx.pseudo_dir(f"{self.name}_ret")}
+
     def stages(self, ctx: Context) -> list[Stage]:
         recipe = ctx.recipe
         stages = [bana_classifier_stage(ctx)]
@@ -241,6 +245,9 @@ class BoxBaselineMethod(Method):
         if ctx.recipe.until == "seeds":
             return []
         return box_problems(ctx, ctx.recipe.data.seed_split, "the box baseline", need_boxes=False)
+
+    def pictures(self, ctx: Context) -> dict[str, Path]:
+        return {"filled boxes": ctx.pseudo_dir(self.name)}
 
     def stages(self, ctx: Context) -> list[Stage]:
         recipe = ctx.recipe

@@ -239,6 +239,11 @@ class Method:
         """The method's chain, shared stages (e.g. the CAM classifier) included."""
         raise NotImplementedError
 
+    def pictures(self, ctx: Context) -> dict[str, Path]:
+        """Label-map folders the demo draws side by side for a method without seeds (BANA's
+        Y_crf and Y_ret): column title -> folder. Default: none."""
+        return {}
+
 
 _REGISTRY: dict[str, Method] = {}
 

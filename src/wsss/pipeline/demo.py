@@ -3,7 +3,8 @@
 Also draws ``seed_sweep.png`` (seed mIoU against the background threshold, every method) and
 ``seed_maps.png`` (image, ground truth and each method's map for the first training images).
 Methods without seeds (the box-supervised ``bana`` and ``boxes``, with ``--set methods=[...]``)
-get rows from their pseudo masks on, and no curve or map column.
+get rows from their pseudo masks on, no curve or map column, and ``pseudo_masks.png`` (image,
+ground truth and the label maps each such method names, e.g. BANA's Y_crf and Y_ret).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
     """Run the demo into ``out``; return what it writes to ``out/results.json``."""
     from wsss.data.voc import VOCDataset
     from wsss.evaluation.tables import format_table
-    from wsss.viz.overlays import seed_grid
+    from wsss.viz.overlays import mask_grid, seed_grid
     from wsss.viz.plots import plot_sweep
 
     start = time.perf_counter()
@@ -199,6 +200,12 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
     if curves:
         plot_sweep(curves, out / "seed_sweep.png", title="Seed mIoU against the background threshold")
         seed_grid(seed_set, {m: ctx.maps_dir(m) for m in curves}, seed_set.ids[:8], out / "seed_maps.png")
+    pictures: dict[str, Path] = {}
+    for method in config.methods:
+        if method not in curves:
+            pictures.update({k: v for k, v in get_method(method).pictures(ctx).items() if v.is_dir()})
+    if pictures:
+        mask_grid(seed_set, pictures, seed_set.ids[:8], out / "pseudo_masks.png")
     sections = [summary_table(results)]
     if seed_rows:
         sections.append(format_table(seed_rows, classes, title=f"Seeds on {seed_split}, per class (IoU %)"))

@@ -2,6 +2,7 @@
 
 :func:`seed_grid` draws the papers' figure layout: one row per image, columns image, ground
 truth, then each method's localization map (max over the image's classes) as a heat map.
+:func:`mask_grid` draws label maps (pseudo masks) the same way, in the palette's colours.
 """
 
 from __future__ import annotations
@@ -87,5 +88,29 @@ def seed_grid(dataset, stores: Mapping[str, MapStore | str | Path], ids: Sequenc
             row.append(heatmap_overlay(image, maps.max(axis=0) if len(maps) else np.zeros(image.shape[:2]), alpha))
         rows.append(row)
     titles = ["image", "ground truth", *stores]
+    save_png(path, image_grid(rows, titles))
+    return Path(path)
+
+
+def mask_grid(dataset, folders: Mapping[str, str | Path], ids: Sequence[str], path: str | Path,
+              alpha: float = 0.6) -> Path:
+    """Image | ground truth | each folder's label map (``<id>.png``, a MaskStore's), one row per
+    id; ignored pixels (255) are drawn white."""
+    from wsss.stores.masks import MaskStore
+
+    stores = {name: MaskStore(folder) for name, folder in folders.items()}
+    palette = list(getattr(dataset, "palette", None) or voc_palette())
+    palette = (palette + [0] * 768)[:765] + [255, 255, 255]  # 255: white
+    rows = []
+    for image_id in ids:
+        image = dataset.load_image(image_id)
+        row = [image]
+        mask_path = dataset.mask_path(image_id) if hasattr(dataset, "mask_path") else None
+        if mask_path is not None:
+            row.append(label_overlay(image, dataset.load_mask(image_id), alpha, palette))
+        for store in stores.values():
+            row.append(label_overlay(image, store.load(image_id), alpha, palette))
+        rows.append(row)
+    titles = ["image", "ground truth", *stores] if rows and len(rows[0]) == len(stores) + 2 else ["image", *stores]
     save_png(path, image_grid(rows, titles))
     return Path(path)
