@@ -245,3 +245,18 @@ def test_noise_aware_loss_through_the_model_reaches_every_part():
     assert model.head.classifier.weight.grad.abs().sum() > 0
     assert model.head.aspp.branches[0].weight.grad.abs().sum() > 0
     assert model.backbone.conv1.weight.grad.abs().sum() > 0
+
+
+def test_cosine_head_starts_at_unit_scale() -> None:
+    """The cosine head's inputs and rows start near unit norm: with DeepLab's N(0, 0.01) the
+    normalisation's gradient (1 / norm) blew up and the benchmark's DeepLab collapsed."""
+    torch.manual_seed(0)
+    model = create_segmentation_model("deeplab_v2_resnet18_w16", 9, classifier="cosine")
+    rows = model.head.classifier.weight.flatten(1).norm(dim=1)
+    assert 0.7 < float(rows.mean()) < 1.3
+    for branch in model.head.aspp.branches:
+        fan_in = branch.weight[0].numel()
+        assert math.isclose(float(branch.weight.std()), math.sqrt(2.0 / fan_in), rel_tol=0.1)
+    # DeepLab's own (dot) head keeps its N(0, 0.01) initialisation
+    dot = create_segmentation_model("deeplab_v2_resnet18_w16", 9, classifier="dot")
+    assert math.isclose(float(dot.head.aspp.branches[0].weight.std()), 0.01, rel_tol=0.1)

@@ -131,7 +131,9 @@ class CosineClassifier(nn.Module):
             raise ConfigError(f"cosine_scale must be positive, got {scale}")
         self.scale = float(scale)
         self.weight = nn.Parameter(torch.empty(num_classes, in_channels, 1, 1))
-        nn.init.normal_(self.weight, mean=0.0, std=HEAD_INIT_STD)
+        # Rows of about unit norm: the gradient through the normalisation scales as 1 / |W_c|, so
+        # DeepLab's N(0, 0.01) would multiply every step on the direction by ~100 / sqrt(D).
+        nn.init.normal_(self.weight, mean=0.0, std=in_channels ** -0.5)
 
     def similarity(self, features: torch.Tensor) -> torch.Tensor:
         """Cosine similarity (B, C, h, w) in [-1, 1] between features (B, D, h, w) and each class weight."""
@@ -207,6 +209,12 @@ class _ASPPHead(nn.Module):
             self.classifier: CosineClassifier | None = None
         else:
             self.aspp = ASPP(in_channels, feature_channels, rates, bias=False)
+            # Features of unit scale before the cosine's normalisation (He initialisation), for the
+            # same reason as the classifier's rows: with N(0, 0.01) the tiny features make the
+            # normalisation's gradient (1 / |f|) blow up, and a DeepLab trained from scratch on the
+            # benchmark collapsed to background (final val mIoU 8.4 -> 52.6 with both inits).
+            for branch in self.aspp.branches:
+                nn.init.kaiming_normal_(branch.weight, nonlinearity="relu")
             self.classifier = CosineClassifier(feature_channels, num_classes, cosine_scale)
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
