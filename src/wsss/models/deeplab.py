@@ -212,7 +212,7 @@ class _ASPPHead(nn.Module):
             # Features of unit scale before the cosine's normalisation (He initialisation), for the
             # same reason as the classifier's rows: with N(0, 0.01) the tiny features make the
             # normalisation's gradient (1 / |f|) blow up, and a DeepLab trained from scratch on the
-            # benchmark collapsed to background (final val mIoU 8.4 -> 52.6 with both inits).
+            # benchmark collapsed to background (final val mIoU 8.4 -> 52.5 with both inits).
             for branch in self.aspp.branches:
                 nn.init.kaiming_normal_(branch.weight, nonlinearity="relu")
             self.classifier = CosineClassifier(feature_channels, num_classes, cosine_scale)
