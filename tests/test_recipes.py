@@ -149,3 +149,18 @@ def test_scale_reaches_the_stages_that_use_it_and_their_fingerprints() -> None:
     assert fingerprint(crf_literal.depends_on) != fingerprint(crf_scaled.depends_on)
     with pytest.raises(ConfigError, match="scale"):
         load_recipe("synth/demo", ["scale=voc"])
+
+
+def test_quick_settings_come_from_the_chain_and_each_method() -> None:
+    from wsss.methods.chain import QUICK_SETTINGS
+    from wsss.pipeline.demo import quick_overrides
+
+    settings = quick_overrides()
+    assert settings[:len(QUICK_SETTINGS)] == list(QUICK_SETTINGS)
+    assert len(settings) == len(set(settings))  # advcam and advcam_wood share advcam.iterations=8: once
+    for name in registered_methods():
+        assert set(get_method(name).quick) <= set(settings)
+        assert all(s.split(".")[0] in get_method(name).sections for s in get_method(name).quick)
+    quick = load_recipe("synth/demo", settings)
+    assert (quick.classifier.epochs, quick.advcam.iterations, quick.rib.steps, quick.wood.epochs) == (4, 8, 3, 1)
+    assert quick.bana.steps == 50

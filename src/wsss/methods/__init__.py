@@ -5,7 +5,7 @@ Importing this package registers the built-in methods. Adding a method is one mo
 """
 
 from wsss.methods.base import (Context, DataConfig, Method, RefineDefaults, RuntimeConfig, Stage, get_method,
-                               method_sections, register, registered_methods)
+                               method_sections, quick_settings, register, registered_methods)
 
 # Built-in methods, registered on import (order: the demo's and the recipe sections').
 from wsss.methods import cam, advcam, rib, wood, bana  # noqa: E402,F401  isort: skip
@@ -19,6 +19,7 @@ __all__ = [
     "Stage",
     "get_method",
     "method_sections",
+    "quick_settings",
     "register",
     "registered_methods",
 ]

@@ -149,6 +149,7 @@ class BanaMethod(Method):
     name = "bana"
     description = "background-aware pooling and noise-aware loss from boxes (Oh et al., CVPR 2021)"
     sections = {"bana": BapConfig, "bana_labels": BanaLabelConfig, "bana_seg": BanaSegConfig}
+    quick = ("bana.steps=50", "bana.milestones=[35]")
 
     def check_inputs(self, ctx: Context) -> list[Exception]:
         data = ctx.recipe.data

@@ -39,6 +39,7 @@ __all__ = [
     "Stage",
     "get_method",
     "method_sections",
+    "quick_settings",
     "register",
     "registered_methods",
     "remover",
@@ -218,6 +219,9 @@ class Method:
     description: ClassVar[str] = ""
     sections: ClassVar[dict[str, type]] = {}
     refine: ClassVar[RefineDefaults | None] = None
+    quick: ClassVar[tuple[str, ...]] = ()
+    """``section.key=value`` settings that shorten the method's own stages to a smoke run
+    (``wsss demo --quick``); the shared chain's are :data:`wsss.methods.chain.QUICK_SETTINGS`."""
 
     def validate(self, recipe: Any) -> None:
         """Check the method's settings and extra data before any stage runs.
@@ -283,6 +287,14 @@ def get_method(name: str) -> Method:
         return _REGISTRY[name]
     except KeyError:
         raise ConfigError(f"unknown method {name!r}; registered: {', '.join(_REGISTRY)}") from None
+
+
+def quick_settings() -> list[str]:
+    """Every registered method's :attr:`Method.quick` settings, each once, in registration order."""
+    settings: list[str] = []
+    for method in _REGISTRY.values():
+        settings += [setting for setting in method.quick if setting not in settings]
+    return settings
 
 
 def method_sections() -> dict[str, type]:

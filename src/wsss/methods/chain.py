@@ -32,6 +32,7 @@ from wsss.training.classifier import ClassifierConfig
 from wsss.training.irn import IrnConfig
 
 __all__ = [
+    "QUICK_SETTINGS",
     "SHARED_SECTIONS",
     "IrLabelConfig",
     "RandomWalkConfig",
@@ -120,6 +121,9 @@ def scale_dependency(ctx: Context) -> dict[str, Any]:
     scale = ctx.recipe.scale
     return {} if scale == "reference" else {"scale": scale}
 
+
+QUICK_SETTINGS: tuple[str, ...] = ("classifier.epochs=4", "irn.epochs=1", "segmentation.epochs=3")
+"""The shared chain's smoke-run settings (``wsss demo --quick``): fewer epochs, every stage run."""
 
 SHARED_SECTIONS: dict[str, type] = {
     "classifier": ClassifierConfig,

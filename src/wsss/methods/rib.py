@@ -39,6 +39,7 @@ class RibMethod(Method):
     name = "rib"
     description = "reducing the information bottleneck: per-image fine-tuning (Lee et al., NeurIPS 2021)"
     sections = {"rib": RibConfig}
+    quick = ("rib.steps=3",)
     refine = RefineDefaults(0.35, 0.17, 1.3, 0.27, "RIB run_sample.py (VOC)")
 
     def stages(self, ctx: Context) -> list[Stage]:

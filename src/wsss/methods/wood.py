@@ -64,6 +64,7 @@ class WoodMethod(_WoodBase):
     name = "wood"
     description = "CAM of the classifier fine-tuned with out-of-distribution images (Lee et al., CVPR 2022)"
     sections = {"cam": CamConfig, "wood": WoodConfig}
+    quick = ("wood.epochs=1",)
     refine = RefineDefaults(0.30, 0.15, 1.0, 0.25, "W-OoD run_sample.py")
 
     def stages(self, ctx: Context) -> list[Stage]:
@@ -76,6 +77,7 @@ class AdvCamWoodMethod(_WoodBase):
     name = "advcam_wood"
     description = "AdvCAM of the W-OoD classifier (the W-OoD paper's best seeds)"
     sections = {"advcam": AdvCamConfig, "wood": WoodConfig}
+    quick = ("advcam.iterations=8", "wood.epochs=1")
     refine = RefineDefaults(0.30, 0.15, 1.5, 0.22, "W-OoD run_sample_pseudo_gt.py")
 
     def stages(self, ctx: Context) -> list[Stage]:

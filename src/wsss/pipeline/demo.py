@@ -18,17 +18,22 @@ import numpy as np
 
 from wsss.errors import DataError, problems_error
 from wsss.io import image_size, read_json, write_json, write_text
-from wsss.methods import Context, get_method
+from wsss.methods import Context, get_method, quick_settings
+from wsss.methods.chain import QUICK_SETTINGS
 from wsss.pipeline.recipes import build_stages, check_inputs, final_summary, load_recipe, seed_summary
 from wsss.pipeline.runner import Runner
 
 log = logging.getLogger(__name__)
 
 QUICK_SYNTH = {"train": 160, "val": 60, "ood": 60}
-QUICK_OVERRIDES = (  # a smoke run of every stage: fewer epochs and steps than the benchmark's recipe
-    "classifier.epochs=4", "wood.epochs=1", "advcam.iterations=8", "rib.steps=3", "irn.epochs=1",
-    "segmentation.epochs=3",
-)
+
+
+def quick_overrides() -> list[str]:
+    """A smoke run of every stage (``--quick``): the shared chain's and each registered method's
+    shorter schedules (:data:`wsss.methods.chain.QUICK_SETTINGS`, ``Method.quick``)."""
+    return [*QUICK_SETTINGS, *quick_settings()]
+
+
 SEED_IMAGES = 200
 """Training images that get seeds, pseudo masks and a segmentation network (the classifier sees
 them all): per-image methods (AdvCAM, RIB) cost seconds per image on a CPU."""
@@ -125,7 +130,7 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
         ood_list = Path(ood) if ood else None
         extra = size_overrides(typical_long_side(VOCDataset(root, "train")))
     settings = [f"data.root={root}", f"runtime.seed={seed}", *extra,
-                *(QUICK_OVERRIDES if quick else ()), *overrides]
+                *(quick_overrides() if quick else ()), *overrides]
     if ood_list is not None:
         settings.append(f"data.ood_list={ood_list}")
     config = load_recipe(recipe, settings)
