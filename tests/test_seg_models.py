@@ -252,11 +252,11 @@ def test_cosine_head_starts_at_unit_scale() -> None:
     normalisation's gradient (1 / norm) blew up and the benchmark's DeepLab collapsed."""
     torch.manual_seed(0)
     model = create_segmentation_model("deeplab_v2_resnet18_w16", 9, classifier="cosine")
-    rows = model.head.classifier.weight.flatten(1).norm(dim=1)
+    rows = model.head.classifier.weight.detach().flatten(1).norm(dim=1)
     assert 0.7 < float(rows.mean()) < 1.3
     for branch in model.head.aspp.branches:
         fan_in = branch.weight[0].numel()
-        assert math.isclose(float(branch.weight.std()), math.sqrt(2.0 / fan_in), rel_tol=0.1)
+        assert math.isclose(float(branch.weight.detach().std()), math.sqrt(2.0 / fan_in), rel_tol=0.1)
     # DeepLab's own (dot) head keeps its N(0, 0.01) initialisation
     dot = create_segmentation_model("deeplab_v2_resnet18_w16", 9, classifier="dot")
-    assert math.isclose(float(dot.head.aspp.branches[0].weight.std()), 0.01, rel_tol=0.1)
+    assert math.isclose(float(dot.head.aspp.branches[0].weight.detach().std()), 0.01, rel_tol=0.1)
