@@ -117,12 +117,17 @@ class BanaLabels:
     box_disagreement: float
 
 
-def _class_masks(boxes: torch.Tensor, classes: torch.Tensor, present: torch.Tensor, height: int, width: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-box masks (N, H, W), per-class union (n, H, W)) as bool."""
+def _box_layout(features: torch.Tensor, boxes: torch.Tensor, classes: torch.Tensor):
+    """What both label rules need from an image's boxes, at the feature map's size (H, W):
+    ``(boxes, classes, present classes, per-box masks (N, H, W), per-class union (n, H, W),
+    inside any box (H, W))`` (masks bool, tensors on the features' device)."""
+    _, height, width = features.shape
+    boxes = torch.as_tensor(boxes, dtype=torch.float32, device=features.device)
+    classes = torch.as_tensor(classes, dtype=torch.long, device=features.device)
+    present = torch.unique(classes)
     per_box = box_masks(boxes, height, width).to(boxes.device)
     per_class = torch.stack([per_box[classes == c].any(dim=0) for c in present.tolist()])
-    return per_box, per_class
+    return boxes, classes, present, per_box, per_class, per_box.any(dim=0)
 
 
 def bana_unary(features: torch.Tensor, weight: torch.Tensor, boxes: torch.Tensor, classes: torch.Tensor,
@@ -138,12 +143,8 @@ def bana_unary(features: torch.Tensor, weight: torch.Tensor, boxes: torch.Tensor
     Returns:
         ``(unary (1 + n, H, W), u0 (H, W), u_c (n, H, W), present (n,))``.
     """
-    dims, height, width = features.shape
-    boxes = torch.as_tensor(boxes, dtype=torch.float32, device=features.device)
-    classes = torch.as_tensor(classes, dtype=torch.long, device=features.device)
-    present = torch.unique(classes)
-    per_box, per_class = _class_masks(boxes, classes, present, height, width)
-    inside = per_box.any(dim=0)
+    _, height, width = features.shape
+    boxes, classes, present, per_box, per_class, inside = _box_layout(features, boxes, classes)
     unit = F.normalize(features, dim=0)
 
     background = ~inside
@@ -172,12 +173,7 @@ def bana_unary(features: torch.Tensor, weight: torch.Tensor, boxes: torch.Tensor
 def retrieval_labels(features: torch.Tensor, weight: torch.Tensor, y_crf: torch.Tensor, boxes: torch.Tensor,
                      classes: torch.Tensor) -> torch.Tensor:
     """Y_ret (H, W) long by prototype retrieval from Y_crf (module docstring)."""
-    _, height, width = features.shape
-    boxes = torch.as_tensor(boxes, dtype=torch.float32, device=features.device)
-    classes = torch.as_tensor(classes, dtype=torch.long, device=features.device)
-    present = torch.unique(classes)
-    per_box, per_class = _class_masks(boxes, classes, present, height, width)
-    inside = per_box.any(dim=0)
+    boxes, classes, present, per_box, per_class, inside = _box_layout(features, boxes, classes)
     labels = [0] + present.tolist()
     unit = F.normalize(features, dim=0)
     corr = []
@@ -249,8 +245,7 @@ def bana_labels_from_features(
     weight = weight.float().to(features.device)
     with torch.no_grad():
         unary, u0, u_c, present = bana_unary(features, weight, boxes_t, classes_t, bg_threshold=bg_threshold)
-        _, per_class = _class_masks(boxes_t, classes_t, present, height, width)
-        inside = per_class.any(dim=0)
+        *_, per_class, inside = _box_layout(features, boxes_t, classes_t)
     unary_np = unary.cpu().numpy().astype(np.float32)
     refined = dense_crf(image, unary_np, crf, scale=scale, where=where)
     refined[1:] *= per_class.cpu().numpy()
