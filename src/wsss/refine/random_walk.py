@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -165,6 +166,27 @@ def random_walk(maps: torch.Tensor, edge: torch.Tensor, *, beta: float = BETA,
         (C, h, w) propagated maps, ``(maps * (1 - edge)) T^steps``.
     """
     steps = _check_inputs(maps, edge, exp_times, steps)
+    (_, walked), = random_walk_checkpoints(maps, edge, [steps], beta=beta, radius=radius)
+    return walked
+
+
+def random_walk_checkpoints(maps: torch.Tensor, edge: torch.Tensor, steps: Sequence[int], *,
+                            beta: float = BETA, radius: int = RADIUS) -> Iterator[tuple[int, torch.Tensor]]:
+    """The walk of :func:`random_walk` seen after each of several numbers of steps, in one walk.
+
+    The transition matrix is built once and the walk goes on from one count to the next:
+    ``v T^8`` is ``(v T^4) T^4``, so the counts 1, 2, 4, ..., 256 cost 256 products in all
+    instead of 511. Each yielded state equals ``random_walk(maps, edge, steps=count, ...)``
+    (the same products in the same order, in float64, returned in the dtype of ``maps``).
+
+    Args:
+        maps, edge, beta, radius: as in :func:`random_walk`.
+        steps: the counts to stop at, integers >= 0 in any order (repeats are yielded once).
+
+    Yields:
+        ``(count, walked)`` in increasing order of count; ``walked`` is (C, h, w).
+    """
+    counts = sorted({_check_inputs(maps, edge, 0, count) for count in steps})
     channels, height, width = maps.shape
     # 256 float32 steps accumulate ~3e-5 of rounding (as much as the reference's own float32
     # error); float64 costs no measurable time here, as the products are bound by index reads.
@@ -172,9 +194,12 @@ def random_walk(maps: torch.Tensor, edge: torch.Tensor, *, beta: float = BETA,
     edge = edge.to(precise)
     transition = _sparse_transition(edge, beta, radius)
     state = (maps.to(precise) * (1.0 - edge)).reshape(channels, height * width).t().contiguous()
-    for _ in range(steps):
-        state = transition @ state
-    return state.t().reshape(channels, height, width).to(maps.dtype)
+    done = 0
+    for count in counts:
+        for _ in range(count - done):
+            state = transition @ state
+        done = count
+        yield count, state.t().reshape(channels, height, width).to(maps.dtype)
 
 
 def random_walk_dense(maps: torch.Tensor, edge: torch.Tensor, *, beta: float = BETA,
@@ -268,17 +293,38 @@ def propagate_to_labels(strided: np.ndarray, keys: np.ndarray, edge: np.ndarray,
     boundary = torch.from_numpy(edge.astype(np.float32)).to(device)
     steps = walk_steps(exp_times, strided.shape[1:], scale)
     walked = random_walk(maps, boundary, beta=beta, radius=radius, steps=steps)
-
-    upsampled = F.interpolate(walked[None], scale_factor=4, mode="bilinear", align_corners=False)
-    upsampled = upsampled[0, :, :height, :width]
-    peak = upsampled.max()
-    if not peak > 0:  # all-zero maps: the reference would divide by zero; nothing is foreground
+    scores = walked_scores(walked, (height, width))
+    if scores is None:  # all-zero maps: the reference would divide by zero; nothing is foreground
         return np.zeros((height, width), dtype=np.uint8)
-    upsampled = upsampled / peak
     background = torch.full((1, height, width), float(bg_threshold), device=device)
-    channel = torch.cat([background, upsampled]).argmax(dim=0).cpu().numpy()
+    channel = torch.cat([background, scores]).argmax(dim=0).cpu().numpy()
     class_ids = np.concatenate([[0], keys.astype(np.int64)]).astype(np.uint8)
     return class_ids[channel]
+
+
+def walked_scores(walked: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor | None:
+    """Walked stride-4 maps as the scores the background threshold is compared with.
+
+    IRN ``make_sem_seg_labels``: x4 bilinear upsampling (``align_corners=False``) cropped to the
+    image, divided by the global maximum over all classes and pixels. A pixel's label is the
+    class of its highest score where that score exceeds the background threshold, else 0 (a tie
+    goes to the background, :func:`propagate_to_labels`).
+
+    Args:
+        walked: (C, h, w) output of :func:`random_walk`.
+        image_size: (H, W) of the image, ``(h, w) = ceil((H, W) / 4)``.
+
+    Returns:
+        (C, H, W) scores in [0, 1], or None when the walked maps are zero everywhere (no
+        foreground at any threshold).
+    """
+    height, width = (int(size) for size in image_size)
+    upsampled = F.interpolate(walked[None], scale_factor=4, mode="bilinear", align_corners=False)
+    upsampled = upsampled[0, :, :height, :width]
+    peak = upsampled.max() if upsampled.numel() else upsampled.new_zeros(())
+    if not peak > 0:
+        return None
+    return upsampled / peak
 
 
 def _check_label_inputs(strided: np.ndarray, keys: np.ndarray, edge: np.ndarray,
