@@ -2,7 +2,7 @@
 
 Rows of a confusion matrix are ground-truth classes, columns predicted classes; class 0 is the
 background and 255 in the ground truth is ignored. From it come per-class IoU, precision,
-recall and the false-positive / false-negative ratios that IRN reports
+recall (:func:`precision_recall`) and the false-positive / false-negative ratios that IRN reports
 (``FP_c / union_c`` and ``FN_c / union_c``, so that ``IoU + fp + fn = 1``), pixel accuracy, and
 the mIoU: the mean IoU over *all* classes, background included, skipping classes whose union is
 empty (NaN), as chainercv's ``eval_semantic_segmentation`` does. :func:`mean_iou` is the only
@@ -154,6 +154,14 @@ def iou_per_class(confusion: np.ndarray) -> np.ndarray:
     return _divide(true_positive, union)
 
 
+def precision_recall(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class precision ``TP_c / predicted_c`` and recall ``TP_c / GT_c`` from (..., n, n)
+    confusion matrices (rows ground truth); NaN where a class is never predicted (precision) or
+    never present (recall)."""
+    true_positive, gt_count, pred_count, _ = _parts(confusion)
+    return _divide(true_positive, pred_count), _divide(true_positive, gt_count)
+
+
 def nanmean_last(values: np.ndarray) -> np.ndarray | float:
     """Mean over the last axis ignoring NaN (NaN when all are NaN), without a warning."""
     values = np.asarray(values, dtype=np.float64)
@@ -232,14 +240,12 @@ class SegmentationScores:
     @property
     def precision(self) -> np.ndarray:
         """TP_c / predicted_c: of the pixels predicted as c, the fraction that are c."""
-        true_positive, _, pred_count, _ = _parts(self.confusion)
-        return _divide(true_positive, pred_count)
+        return precision_recall(self.confusion)[0]
 
     @property
     def recall(self) -> np.ndarray:
         """TP_c / GT_c: of the pixels that are c, the fraction predicted as c."""
-        true_positive, gt_count, _, _ = _parts(self.confusion)
-        return _divide(true_positive, gt_count)
+        return precision_recall(self.confusion)[1]
 
     @property
     def fp(self) -> np.ndarray:
