@@ -13,11 +13,9 @@ from wsss.evaluation.sweep import (
     SweepAccumulator,
     evaluate_maps,
     maps_to_labels,
-    otsu_threshold,
     parse_thresholds,
-    score_histogram,
-    score_histogram_edges,
 )
+from wsss.refine.thresholds import histogram_edges, li_threshold, otsu_threshold, score_histogram
 from wsss.stores.maps import LocalizationMaps, MapStore
 from wsss.viz.plots import plot_sweep
 
@@ -155,16 +153,19 @@ def test_evaluate_maps_on_a_store(tmp_path):
     label_free = result.label_free
     t = result.label_free_threshold
     assert 0 < t < 1
-    assert label_free.protocol == f"label-free (Otsu) t={round(t, 3):g} (no ground truth)"
+    assert label_free.protocol == f"label-free (Li) t={round(t, 3):g} (no ground truth)"
     np.testing.assert_array_equal(label_free.confusion, brute_force_confusions(masks, loaded, [t], len(CLASSES))[0])
-    # The label-free threshold is Otsu's on the maps alone: recompute it without any mask.
+    # The label-free threshold is Li's on the maps alone: recompute it without any mask.
     best_scores = np.concatenate(
         [m.high_res.max(axis=0).ravel() for m in loaded.values() if m.keys.size]
     )
-    edges = score_histogram_edges()
-    assert t == pytest.approx(otsu_threshold(score_histogram(best_scores), edges))
+    edges = histogram_edges()
+    assert t == pytest.approx(li_threshold(score_histogram(best_scores), edges))
 
-    assert [s.name.split()[0] for s in result.results()] == ["fixed", "Otsu", "oracle"]
+    assert [s.name.split()[0] for s in result.results()] == ["fixed", "Li", "oracle"]
+    otsu = evaluate_maps(FakeDataset(masks), store, thresholds="0.05:0.6:0.05", label_free="otsu", progress=False)
+    assert otsu.label_free_threshold == pytest.approx(otsu_threshold(score_histogram(best_scores), edges))
+    assert otsu.label_free.protocol.startswith("label-free (Otsu) t=")
     assert result.at(0.3).miou == pytest.approx(mean_iou(expected[5]))
     with pytest.raises(KeyError):
         result.at(0.123)
@@ -186,28 +187,6 @@ def test_evaluate_maps_without_sweep(tmp_path):
     assert [s.protocol for s in result.results()] == ["fixed t=0.2 (no ground truth)"]
     with pytest.raises(ConfigError):
         evaluate_maps(FakeDataset(masks), store, thresholds=None, fixed_threshold=None, label_free=None)
-
-
-# ---------------------------------------------------------------- Otsu
-
-
-def test_otsu_on_a_bimodal_sample_lands_between_the_modes():
-    rng = np.random.default_rng(0)
-    low = rng.normal(0.15, 0.04, 30000)
-    high = rng.normal(0.75, 0.06, 10000)
-    values = np.clip(np.concatenate([low, high]), 0, 1)
-    t = otsu_threshold(score_histogram(values), score_histogram_edges())
-    assert 0.3 < t < 0.6
-
-
-def test_otsu_in_the_middle_of_an_empty_gap():
-    counts = np.zeros(10)
-    counts[2] = 5
-    counts[7] = 5
-    edges = np.linspace(0, 1, 11)
-    # Mass in [0.2, 0.3) and [0.7, 0.8): every edge from 0.3 to 0.7 separates them; take 0.5.
-    assert otsu_threshold(counts, edges) == pytest.approx(0.5)
-    assert math.isnan(otsu_threshold(np.array([0, 4, 0.0]), np.linspace(0, 1, 4)))
 
 
 # ---------------------------------------------------------------- thresholds

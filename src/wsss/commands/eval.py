@@ -2,7 +2,7 @@
 
 ``--pred`` holding ``<id>.png`` label maps is scored as it is. A map store (``<id>.npz``) is
 scored at a threshold fixed a priori (``--threshold``, IRN's 0.15 by default), at a label-free
-threshold (Otsu on the maps' scores) and over a sweep (``--sweep``), each number printed and
+threshold (Li's rule on the maps' scores) and over a sweep (``--sweep``), each number printed and
 written with the protocol that produced it. The logic lives in :mod:`wsss.evaluation.run`.
 """
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from wsss.errors import ConfigError
 from wsss.evaluation.sweep import DEFAULT_SWEEP, IRN_THRESHOLD, parse_thresholds
+from wsss.refine.thresholds import LABEL_FREE_RULES
 
 _OFF = ("none", "off")
 
@@ -52,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"maps: background threshold fixed without ground truth, or 'none' (default {IRN_THRESHOLD}, IRN's)",
     )
     parser.add_argument(
-        "--label-free", default="otsu", choices=("otsu", "none"),
-        help="maps: label-free threshold selection (default: Otsu on per-pixel max foreground scores)",
+        "--label-free", default="li", choices=(*LABEL_FREE_RULES, "none"),
+        help="maps: label-free threshold rule on the per-pixel max foreground scores: li (default, "
+             "Li's minimum cross-entropy), otsu, triangle, or none",
     )
     parser.add_argument(
         "--unlabelled", default=None, choices=("background", "exclude"),

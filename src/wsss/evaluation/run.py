@@ -31,6 +31,7 @@ from wsss.evaluation.sweep import (
 )
 from wsss.evaluation.tables import format_details, format_table, write_table_csv
 from wsss.io import write_json
+from wsss.refine.thresholds import RULE_NAMES
 from wsss.stores.maps import MapStore
 from wsss.stores.masks import MaskStore
 
@@ -136,7 +137,7 @@ def evaluate_predictions(
     ids: Sequence[str] | None = None,
     sweep: str | Sequence[float] | None = None,
     threshold: float | None = None,
-    label_free: str | None = "otsu",
+    label_free: str | None = "li",
     unlabelled: str | None = None,
     no_sweep: bool = False,
     no_threshold: bool = False,
@@ -150,7 +151,7 @@ def evaluate_predictions(
         ids: images to score (default: the dataset's).
         sweep: maps only; thresholds to sweep (default ``DEFAULT_SWEEP``).
         threshold: maps only; the threshold fixed a priori (default IRN's 0.15).
-        label_free: maps only; ``"otsu"`` or None.
+        label_free: maps only; a rule of :data:`wsss.refine.thresholds.LABEL_FREE_RULES` or None.
         unlabelled: labels only; ``"background"`` (default) or ``"exclude"``.
         no_sweep / no_threshold: maps only; skip the sweep / the fixed threshold.
 
@@ -254,7 +255,8 @@ def write_report(
         if sweep.fixed_threshold is not None:
             markers[f"fixed t={format_threshold(sweep.fixed_threshold)} (no GT)"] = sweep.fixed_threshold
         if sweep.label_free_threshold is not None:
-            markers[f"Otsu t={format_threshold(sweep.label_free_threshold)} (no GT)"] = (
+            rule = RULE_NAMES.get(str(sweep.label_free_method), str(sweep.label_free_method))
+            markers[f"{rule} t={format_threshold(sweep.label_free_threshold)} (no GT)"] = (
                 sweep.label_free_threshold
             )
         written.append(

@@ -8,8 +8,9 @@ channel f: the label is ``keys[f]`` if m > t, else 0.
 How the threshold is chosen decides what a number means, so every score carries its protocol:
 
 * ``fixed``: t set before looking at anything (IRN's 0.15): no ground truth.
-* ``label-free``: t from the maps alone, Otsu's threshold on the histogram of per-pixel
-  maximum foreground scores over the split: no ground truth.
+* ``label-free``: t from the maps alone, a rule of :mod:`wsss.refine.thresholds` (default
+  Li's minimum cross-entropy; Otsu and triangle too) on the histogram of per-pixel maximum
+  foreground scores over the split: no ground truth.
 * ``oracle``: the sweep's best t on the very ground truth being scored (AdvCAM's protocol);
   an upper bound, reported beside the other two, never instead of them.
 
@@ -40,14 +41,22 @@ from wsss.evaluation.semantic import (
     require_predictions,
 )
 from wsss.io import IGNORE_INDEX
+from wsss.refine.thresholds import (
+    HISTOGRAM_BINS,
+    LABEL_FREE_RULES,
+    RULE_NAMES,
+    histogram_edges,
+    histogram_threshold,
+    score_histogram,
+)
 from wsss.stores.maps import SUFFIX, LocalizationMaps, MapStore
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SWEEP = "0.05:0.60:0.01"
 IRN_THRESHOLD = 0.15  # IRN run_sample.py cam_eval_thres
-OTSU_BINS = 256  # histogram of max foreground scores over [0, 1] for the label-free threshold
-LABEL_FREE_METHODS = ("otsu",)
+OTSU_BINS = HISTOGRAM_BINS  # histogram of max foreground scores over [0, 1] for the label-free threshold
+LABEL_FREE_METHODS = LABEL_FREE_RULES
 _DECIMALS = 10  # thresholds are rounded so 0.05 + 10 * 0.01 == 0.15
 
 
@@ -144,60 +153,6 @@ def maps_to_labels(
     return scores_to_labels(scores, maps.keys, threshold)
 
 
-# --------------------------------------------------------------------------- label-free threshold
-
-
-def otsu_threshold(counts: np.ndarray, edges: np.ndarray) -> float:
-    """Otsu's threshold of a histogram: the bin edge maximising the between-class variance.
-
-    When several edges tie (an empty gap between two modes), the middle of the first run of
-    tied edges is returned, so the threshold sits inside the gap rather than at its border.
-
-    Args:
-        counts: (B,) non-negative counts.
-        edges: (B + 1,) increasing bin edges.
-
-    Returns:
-        One of ``edges[1:-1]``; NaN if the histogram has fewer than two occupied bins.
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    edges = np.asarray(edges, dtype=np.float64)
-    if counts.ndim != 1 or edges.shape != (counts.size + 1,):
-        raise ValueError("otsu_threshold needs B counts and B + 1 edges")
-    if np.count_nonzero(counts) < 2:
-        return math.nan
-    centres = (edges[:-1] + edges[1:]) / 2
-    total = counts.sum()
-    # between[i] (i = 0..B-2): class 0 = bins 0..i, class 1 = bins i+1..B-1, split at edges[i + 1].
-    weight0 = np.cumsum(counts)[:-1]
-    mass0 = np.cumsum(counts * centres)[:-1]
-    weight1 = total - weight0
-    mass1 = (counts * centres).sum() - mass0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = weight0 * weight1 * (mass0 / weight0 - mass1 / weight1) ** 2
-    between = np.where((weight0 > 0) & (weight1 > 0), between, -1.0)
-    top = between.max()
-    tied = between >= top * (1 - 1e-12)
-    first = int(np.argmax(tied))
-    last = first
-    while last + 1 < tied.size and tied[last + 1]:
-        last += 1
-    # The middle of the tied run, as an edge.
-    return float(edges[(first + last) // 2 + 1])
-
-
-def score_histogram_edges(bins: int = OTSU_BINS) -> np.ndarray:
-    return np.linspace(0.0, 1.0, bins + 1)
-
-
-def score_histogram(best: np.ndarray, bins: int = OTSU_BINS) -> np.ndarray:
-    """Counts of max foreground scores in ``bins`` equal bins over [0, 1] (outside: clipped)."""
-    best = np.asarray(best, dtype=np.float64).reshape(-1)
-    best = best[np.isfinite(best)]
-    index = np.clip(np.floor(best * bins), 0, bins - 1).astype(np.int64)
-    return np.bincount(index, minlength=bins)
-
-
 # --------------------------------------------------------------------------- the sweep
 
 
@@ -274,10 +229,10 @@ class SweepAccumulator:
         result[:, :, 0] += background.T
         return result
 
-    def label_free_threshold(self, method: str = "otsu") -> float:
-        if method != "otsu":
-            raise ConfigError(f"label-free method must be one of {LABEL_FREE_METHODS}, got {method!r}")
-        return otsu_threshold(self.score_counts, score_histogram_edges(self.bins))
+    def label_free_threshold(self, method: str = "li") -> float:
+        """The threshold label-free rule ``method`` chooses on the maps' score histogram
+        (:mod:`wsss.refine.thresholds`); NaN when the maps give nothing to choose from."""
+        return histogram_threshold(self.score_counts, histogram_edges(self.bins), method)
 
 
 @dataclass
@@ -388,7 +343,7 @@ class SweepResult:
         if self.label_free_threshold is None:
             return None
         label = format_threshold(self.label_free_threshold)
-        method = "Otsu" if self.label_free_method == "otsu" else str(self.label_free_method)
+        method = RULE_NAMES.get(str(self.label_free_method), str(self.label_free_method))
         return self.at(
             self.label_free_threshold,
             protocol=f"label-free ({method}) t={label} (no ground truth)",
@@ -426,7 +381,7 @@ def evaluate_maps(
     ids: Sequence[str] | None = None,
     thresholds: str | Sequence[float] | None = DEFAULT_SWEEP,
     fixed_threshold: float | None = IRN_THRESHOLD,
-    label_free: str | None = "otsu",
+    label_free: str | None = "li",
     *,
     progress: bool = True,
 ) -> SweepResult:
@@ -438,7 +393,7 @@ def evaluate_maps(
         ids: images to score (default: all of ``dataset.ids``).
         thresholds: the sweep (``"start:stop:step"``, a list, or None for no sweep).
         fixed_threshold: a threshold fixed without ground truth (IRN: 0.15), or None.
-        label_free: ``"otsu"`` or None.
+        label_free: a rule of :data:`wsss.refine.thresholds.LABEL_FREE_RULES` or None.
 
     Raises:
         DataError: store missing or empty, maps missing for some ids, a corrupt map file, maps
@@ -454,7 +409,7 @@ def evaluate_maps(
         raise ConfigError("nothing to evaluate: no sweep, no fixed threshold, no label-free method")
     parts = [sweep] + ([np.array([fixed])] if fixed is not None else [])
     if label_free is not None:
-        parts.append(score_histogram_edges(OTSU_BINS)[1:-1])  # every Otsu candidate
+        parts.append(histogram_edges(OTSU_BINS)[1:-1])  # every candidate of a label-free rule
     grid = np.unique(np.round(np.concatenate(parts), _DECIMALS))
 
     ids = list(dataset.ids if ids is None else ids)

@@ -26,6 +26,7 @@ from wsss.config import check_ranges, result_settings
 from wsss.errors import ConfigError
 from wsss.methods.base import Context, RefineDefaults, Stage, remover
 from wsss.refine.random_walk import BETA, EXP_TIMES, RADIUS
+from wsss.refine.thresholds import check_rule
 from wsss.segmentation.inference import SEG_SCALES
 from wsss.segmentation.train import SegTrainConfig
 from wsss.training.classifier import ClassifierConfig
@@ -57,7 +58,7 @@ class SeedEvalConfig:
 
     sweep: str = "0.01:0.80:0.01"  # oracle: best threshold on ground truth (AdvCAM sweeps 0.15-0.34; wider here)
     fixed_threshold: float = 0.15  # IRN --cam_eval_thres, fixed without ground truth
-    label_free: str = "otsu"  # threshold chosen from the maps alone
+    label_free: str = "li"  # threshold chosen from the maps alone (wsss.refine.thresholds)
 
     def validate(self) -> None:
         from wsss.evaluation.sweep import parse_thresholds
@@ -66,6 +67,11 @@ class SeedEvalConfig:
             parse_thresholds(self.sweep)
         except ConfigError as exc:
             raise ConfigError(f"seed_eval.sweep: {exc}") from None
+        if self.label_free != "none":
+            try:
+                check_rule(self.label_free)
+            except ConfigError as exc:
+                raise ConfigError(f"seed_eval.label_free: {exc}") from None
         check_ranges(self, "seed_eval", at_least={"fixed_threshold": 0}, at_most={"fixed_threshold": 1})
 
 
@@ -189,7 +195,7 @@ def eval_stage(ctx: Context, method: str, what: str, needs: str, predictions: Pa
         options = {}
         if what == "seed":
             options = dict(sweep=recipe.seed_eval.sweep, threshold=recipe.seed_eval.fixed_threshold,
-                           label_free=recipe.seed_eval.label_free)
+                           label_free=None if recipe.seed_eval.label_free == "none" else recipe.seed_eval.label_free)
         report = evaluate_predictions(ctx.dataset(split), predictions, progress=recipe.runtime.progress,
                                       **options)
         write_report(report, path)

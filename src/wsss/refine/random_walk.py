@@ -246,6 +246,51 @@ def random_walk_dense(maps: torch.Tensor, edge: torch.Tensor, *, beta: float = B
     return (state @ transition).reshape(channels, height, width)
 
 
+def propagate_scores(strided: np.ndarray, keys: np.ndarray, edge: np.ndarray,
+                     image_size: tuple[int, int], *, cam_power: float = 1.0, beta: float = BETA,
+                     exp_times: int = EXP_TIMES, radius: int = RADIUS, scale: str = "reference",
+                     device: torch.device | str = "cpu", where: str | Path | None = None) -> torch.Tensor | None:
+    """One image's walked class scores before the background threshold: maps ** cam_power (1.0
+    IRN, 1.3 RIB, 1.5 AdvCAM), the random walk of the foreground maps (no background channel
+    enters it), then :func:`walked_scores` (x4 upsampling, division by the global max).
+
+    Args and errors: as :func:`propagate_to_labels`.
+
+    Returns:
+        (C, H, W) scores in [0, 1] on ``device``, or None when the image has no class or every
+        walked score is 0 (the reference would divide by zero): nothing is foreground.
+    """
+    height, width = (int(size) for size in image_size)
+    strided = np.asarray(strided)
+    keys = np.asarray(keys)
+    edge = np.asarray(edge)
+    _check_label_inputs(strided, keys, edge, (height, width), where)
+    if len(keys) == 0:
+        return None
+    device = torch.device(device)
+    maps = torch.from_numpy(strided.astype(np.float32)).to(device)
+    if cam_power != 1.0:
+        maps = maps ** cam_power
+    boundary = torch.from_numpy(edge.astype(np.float32)).to(device)
+    steps = walk_steps(exp_times, strided.shape[1:], scale)
+    walked = random_walk(maps, boundary, beta=beta, radius=radius, steps=steps)
+    return walked_scores(walked, (height, width))
+
+
+def scores_to_labels(scores: torch.Tensor | None, keys: np.ndarray, image_size: tuple[int, int],
+                     bg_threshold: float) -> np.ndarray:
+    """uint8 (H, W) labels from :func:`walked_scores`: a constant background channel
+    ``bg_threshold`` in front of the scores, argmax (a tie goes to the background), channel ->
+    class id (0 for the background, ``keys`` for the others). ``None`` scores: all background."""
+    height, width = (int(size) for size in image_size)
+    if scores is None:
+        return np.zeros((height, width), dtype=np.uint8)
+    background = torch.full((1, height, width), float(bg_threshold), device=scores.device)
+    channel = torch.cat([background, scores]).argmax(dim=0).cpu().numpy()
+    class_ids = np.concatenate([[0], np.asarray(keys).astype(np.int64)]).astype(np.uint8)
+    return class_ids[channel]
+
+
 def propagate_to_labels(strided: np.ndarray, keys: np.ndarray, edge: np.ndarray,
                         image_size: tuple[int, int], *, cam_power: float = 1.0,
                         bg_threshold: float = BG_THRESHOLD, beta: float = BETA,
@@ -254,11 +299,9 @@ def propagate_to_labels(strided: np.ndarray, keys: np.ndarray, edge: np.ndarray,
                         where: str | Path | None = None) -> np.ndarray:
     """One image's pseudo label from its stride-4 maps and boundary map (IRN make_sem_seg_labels).
 
-    Steps, as the reference: maps ** cam_power (1.0 IRN, 1.3 RIB, 1.5 AdvCAM); random walk of the
-    foreground maps (no background channel enters the walk); x4 bilinear upsampling
-    (align_corners=False) cropped to the image; division by the global max over all classes;
-    a constant background channel ``bg_threshold`` (IRN's ``sem_seg_bg_thres``) in front; argmax;
-    channel -> class id (0 for the background, ``keys`` for the others).
+    :func:`propagate_scores` (power, walk, x4 upsampling, division by the global max), then
+    :func:`scores_to_labels` with a constant background channel ``bg_threshold`` (IRN's
+    ``sem_seg_bg_thres``).
 
     Args:
         strided: (C, h, w) non-negative foreground maps, ``(h, w) = ceil(image_size / 4)``.
@@ -278,28 +321,9 @@ def propagate_to_labels(strided: np.ndarray, keys: np.ndarray, edge: np.ndarray,
         DataError: shapes that do not match, NaN or infinite values, edge outside [0, 1],
             negative maps, or keys that do not match the channels.
     """
-    height, width = (int(size) for size in image_size)
-    strided = np.asarray(strided)
-    keys = np.asarray(keys)
-    edge = np.asarray(edge)
-    _check_label_inputs(strided, keys, edge, (height, width), where)
-
-    device = torch.device(device)
-    if len(keys) == 0:
-        return np.zeros((height, width), dtype=np.uint8)
-    maps = torch.from_numpy(strided.astype(np.float32)).to(device)
-    if cam_power != 1.0:
-        maps = maps ** cam_power
-    boundary = torch.from_numpy(edge.astype(np.float32)).to(device)
-    steps = walk_steps(exp_times, strided.shape[1:], scale)
-    walked = random_walk(maps, boundary, beta=beta, radius=radius, steps=steps)
-    scores = walked_scores(walked, (height, width))
-    if scores is None:  # all-zero maps: the reference would divide by zero; nothing is foreground
-        return np.zeros((height, width), dtype=np.uint8)
-    background = torch.full((1, height, width), float(bg_threshold), device=device)
-    channel = torch.cat([background, scores]).argmax(dim=0).cpu().numpy()
-    class_ids = np.concatenate([[0], keys.astype(np.int64)]).astype(np.uint8)
-    return class_ids[channel]
+    scores = propagate_scores(strided, keys, edge, image_size, cam_power=cam_power, beta=beta,
+                              exp_times=exp_times, radius=radius, scale=scale, device=device, where=where)
+    return scores_to_labels(scores, keys, image_size, bg_threshold)
 
 
 def walked_scores(walked: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor | None:
