@@ -220,11 +220,16 @@ def method_setups(ctx, names: Sequence[str] | None) -> tuple[list[MethodSetup], 
             skipped.append(f"{name} ({why})")
             continue
         defaults = method.refine
+        bg = defaults.sem_seg_bg_threshold if walk.bg_threshold is None else walk.bg_threshold
+        if isinstance(bg, str):  # a label-free rule: the value its run chose
+            from wsss.refine.pseudo_masks import chosen_bg_threshold
+
+            record = chosen_bg_threshold(ctx.pseudo_dir(name))
+            bg = record["bg_threshold"] if record else defaults.sem_seg_bg_threshold
         setups.append(MethodSetup(
             name=name, maps_dir=ctx.maps_dir(name), edge_dir=ctx.edge_dir(name), pseudo_dir=ctx.pseudo_dir(name),
             cam_power=defaults.cam_power if walk.cam_power is None else walk.cam_power,
-            bg_threshold=defaults.sem_seg_bg_threshold if walk.bg_threshold is None else walk.bg_threshold,
-            beta=walk.beta, exp_times=walk.exp_times, radius=walk.radius, scale=recipe.scale))
+            bg_threshold=bg, beta=walk.beta, exp_times=walk.exp_times, radius=walk.radius, scale=recipe.scale))
     return setups, skipped
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsss.errors import DataError
+from wsss.errors import ConfigError, DataError
 from wsss.io import read_label_png
 from wsss.refine.pseudo_masks import make_pseudo_masks
 from wsss.refine.random_walk import propagate_to_labels
@@ -103,3 +103,51 @@ def test_nan_in_a_map_is_an_error_naming_it(voc_fixture, voc_dataset, tmp_path) 
         make_pseudo_masks(voc_dataset, store.directory, tmp_path / "edges", tmp_path / "pseudo",
                           ids=[first], progress=False)
     assert first in str(info.value)
+
+
+def test_a_label_free_background_threshold_is_chosen_from_the_walked_scores_alone(
+        voc_fixture, voc_dataset, tmp_path) -> None:
+    import json
+
+    import torch
+
+    from wsss.refine.pseudo_masks import chosen_bg_threshold
+    from wsss.refine.random_walk import propagate_scores
+    from wsss.refine.thresholds import histogram_edges, li_threshold, score_histogram
+
+    rng = np.random.default_rng(4)
+    store = MapStore(tmp_path / "maps")
+    _store_maps(voc_fixture, store, rng)
+    _edges(voc_fixture, tmp_path / "edges")
+    out = tmp_path / "pseudo"
+    assert make_pseudo_masks(voc_dataset, store.directory, tmp_path / "edges", out, bg_threshold="li",
+                             exp_times=3, progress=False) == len(voc_fixture.ids)
+    # The threshold is Li's on the histogram of every image's best walked score: no mask read.
+    best = []
+    for image_id in voc_fixture.ids:
+        m = store.load(image_id)
+        h, w = m.strided.shape[1:]
+        scores = propagate_scores(m.strided.astype(np.float32), m.keys, np.zeros((h, w), np.float32),
+                                  m.image_size, exp_times=3)
+        best.append(torch.amax(scores, dim=0).numpy().ravel())
+    expected = li_threshold(score_histogram(np.concatenate(best)), histogram_edges())
+    record = chosen_bg_threshold(out)
+    assert record["rule"] == "li" and record["uses_ground_truth"] is False
+    assert record["bg_threshold"] == pytest.approx(expected) and 0 < expected < 1
+    # The masks are those of that numeric threshold.
+    numeric = tmp_path / "numeric"
+    make_pseudo_masks(voc_dataset, store.directory, tmp_path / "edges", numeric, bg_threshold=expected,
+                      exp_times=3, progress=False)
+    for image_id in voc_fixture.ids:
+        np.testing.assert_array_equal(read_label_png(out / f"{image_id}.png"),
+                                      read_label_png(numeric / f"{image_id}.png"))
+    assert chosen_bg_threshold(numeric) is None
+    # Resuming after a kill in the second pass recomputes the same threshold from the first pass's files.
+    (out / f"{voc_fixture.ids[0]}.png").unlink()
+    (out / ".bg_threshold.json").unlink()
+    assert make_pseudo_masks(voc_dataset, store.directory, tmp_path / "edges", out, bg_threshold="li",
+                             exp_times=3, progress=False) == 1
+    assert json.loads((out / ".bg_threshold.json").read_text())["bg_threshold"] == pytest.approx(expected)
+    with pytest.raises(ConfigError, match="label-free threshold rule"):
+        make_pseudo_masks(voc_dataset, store.directory, tmp_path / "edges", out, bg_threshold="median",
+                          progress=False)

@@ -94,14 +94,22 @@ class RandomWalkConfig:
     """IRN's random walk (``make_sem_seg_labels``). None: the method's reference value."""
 
     cam_power: float | None = None  # np_power: IRN/W-OoD 1.0, RIB 1.3, AdvCAM 1.5
-    bg_threshold: float | None = None  # sem_seg_bg_thres: IRN 0.25, RIB 0.27, AdvCAM+W-OoD 0.22
+    # sem_seg_bg_thres: IRN 0.25, RIB 0.27, AdvCAM+W-OoD 0.22; or a label-free rule (li, otsu,
+    # triangle: wsss.refine.thresholds) choosing it from the walked scores, no mask
+    bg_threshold: float | str | None = None
     beta: float = BETA
     exp_times: int = EXP_TIMES  # 2 ** 8 = 256 steps (scale: image -> 256 x grid area / 94 x 125)
     radius: int = RADIUS  # 5 cells at every scale (see wsss.refine.random_walk)
 
     def validate(self) -> None:
-        check_ranges(self, "random_walk", positive=("cam_power", "beta"), at_most={"bg_threshold": 1},
-                     at_least={"exp_times": 0, "radius": 1, "bg_threshold": 0})
+        if isinstance(self.bg_threshold, str):
+            try:
+                check_rule(self.bg_threshold)
+            except ConfigError as exc:
+                raise ConfigError(f"random_walk.bg_threshold: a number in [0, 1] or {exc}") from None
+        check_ranges(self, "random_walk", positive=("cam_power", "beta"), at_least={"exp_times": 0, "radius": 1})
+        if isinstance(self.bg_threshold, (int, float)) and not 0 <= self.bg_threshold <= 1:
+            raise ConfigError(f"random_walk.bg_threshold must be in [0, 1], got {self.bg_threshold}")
 
 
 @dataclass

@@ -4,21 +4,48 @@ Reads a map store (:class:`~wsss.stores.maps.MapStore`) and a boundary-map store
 (:class:`~wsss.stores.edges.EdgeStore`, written by :func:`wsss.training.irn.make_edges`) and
 writes label maps into a :class:`~wsss.stores.masks.MaskStore`; resumable and sharded by rank
 like every per-image stage.
+
+The background threshold is a number (IRN's ``sem_seg_bg_thres``) or, label-free, the name of
+a rule of :mod:`wsss.refine.thresholds`: the threshold is then chosen on the histogram of every
+pixel's best walked score over all the images, which no mask enters. That takes two passes: the
+first walks each image and writes its histogram (``<out>/.bg_histograms/<id>.npy``, resumable
+like the masks), the second, once every process has finished the first, walks again and
+thresholds. The chosen value is written to ``<out>/.bg_threshold.json``.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import logging
+import math
 import os
+from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 from wsss.config import check_scale
 from wsss.errors import ConfigError, DataError
-from wsss.io import image_size
-from wsss.refine.random_walk import BETA, BG_THRESHOLD, EXP_TIMES, RADIUS, propagate_to_labels
-from wsss.runtime import DistInfo, run_per_image
+from wsss.io import image_size, write_bytes, write_text
+from wsss.refine.random_walk import BETA, BG_THRESHOLD, EXP_TIMES, RADIUS, propagate_scores, scores_to_labels
+from wsss.refine.thresholds import (
+    HISTOGRAM_BINS,
+    RULE_NAMES,
+    check_rule,
+    histogram_edges,
+    histogram_threshold,
+    score_histogram,
+)
+from wsss.runtime import DistInfo, barrier, dist_info_from_env, run_per_image
 from wsss.stores.edges import EdgeStore
 from wsss.stores.maps import MapStore
 from wsss.stores.masks import MaskStore
+
+log = logging.getLogger(__name__)
+
+HISTOGRAM_DIR = ".bg_histograms"
+THRESHOLD_FILE = ".bg_threshold.json"
 
 
 def make_pseudo_masks(
@@ -28,7 +55,7 @@ def make_pseudo_masks(
     out_dir: str | os.PathLike,
     *,
     cam_power: float = 1.0,
-    bg_threshold: float = BG_THRESHOLD,
+    bg_threshold: float | str = BG_THRESHOLD,
     beta: float = BETA,
     exp_times: int = EXP_TIMES,
     radius: int = RADIUS,
@@ -43,17 +70,22 @@ def make_pseudo_masks(
     ``cam_power`` (1.0 IRN, 1.3 RIB, 1.5 AdvCAM), ``bg_threshold`` (IRN's ``sem_seg_bg_thres``),
     ``beta``, ``exp_times``, ``radius`` and ``scale`` (``"image"``: steps in proportion to each
     image's stride-4 grid) are those of :func:`wsss.refine.random_walk.propagate_to_labels`.
-    Errors name the file: maps or boundary
+    ``bg_threshold`` may instead name a label-free rule (``"li"``, ``"otsu"``, ``"triangle"``):
+    the threshold is then chosen over all of ``ids`` from the walked scores alone (module
+    docstring; :func:`chosen_bg_threshold` reads it back). Errors name the file: maps or boundary
     map missing, maps of another size than the image, maps of classes the image is not labelled
     with (a map file for another image), NaN.
     """
     check_scale(scale)
-    if cam_power <= 0 or not 0 <= bg_threshold <= 1:
-        raise ConfigError(f"cam_power must be positive and bg_threshold in [0, 1], got {cam_power}, {bg_threshold}")
+    rule = check_rule(bg_threshold) if isinstance(bg_threshold, str) else None
+    if cam_power <= 0 or (rule is None and not 0 <= bg_threshold <= 1):
+        raise ConfigError(f"cam_power must be positive and bg_threshold in [0, 1] or a label-free rule, "
+                          f"got {cam_power}, {bg_threshold}")
     store, edges = MapStore(maps_dir), EdgeStore(edge_dir)
     out = MaskStore(out_dir, getattr(dataset, "palette", None))
+    ids = list(dataset.ids if ids is None else ids)
 
-    def work(image_id: str) -> None:
+    def scores(image_id: str) -> tuple[Any, Any, tuple[int, int]]:
         if not store.has(image_id):
             raise DataError(f"no maps for image {image_id!r}", store.path(image_id))
         if not edges.has(image_id):
@@ -71,13 +103,69 @@ def make_pseudo_masks(
         if maps.strided is None:
             raise DataError("maps have no stride-4 array (the random walk needs it)", store.path(image_id))
         edge, _ = edges.load(image_id)
-        label = propagate_to_labels(
+        walked = propagate_scores(
             maps.strided.astype("float32"), maps.keys, edge, (height, width), cam_power=cam_power,
-            bg_threshold=bg_threshold, beta=beta, exp_times=exp_times, radius=radius, scale=scale, device=device,
-            where=edges.path(image_id),
+            beta=beta, exp_times=exp_times, radius=radius, scale=scale, device=device, where=edges.path(image_id),
         )
-        out.save(image_id, label)
+        return walked, maps.keys, (height, width)
 
     out.directory.mkdir(parents=True, exist_ok=True)
-    return run_per_image(list(dataset.ids if ids is None else ids), work, out.has, desc="pseudo masks",
-                         dist=dist, progress=progress)
+    threshold = float(bg_threshold) if rule is None else _label_free_threshold(
+        ids, scores, out.directory, rule, dist=dist, progress=progress)
+
+    def work(image_id: str) -> None:
+        walked, keys, size = scores(image_id)
+        out.save(image_id, scores_to_labels(walked, keys, size, threshold))
+
+    return run_per_image(ids, work, out.has, desc="pseudo masks", dist=dist, progress=progress)
+
+
+def _label_free_threshold(ids: list[str], scores: Any, out_dir: Path, rule: str, *,
+                          dist: DistInfo | None, progress: bool) -> float:
+    """Pass 1 of a label-free background threshold: every image's histogram of best walked
+    scores (resumable), summed once all processes are done; the rule's threshold on the sum."""
+    folder = out_dir / HISTOGRAM_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def path(image_id: str) -> Path:
+        return folder / f"{image_id}.npy"
+
+    def work(image_id: str) -> None:
+        walked, _, _ = scores(image_id)
+        best = np.zeros(0) if walked is None else walked.max(dim=0).values.cpu().numpy()
+        buffer = io.BytesIO()
+        np.save(buffer, score_histogram(best, HISTOGRAM_BINS), allow_pickle=False)
+        write_bytes(path(image_id), buffer.getvalue())
+
+    run_per_image(ids, work, lambda image_id: path(image_id).exists(), desc="walked scores",
+                  dist=dist, progress=progress)
+    barrier()  # every process sees every histogram
+    total = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
+    for image_id in ids:
+        try:
+            counts = np.load(path(image_id), allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"unreadable walked-score histogram ({exc}); delete it to recompute", path(image_id))
+        if counts.shape != (HISTOGRAM_BINS,):
+            raise DataError(f"walked-score histogram of shape {counts.shape}, expected ({HISTOGRAM_BINS},); "
+                            "delete it to recompute", path(image_id))
+        total += counts.astype(np.int64)
+    value = histogram_threshold(total, histogram_edges(HISTOGRAM_BINS), rule)
+    if math.isnan(value):
+        value = BG_THRESHOLD
+        log.warning("label-free background threshold: too few distinct walked scores for %s's rule; "
+                    "using IRN's %g", RULE_NAMES[rule], value)
+    else:
+        log.info("label-free background threshold (%s's rule on %d images' walked scores): %.4f",
+                 RULE_NAMES[rule], len(ids), value)
+    if (dist or dist_info_from_env()).is_main:
+        write_text(out_dir / THRESHOLD_FILE, json.dumps(
+            {"rule": rule, "bg_threshold": value, "images": len(ids), "uses_ground_truth": False}, indent=2) + "\n")
+    return value
+
+
+def chosen_bg_threshold(out_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The record a label-free run of :func:`make_pseudo_masks` wrote into ``out_dir`` (rule,
+    threshold, image count), or None after a run with a numeric threshold."""
+    path = Path(out_dir) / THRESHOLD_FILE
+    return json.loads(path.read_text()) if path.exists() else None
