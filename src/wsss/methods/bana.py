@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 
 from wsss.config import Settings, check_ranges, result_settings
 from wsss.errors import ConfigError, DataError, WsssError
-from wsss.methods.base import Context, Method, Stage, register, remover
+from wsss.methods.base import Context, Method, Stage, Work, count, register, remover
 from wsss.methods.chain import eval_stage, scale_dependency, seg_stages
 from wsss.refine.bana_labels import BG_THRESHOLD
 from wsss.segmentation.losses import NAL_DAMPING, UNRELIABLE_WEIGHT
@@ -192,7 +192,17 @@ def bana_classifier_stage(ctx: Context) -> Stage:
                            checkpoint_dir=checkpoints, progress=recipe.runtime.progress)
         return {"history": result.history}
 
-    return Stage(BANA_CLASSIFIER, run=run, clear=remover(out, checkpoints), needs=(), main_only=True,
+    def work() -> Work:
+        config = recipe.bana
+        images = len(ctx.dataset(recipe.data.train_split))
+        problem = None
+        if images < config.batch_size:
+            problem = (f"{images} training images, fewer than one batch of {config.batch_size} (bana.batch_size): "
+                       "training would make no update")
+        return Work(images, f"{count(config.steps)} updates, each a batch of {config.batch_size} images with "
+                            "their boxes (forward + backward)", problem)
+
+    return Stage(BANA_CLASSIFIER, run=run, clear=remover(out, checkpoints), needs=(), main_only=True, work=work,
                  depends_on={"data": [recipe.data.root, recipe.data.train_split],
                              "bana": result_settings(recipe.bana)})
 
@@ -231,7 +241,11 @@ def bana_labels_stage(ctx: Context) -> Stage:
         write_json(summary, result)
         return result
 
-    return Stage("bana.labels", run=run, clear=remover(crf_dir, ret_dir, summary), needs=(BANA_CLASSIFIER,),
+    def work() -> Work:
+        return Work(len(ctx.dataset(recipe.data.seed_split)),
+                    f"one forward pass, a dense CRF (preset {recipe.bana_labels.crf}) and a retrieval per image")
+
+    return Stage("bana.labels", run=run, clear=remover(crf_dir, ret_dir, summary), needs=(BANA_CLASSIFIER,), work=work,
                  depends_on={"split": recipe.data.seed_split, "bana_labels": result_settings(recipe.bana_labels),
                              **scale_dependency(ctx)})
 
@@ -262,7 +276,8 @@ class BoxBaselineMethod(Method):
             return make_box_masks(ctx.dataset(recipe.data.seed_split), out, progress=recipe.runtime.progress)
 
         stages = [Stage(f"{self.name}.pseudo", run=run, clear=remover(out), needs=(),
-                        depends_on={"split": recipe.data.seed_split, "fill": "smaller box on top"}),
+                        depends_on={"split": recipe.data.seed_split, "fill": "smaller box on top"},
+                        work=lambda: Work(len(ctx.dataset(recipe.data.seed_split)), "its boxes filled, per image")),
                   eval_stage(ctx, self.name, "pseudo", f"{self.name}.pseudo", out, recipe.data.seed_split)]
         if recipe.until == "final":
             stages += seg_stages(ctx, self.name, out, (f"{self.name}.pseudo",))

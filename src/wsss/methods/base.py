@@ -37,6 +37,8 @@ __all__ = [
     "RefineDefaults",
     "RuntimeConfig",
     "Stage",
+    "Work",
+    "count",
     "get_method",
     "method_sections",
     "quick_settings",
@@ -44,6 +46,29 @@ __all__ = [
     "registered_methods",
     "remover",
 ]
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a stage will do, estimated from the recipe and the datasets' sizes without doing
+    it (``wsss run --dry-run`` prints it).
+
+    Attributes:
+        images: the images the stage goes through (None: not a per-image stage, e.g. training
+            for a number of updates).
+        what: the work in words: passes per image, updates and their batch.
+        problem: a setting that cannot work with this data (a batch larger than the split,
+            so no update at all), reported before the first stage runs; None when there is none.
+    """
+
+    images: int | None
+    what: str
+    problem: str | None = None
+
+
+def count(n: int | float) -> str:
+    """``n`` with thousands separators (``10,582``)."""
+    return f"{int(n):,}"
 
 
 @dataclass
@@ -59,6 +84,8 @@ class Stage:
         needs: names of earlier stages whose results this one uses; their fingerprints are
             chained into this one's, so a change upstream reruns it. ``None``: the stage just
             before it (a linear chain).
+        work: estimates the stage's :class:`Work` (reads no image; may open the recipe's
+            datasets and read their labels). ``None``: no estimate.
     """
 
     name: str
@@ -67,6 +94,7 @@ class Stage:
     clear: Callable[[], None] | None = None
     main_only: bool = False
     needs: tuple[str, ...] | None = None
+    work: Callable[[], Work] | None = None
 
 
 def remover(*paths: Path) -> Callable[[], None]:
