@@ -116,7 +116,10 @@ class DataConfig:
 
     root: str = ""  # a VOC-layout root (VOCdevkit/, VOCdevkit/VOC2012/ or the like) or a COCO instances JSON
     train_split: str = "train"  # classifier training (IRN: train_aug); COCO: a split file of ids or a .json
-    seed_split: str = "train"  # seeds and pseudo masks are evaluated on train (IRN, AdvCAM: VOC train)
+    seed_split: str = "train"  # maps, pseudo masks and the segmentation network's training set
+    # Where seeds and pseudo masks are scored: None = seed_split. The papers make their pseudo masks
+    # for train_aug (10,582) and score them on train (1,464): seed_split train_aug, eval_split train.
+    eval_split: str | None = None
     val_split: str = "val"  # final segmentation is evaluated on val
     ood_list: str | None = None  # OoD images for W-OoD: a list of paths relative to the list's folder
 
@@ -172,6 +175,12 @@ class Context:
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
+
+    @property
+    def eval_split(self) -> str:
+        """The split seeds and pseudo masks are scored on: ``data.eval_split``, else ``data.seed_split``."""
+        data = self.recipe.data
+        return data.eval_split or data.seed_split
 
     def dataset(self, split: str):
         """The recipe's dataset for ``split`` (opened once per run).

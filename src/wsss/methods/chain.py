@@ -259,7 +259,9 @@ def _ir_label_stage(ctx: Context, method: str, defaults: RefineDefaults) -> Stag
 
 
 def _irn_stage(ctx: Context, method: str) -> Stage:
-    """IRN on the method's IR labels; its backbone starts from the shared CAM classifier's."""
+    """IRN on the method's IR labels. Its frozen backbone is ``irn.weights`` when set (IRN's
+    recipe: the ImageNet ResNet-50, ``net/resnet50_irn.py``), else the shared CAM classifier's
+    (the benchmark's stand-in, where there is no ImageNet)."""
     recipe = ctx.recipe
     path = ctx.irn_path(method)
 
@@ -267,7 +269,7 @@ def _irn_stage(ctx: Context, method: str) -> Stage:
         from wsss.training.irn import train_irn
 
         train_irn(ctx.dataset(recipe.data.seed_split), ctx.ir_label_dir(method), recipe.irn,
-                  device=ctx.device, out=path, init_backbone_from=ctx.classifier_path,
+                  device=ctx.device, out=path, init_backbone_from=None if recipe.irn.weights else ctx.classifier_path,
                   progress=recipe.runtime.progress, seed=recipe.runtime.seed)
 
     def work() -> Work:
@@ -390,8 +392,7 @@ def refine_and_train(ctx: Context, method: str, defaults: RefineDefaults) -> lis
         return []
     stages = [_ir_label_stage(ctx, method, defaults), _irn_stage(ctx, method), _edges_stage(ctx, method),
               _pseudo_stage(ctx, method, defaults),
-              eval_stage(ctx, method, "pseudo", f"{method}.pseudo", ctx.pseudo_dir(method),
-                         ctx.recipe.data.seed_split)]
+              eval_stage(ctx, method, "pseudo", f"{method}.pseudo", ctx.pseudo_dir(method), ctx.eval_split)]
     if ctx.recipe.until == "final":
         stages += seg_stages(ctx, method, ctx.pseudo_dir(method), (f"{method}.pseudo",))
     return stages
@@ -401,5 +402,5 @@ def image_level_chain(ctx: Context, method: str, maps: Stage, defaults: RefineDe
                       before: tuple[Stage, ...] = ()) -> list[Stage]:
     """The CAM classifier, ``before`` (e.g. W-OoD's fine-tuning), the method's ``maps`` stage
     (named ``<method>.maps``), their seed evaluation and the shared refinement chain."""
-    seed_eval = eval_stage(ctx, method, "seed", maps.name, ctx.maps_dir(method), ctx.recipe.data.seed_split)
+    seed_eval = eval_stage(ctx, method, "seed", maps.name, ctx.maps_dir(method), ctx.eval_split)
     return [classifier_stage(ctx), *before, maps, seed_eval, *refine_and_train(ctx, method, defaults)]

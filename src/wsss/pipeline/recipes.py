@@ -140,8 +140,10 @@ def inspect_inputs(ctx: Context, stages: list[Stage], read: bool = False) -> Inp
     else:
         uses: dict[str, list[str]] = {}
         for split, use in ((recipe.data.train_split, "classifier training"), (recipe.data.seed_split, "seeds"),
+                           (recipe.data.eval_split, "scores of seeds and pseudo masks"),
                            (recipe.data.val_split, "validation")):
-            uses.setdefault(split, []).append(use)
+            if split:
+                uses.setdefault(split, []).append(use)
         for split, what in uses.items():
             dataset = attempt(lambda: ctx.dataset(split))
             if dataset is None:
@@ -154,11 +156,18 @@ def inspect_inputs(ctx: Context, stages: list[Stage], read: bool = False) -> Inp
                 problems.append(DataError(f"{len(missing)} of the {len(dataset.ids)} images of split "
                                           f"{split!r} ({role}) are missing, e.g. {missing[0]!r}",
                                           dataset.image_path(missing[0]).parent))
-            scored = split == recipe.data.seed_split or (split == recipe.data.val_split and recipe.until == "final")
+            scored = split == ctx.eval_split or (split == recipe.data.val_split and recipe.until == "final")
             if scored and not dataset.has_masks:
                 problems.append(DataError(f"split {split!r} lacks ground-truth masks for some images; they "
-                                          "score the seeds (seed_split) and the predictions (val_split)",
-                                          dataset.root))
+                                          "score the seeds (eval_split, else seed_split) and the predictions "
+                                          "(val_split)", dataset.root))
+            if split == recipe.data.eval_split and split != recipe.data.seed_split:
+                seeds = attempt(lambda: ctx.dataset(recipe.data.seed_split))
+                outside = [] if seeds is None else sorted(set(dataset.ids) - set(seeds.ids))
+                if outside:
+                    problems.append(ConfigError(
+                        f"{len(outside)} of the {len(dataset.ids)} images of eval_split {split!r} are not in "
+                        f"seed_split {recipe.data.seed_split!r}, which makes the maps scored, e.g. {outside[0]!r}"))
             found = f"{count(len(dataset.ids))} images"
             if read:
                 checked, more = _read_split(dataset, split, {dataset.image_path(i) for i in missing})
