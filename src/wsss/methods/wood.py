@@ -58,6 +58,8 @@ def wood_classifier_stage(ctx: Context) -> Stage:
         problem = training.problem
         if problem is None and ood is not None and config.ood_weight > 0 and ood < config.ood_batch_size:
             problem = f"{ood} OoD images, fewer than one OoD batch of {config.ood_batch_size} (wood.ood_batch_size)"
+        if problem is None and ood is not None and ood < config.ood_clusters:
+            problem = f"{ood} OoD images, fewer than the {config.ood_clusters} OoD prototypes (wood.ood_clusters)"
         return Work(images, f"prototypes from {count(images)} + {ood_text} OoD images, then {training.what}",
                     problem)
 
