@@ -177,7 +177,7 @@ def inspect_inputs(ctx: Context, stages: list[Stage], read: bool = False) -> Inp
         if train is not None:
             names = ", ".join(train.classes[1:6]) + (", ..." if train.num_classes > 6 else "")
             report.notes.append(f"classes: {train.num_classes - 1} and background ({names})")
-    weights = _named_weights(ctx, train)
+    weights = _named_weights(ctx, stages, train)
     for setting, path, check in weights:
         if not Path(path).is_file():
             problems.append(DataError(f"weights file named by {setting} not found (wsss never downloads "
@@ -186,7 +186,8 @@ def inspect_inputs(ctx: Context, stages: list[Stage], read: bool = False) -> Inp
         fit = attempt(check)
         if fit is not None:
             report.notes.append(f"{setting}: {path}: {fit[0]} of the network's {fit[1]} tensors")
-    if not recipe.classifier.weights and recipe.classifier.frozen_stages > 0:
+    trains_classifier = any(stage.name == "classifier" for stage in stages)
+    if trains_classifier and not recipe.classifier.weights and recipe.classifier.frozen_stages > 0:
         problems.append(ConfigError(
             f"classifier.frozen_stages={recipe.classifier.frozen_stages} fine-tunes a pretrained backbone but "
             "classifier.weights names no file; set it, or train from scratch with "
@@ -260,24 +261,27 @@ def _read_split(dataset: Any, split: str, missing: set[Path]) -> tuple[str, list
     return report.summary(), problems
 
 
-def _named_weights(ctx: Context, train: Any) -> list[tuple[str, str, Callable[[], tuple[int, int]]]]:
-    """The weight files the run's shared stages load: (setting, path, a check that the file fits
-    the network, returning how many of its tensors the file holds)."""
+def _named_weights(ctx: Context, stages: list[Stage], train: Any
+                   ) -> list[tuple[str, str, Callable[[], tuple[int, int]]]]:
+    """The weight files the run's shared stages load (the CAM classifier, IRN, the segmentation
+    network, where a stage trains them): (setting, path, a check that the file fits the network,
+    returning how many of its tensors the file holds)."""
     from wsss.models.backbones import create_backbone
     from wsss.models.deeplab import check_segmentation_weights
     from wsss.models.weights import check_weights_fit
 
     recipe = ctx.recipe
     classifier, irn, seg = recipe.classifier, recipe.irn, recipe.segmentation
+    names = [stage.name for stage in stages]
     named = []
-    if classifier.weights:
+    if classifier.weights and "classifier" in names:
         named.append(("classifier.weights", classifier.weights, lambda: check_weights_fit(
             lambda: create_backbone(classifier.backbone, classifier.output_stride, dilated=classifier.dilated),
             classifier.weights)))
-    if recipe.until != "seeds" and irn.weights:
+    if irn.weights and any(name.endswith(".irn") for name in names):
         named.append(("irn.weights", irn.weights, lambda: check_weights_fit(
             lambda: create_backbone(irn.backbone, irn.output_stride, dilated=irn.dilated), irn.weights)))
-    if recipe.until == "final" and seg.weights:
+    if seg.weights and any(name.endswith(".seg") for name in names):
         classes = train.num_classes if train is not None else 2
         named.append(("segmentation.weights", seg.weights,
                       lambda: check_segmentation_weights(seg.model, classes, seg.weights, seg.classifier)))
