@@ -170,7 +170,8 @@ def inspect_inputs(ctx: Context, stages: list[Stage], read: bool = False) -> Inp
                         f"seed_split {recipe.data.seed_split!r}, which makes the maps scored, e.g. {outside[0]!r}"))
             found = f"{count(len(dataset.ids))} images"
             if read:
-                checked, more = _read_split(dataset, split, {dataset.image_path(i) for i in missing})
+                checked, more = _read_split(dataset, split, {dataset.image_path(i) for i in missing},
+                                            recipe.runtime.progress)
                 problems += more
                 found = checked
             report.notes.append(f"split {split!r} ({role}): {found}")
@@ -238,11 +239,11 @@ def _check_work_folder(workdir: Path, create: bool) -> str | WsssError:
         return DataError(f"cannot read the work folder ({exc.strerror or type(exc).__name__})", workdir)
 
 
-def _read_split(dataset: Any, split: str, missing: set[Path]) -> tuple[str, list[WsssError]]:
+def _read_split(dataset: Any, split: str, missing: set[Path], progress: bool) -> tuple[str, list[WsssError]]:
     """Every image header, mask and label of ``dataset`` read as ``check-data`` reads them (the
     missing images, reported already, left out); problems with the same message (``SIMILAR_PROBLEMS``
     or more) become one line counting them."""
-    report, found = dataset.find_problems(decode_images=False)
+    report, found = dataset.find_problems(decode_images=False, progress=progress)
     by_message: dict[str, list[WsssError]] = {}
     for problem in found:
         if problem.path in missing:
