@@ -92,7 +92,9 @@ def test_the_voc_recipes_reproduce_the_published_computation():
 
 
 def run_dry(root: Path, work: Path, capsys, *settings: str) -> tuple[int, str, list[str]]:
-    code = main(["run", "voc/advcam", "--work", str(work), "--set", f"data.root={root}", *settings, "--dry-run"])
+    # the repository's path of the packaged recipe, from a folder that has no configs/
+    code = main(["run", "configs/voc/advcam.yaml", "--work", str(work), "--set", f"data.root={root}", *settings,
+                 "--dry-run"])
     captured = capsys.readouterr()
     return code, captured.out, captured.err.strip().splitlines()
 
@@ -106,7 +108,7 @@ def test_dry_run_of_the_advcam_recipe_on_a_generated_voc_folder_prints_the_plan(
     code, out, err = run_dry(synth_voc, work, capsys)
     assert (code, err) == (0, [])
     lines = out.splitlines()
-    assert lines[0] == "wsss run voc/advcam --dry-run: nothing is run"
+    assert lines[0] == "wsss run configs/voc/advcam.yaml --dry-run: nothing is run"
     assert "  split 'train_aug' (classifier training, seeds): 40 images, 40 masks, 40 with image labels" in lines
     assert "  split 'train' (scores of seeds and pseudo masks): 40 images, 40 masks, 40 with image labels" in lines
     assert f"  classifier.weights: {RESNET50}: 265 of the network's 265 tensors" in lines
