@@ -42,6 +42,7 @@ def _settings(image: tuple[int, int], cells: dict[float, int], positive: int, lo
 LITERAL = {
     "walk_steps": 256,  # IRN exp_times 8
     "crf.irn": (3.0, 50.0), "crf.deeplab": (1.0, 67.0), "crf.bana": (3.0, 55.0), "crf.bbam": (1.0, 80.0),
+    "crf.largefov": (3.0, 121.0),
     **{f"advcam.lambda@{s}": 7.0 for s in CAM_SCALES},  # AD_coeff
     "rib": (8e-6, 8e-6 * 10, 1e-4, 1e-4, 600.0),  # RIB_lr, 10x for the classifier, wd, stop_th
 }
@@ -71,7 +72,8 @@ def test_elsewhere_each_setting_is_its_formulas_value(scale: str) -> None:
         return
     ratio = math.hypot(128, 128) / 625.0
     assert settings["walk_steps"] == round(256 * 32 * 32 / (94 * 125)) == 22
-    for name, (gaussian, bilateral) in [("irn", (3, 50)), ("deeplab", (1, 67)), ("bana", (3, 55)), ("bbam", (1, 80))]:
+    for name, (gaussian, bilateral) in [("irn", (3, 50)), ("deeplab", (1, 67)), ("bana", (3, 55)), ("bbam", (1, 80)),
+                                        ("largefov", (3, 121))]:
         assert settings[f"crf.{name}"] == pytest.approx((gaussian * ratio, bilateral * ratio), rel=1e-15)
     assert settings["advcam.lambda@1.0"] == pytest.approx(7.0 * 768 / 256 * 64 / 1024, rel=1e-15)  # 1.3125
     assert settings["advcam.lambda@0.5"] == pytest.approx(7.0 * 192 / 64 * 64 / 1024, rel=1e-15)

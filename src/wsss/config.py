@@ -175,13 +175,16 @@ def packaged_recipes() -> list[str]:
 
 
 def recipe_path(name: str | Path) -> Path:
-    """A recipe file: a path, or a name like ``synth/demo`` under the packaged ``configs/``."""
+    """A recipe file: a path, or a name like ``synth/demo`` under the packaged ``configs/``
+    (also written as the repository's path, ``configs/synth/demo.yaml``, from any folder)."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.exists():
         return path
     packaged = RECIPE_DIR / f"{name}.yaml"
     if packaged.exists():
         return packaged
+    if path.suffix == ".yaml" and path.parts[:1] == ("configs",) and (RECIPE_DIR / Path(*path.parts[1:])).is_file():
+        return RECIPE_DIR / Path(*path.parts[1:])
     raise ConfigError(f"recipe {name!r} not found (a YAML file, or one of: {', '.join(packaged_recipes())})")
 
 

@@ -1,11 +1,15 @@
 """``wsss run``: run a recipe's stages in a work directory.
 
 Before the first stage, everything the run needs is checked (dataset layout, splits, images,
-masks, weight files, OoD list, work folder) and every problem found is listed at once. Every
+masks, weight files, OoD list, work folder) and every problem found is listed at once.
+``--dry-run`` reads further (every image header, mask and label, the weight files against their
+networks) and prints the stage plan with image counts and the work estimated, running nothing
+and needing no GPU. Every
 stage skips what is already done with the same configuration, per-image stages resume image by
 image, and under ``torchrun`` the per-image work is split across ranks::
 
     wsss run synth/demo --work work --set data.root=data/synth
+    wsss run voc/advcam --work work --set data.root=VOCdevkit --dry-run
     torchrun --nproc_per_node=2 -m wsss run voc/cam --work work --set data.root=VOCdevkit
 """
 
@@ -19,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work", required=True, help="work directory (outputs, markers, config.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set data.root=PATH (repeatable)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check every input (images, masks, labels, weights, work folder) and print the "
+                             "stage plan with image counts and estimated work; run nothing")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,6 +40,14 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     ctx = Context(recipe, Path(args.work))
     stages = build_stages(ctx)
+    if args.dry_run:
+        from wsss.pipeline.plan import dry_run
+
+        text, problems = dry_run(ctx, stages, str(args.recipe))
+        print(text, flush=True)
+        if problems:
+            raise problems_error(problems, "with the recipe's inputs (dry run: nothing was run)")
+        return 0
     problems = check_inputs(ctx, stages)  # all of them, before hours of training
     if problems:
         raise problems_error(problems, "with the recipe's inputs (nothing was run)")

@@ -284,18 +284,30 @@ class COCODataset(ImageDataset):
             DataError: after all images, every problem found: the problem itself when there is
                 one, else one error listing them (:func:`wsss.errors.problems_error`).
         """
-        report = COCOValidationReport()
-        problems: list[DataError] = []
-        for image_id in tqdm(self.ids, desc="check-data", disable=None if progress else True):
-            try:
-                self._check_image(image_id, report)
-            except DataError as exc:
-                problems.append(exc)
+        report, problems = self.find_problems(progress=progress)
         if problems:
             raise problems_error(problems, f"in {self.annotation_file}")
         return report
 
-    def _check_image(self, image_id: str, report: COCOValidationReport) -> None:
+    def find_problems(self, progress: bool = False, decode_images: bool = True
+                      ) -> tuple[COCOValidationReport, list[DataError]]:
+        """What :meth:`validate` checks, returned instead of raised: the counts and every problem.
+
+        Args:
+            progress: show a progress bar.
+            decode_images: decode every image and segmentation in full; False reads only each
+                image's header and its annotations' classes.
+        """
+        report = COCOValidationReport()
+        problems: list[DataError] = []
+        for image_id in tqdm(self.ids, desc="check-data", disable=None if progress else True):
+            try:
+                self._check_image(image_id, report, decode_images)
+            except DataError as exc:
+                problems.append(exc)
+        return report, problems
+
+    def _check_image(self, image_id: str, report: COCOValidationReport, decode: bool = True) -> None:
         info = self.image_info(image_id)
         path = self.image_path(image_id)
         height, width = image_size(path)
@@ -305,8 +317,14 @@ class COCODataset(ImageDataset):
                 f"{info['width']}x{info['height']}",
                 path,
             )
+        report.images += 1
+        if not decode:  # the header and the labels; no pixel decoded
+            annotations = self._annotations(image_id)
+            self.image_labels(image_id)
+            report.annotations += len(annotations)
+            report.crowd += sum(bool(a.get("iscrowd", 0)) for a in annotations)
+            return
         read_image(path)
         instances = self.instances(image_id)
-        report.images += 1
         report.annotations += len(instances)
         report.crowd += int(instances.is_crowd.sum())

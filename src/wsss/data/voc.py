@@ -646,6 +646,23 @@ class VOCDataset(ImageDataset):
             DataError: after the whole split, every problem found: the problem itself when there
                 is one, else one error listing them (:func:`wsss.errors.problems_error`).
         """
+        report, problems = self.find_problems(boxes=boxes, progress=progress)
+        if problems:
+            name = self.split_file.stem
+            raise problems_error(problems, f"in {self.root} split {name}")
+        return report
+
+    def find_problems(self, boxes: bool = False, progress: bool = False, decode_images: bool = True
+                      ) -> tuple[ValidationReport, list[DataError]]:
+        """What :meth:`validate` checks, returned instead of raised: the counts and every
+        problem found (one per line, without repeats, in split order).
+
+        Args:
+            boxes: also check the XML boxes.
+            progress: show a progress bar.
+            decode_images: decode every image in full; False reads only each image's header
+                (its size), which finds missing and unrecognisable files, not damage further in.
+        """
         report = ValidationReport()
         problems: dict[str, DataError] = {}  # by line: a bad mask also fails its labels
 
@@ -656,11 +673,17 @@ class VOCDataset(ImageDataset):
                 problems.setdefault(str(exc), exc)
                 return None
 
+        def read(image_id: str) -> tuple[int, int] | None:
+            if decode_images:
+                image = self.load_image(image_id)
+                return image.shape[0], image.shape[1]
+            return self.image_size(image_id)
+
         for image_id in tqdm(self.ids, desc="check-data", disable=None if progress else True):
-            image = attempt(lambda: self.load_image(image_id))
-            report.images += image is not None
+            size = attempt(lambda: read(image_id))
+            report.images += size is not None
             mask_path = self.mask_path(image_id)
-            if mask_path is not None and attempt(lambda: self._check_mask(image_id, mask_path, image)):
+            if mask_path is not None and attempt(lambda: self._check_mask(image_id, mask_path, size)):
                 report.masks += 1
             report.labelled += attempt(lambda: self.image_labels(image_id)) is not None
             if boxes:
@@ -668,18 +691,16 @@ class VOCDataset(ImageDataset):
                 if found is not None:
                     report.boxes += len(found[0])
                     report.xml_files += 1
-        if problems:
-            name = self.split_file.stem
-            raise problems_error(list(problems.values()), f"in {self.root} split {name}")
-        return report
+        return report, list(problems.values())
 
-    def _check_mask(self, image_id: str, mask_path: Path, image: np.ndarray | None) -> bool:
-        """Check a mask against its image (when it decoded); record its labels for the id."""
+    def _check_mask(self, image_id: str, mask_path: Path, size: tuple[int, int] | None) -> bool:
+        """Check a mask against its image's (height, width) (when it was read); record its labels
+        for the id."""
         mask = read_label_png(mask_path)
-        if image is not None and mask.shape != image.shape[:2]:
+        if size is not None and mask.shape != tuple(size):
             raise DataError(
                 f"mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                f"{self.image_path(image_id).name} is {image.shape[1]}x{image.shape[0]}",
+                f"{self.image_path(image_id).name} is {size[1]}x{size[0]}",
                 mask_path,
             )
         from_mask = self._labels_from_mask_array(mask, mask_path)

@@ -4,7 +4,7 @@ Importing this package registers the built-in methods. Adding a method is one mo
 :class:`~wsss.methods.base.Method` subclass under ``@register``, plus its import below.
 """
 
-from wsss.methods.base import (Context, DataConfig, Method, RefineDefaults, RuntimeConfig, Stage, get_method,
+from wsss.methods.base import (Context, DataConfig, Method, RefineDefaults, RuntimeConfig, Stage, Work, get_method,
                                method_sections, quick_settings, register, registered_methods)
 
 # Built-in methods, registered on import (order: the demo's and the recipe sections').
@@ -17,6 +17,7 @@ __all__ = [
     "RefineDefaults",
     "RuntimeConfig",
     "Stage",
+    "Work",
     "get_method",
     "method_sections",
     "quick_settings",

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wsss.attribution.advcam import AdvCamConfig
+from wsss.attribution.advcam import AdvCamConfig, scale_schedule
 from wsss.config import result_settings
-from wsss.methods.base import Context, Method, RefineDefaults, Stage, register
+from wsss.errors import WsssError
+from wsss.methods.base import Context, Method, RefineDefaults, Stage, Work, count, register
 from wsss.methods.chain import classifier_maps_stage, image_level_chain, scale_dependency
 
 __all__ = ["AdvCamMethod", "advcam_maps_stage"]
@@ -30,8 +31,20 @@ def advcam_maps_stage(ctx: Context, method: str, classifier: str = "classifier",
         make_advcams(model, dataset, out, config=recipe.advcam, device=ctx.device, progress=recipe.runtime.progress,
                      scale=recipe.scale)
 
+    def work(dataset) -> Work:
+        config = recipe.advcam
+        steps = sum(iterations for _, iterations, _ in scale_schedule(config))
+        pair = "flip pair" if config.flip else "image"
+        try:  # one trajectory per labelled class
+            trajectories = sum(len(dataset.image_labels(image_id)) for image_id in dataset.ids)
+            text = f"{count(trajectories)} class trajectories x {steps} climbing steps = " \
+                   f"{count(trajectories * steps)} forward + backward passes"
+        except WsssError:
+            text = f"{steps} climbing steps per labelled class (labels unreadable)"
+        return Work(len(dataset), f"{text} of a {pair}, over {len(config.scales)} scales")
+
     return classifier_maps_stage(ctx, method, make, {"advcam": result_settings(recipe.advcam), **scale_dependency(ctx)},
-                                 classifier, classifier_path)
+                                 classifier, classifier_path, work=work)
 
 
 @register

@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 
 from wsss.config import Settings, check_ranges, result_settings
 from wsss.errors import ConfigError, DataError, WsssError
-from wsss.methods.base import Context, Method, Stage, register, remover
+from wsss.methods.base import Context, Method, Stage, Work, count, register, remover
 from wsss.methods.chain import eval_stage, scale_dependency, seg_stages
 from wsss.refine.bana_labels import BG_THRESHOLD
 from wsss.segmentation.losses import NAL_DAMPING, UNRELIABLE_WEIGHT
@@ -156,6 +156,12 @@ class BanaMethod(Method):
         problems = box_problems(ctx, data.train_split, "BANA's classifier (stage 1)", need_boxes=True)
         if ctx.recipe.until != "seeds" and data.seed_split != data.train_split:
             problems += box_problems(ctx, data.seed_split, "BANA's pseudo labels (stage 2)", need_boxes=True)
+        weights = ctx.recipe.bana.weights
+        if weights:
+            try:
+                bap_weights_fit(ctx.recipe.bana)
+            except WsssError as exc:
+                problems.append(exc)
         return problems
 
     def pictures(self, ctx: Context) -> dict[str, Path]:
@@ -168,7 +174,7 @@ class BanaMethod(Method):
             return stages
         crf_dir = ctx.pseudo_dir(self.name)
         stages += [bana_labels_stage(ctx),
-                   eval_stage(ctx, self.name, "pseudo", "bana.labels", crf_dir, recipe.data.seed_split)]
+                   eval_stage(ctx, self.name, "pseudo", "bana.labels", crf_dir, ctx.eval_split)]
         if recipe.until == "final":
             settings = recipe.bana_seg
             config = recipe.segmentation.replace(classifier=settings.classifier, loss=settings.loss,
@@ -178,6 +184,33 @@ class BanaMethod(Method):
                 targets["target_ret"] = ctx.pseudo_dir(f"{self.name}_ret")
             stages += seg_stages(ctx, self.name, targets, ("bana.labels",), config=config)
         return stages
+
+
+def bap_weights_fit(config: BapConfig) -> tuple[int, int]:
+    """Check that ``bana.weights`` would initialise the BAP classifier's backbone, without
+    loading it (:func:`wsss.models.weights.check_weights_fit`).
+
+    Returns:
+        ``(found, total)``: how many of the backbone's tensors the file holds, of how many.
+
+    Raises:
+        DataError: the file is missing or unreadable.
+        ConfigError: it is for another network.
+    """
+    from wsss.models.bap_net import VGG_NAME
+    from wsss.models.weights import check_weights_fit
+
+    if not Path(config.weights).is_file():
+        raise DataError("weights file named by bana.weights not found (wsss never downloads weights: give a "
+                        "local file)", config.weights)
+    if config.backbone == VGG_NAME:
+        from wsss.models.deeplab import VGG16LargeFOV
+
+        return check_weights_fit(lambda: VGG16LargeFOV(fc_dilation=1), config.weights,
+                                 ignore_prefixes=("classifier.",))
+    from wsss.models.backbones import create_backbone
+
+    return check_weights_fit(lambda: create_backbone(config.backbone, config.output_stride), config.weights)
 
 
 def bana_classifier_stage(ctx: Context) -> Stage:
@@ -192,7 +225,17 @@ def bana_classifier_stage(ctx: Context) -> Stage:
                            checkpoint_dir=checkpoints, progress=recipe.runtime.progress)
         return {"history": result.history}
 
-    return Stage(BANA_CLASSIFIER, run=run, clear=remover(out, checkpoints), needs=(), main_only=True,
+    def work() -> Work:
+        config = recipe.bana
+        images = len(ctx.dataset(recipe.data.train_split))
+        problem = None
+        if images < config.batch_size:
+            problem = (f"{images} training images, fewer than one batch of {config.batch_size} (bana.batch_size): "
+                       "training would make no update")
+        return Work(images, f"{count(config.steps)} updates, each a batch of {config.batch_size} images with "
+                            "their boxes (forward + backward)", problem)
+
+    return Stage(BANA_CLASSIFIER, run=run, clear=remover(out, checkpoints), needs=(), main_only=True, work=work,
                  depends_on={"data": [recipe.data.root, recipe.data.train_split],
                              "bana": result_settings(recipe.bana)})
 
@@ -231,7 +274,11 @@ def bana_labels_stage(ctx: Context) -> Stage:
         write_json(summary, result)
         return result
 
-    return Stage("bana.labels", run=run, clear=remover(crf_dir, ret_dir, summary), needs=(BANA_CLASSIFIER,),
+    def work() -> Work:
+        return Work(len(ctx.dataset(recipe.data.seed_split)),
+                    f"one forward pass, a dense CRF (preset {recipe.bana_labels.crf}) and a retrieval per image")
+
+    return Stage("bana.labels", run=run, clear=remover(crf_dir, ret_dir, summary), needs=(BANA_CLASSIFIER,), work=work,
                  depends_on={"split": recipe.data.seed_split, "bana_labels": result_settings(recipe.bana_labels),
                              **scale_dependency(ctx)})
 
@@ -262,8 +309,9 @@ class BoxBaselineMethod(Method):
             return make_box_masks(ctx.dataset(recipe.data.seed_split), out, progress=recipe.runtime.progress)
 
         stages = [Stage(f"{self.name}.pseudo", run=run, clear=remover(out), needs=(),
-                        depends_on={"split": recipe.data.seed_split, "fill": "smaller box on top"}),
-                  eval_stage(ctx, self.name, "pseudo", f"{self.name}.pseudo", out, recipe.data.seed_split)]
+                        depends_on={"split": recipe.data.seed_split, "fill": "smaller box on top"},
+                        work=lambda: Work(len(ctx.dataset(recipe.data.seed_split)), "its boxes filled, per image")),
+                  eval_stage(ctx, self.name, "pseudo", f"{self.name}.pseudo", out, ctx.eval_split)]
         if recipe.until == "final":
             stages += seg_stages(ctx, self.name, out, (f"{self.name}.pseudo",))
         return stages

@@ -37,6 +37,8 @@ __all__ = [
     "RefineDefaults",
     "RuntimeConfig",
     "Stage",
+    "Work",
+    "count",
     "get_method",
     "method_sections",
     "quick_settings",
@@ -44,6 +46,29 @@ __all__ = [
     "registered_methods",
     "remover",
 ]
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a stage will do, estimated from the recipe and the datasets' sizes without doing
+    it (``wsss run --dry-run`` prints it).
+
+    Attributes:
+        images: the images the stage goes through (None: not a per-image stage, e.g. training
+            for a number of updates).
+        what: the work in words: passes per image, updates and their batch.
+        problem: a setting that cannot work with this data (a batch larger than the split,
+            so no update at all), reported before the first stage runs; None when there is none.
+    """
+
+    images: int | None
+    what: str
+    problem: str | None = None
+
+
+def count(n: int | float) -> str:
+    """``n`` with thousands separators (``10,582``)."""
+    return f"{int(n):,}"
 
 
 @dataclass
@@ -59,6 +84,8 @@ class Stage:
         needs: names of earlier stages whose results this one uses; their fingerprints are
             chained into this one's, so a change upstream reruns it. ``None``: the stage just
             before it (a linear chain).
+        work: estimates the stage's :class:`Work` (reads no image; may open the recipe's
+            datasets and read their labels). ``None``: no estimate.
     """
 
     name: str
@@ -67,6 +94,7 @@ class Stage:
     clear: Callable[[], None] | None = None
     main_only: bool = False
     needs: tuple[str, ...] | None = None
+    work: Callable[[], Work] | None = None
 
 
 def remover(*paths: Path) -> Callable[[], None]:
@@ -88,7 +116,10 @@ class DataConfig:
 
     root: str = ""  # a VOC-layout root (VOCdevkit/, VOCdevkit/VOC2012/ or the like) or a COCO instances JSON
     train_split: str = "train"  # classifier training (IRN: train_aug); COCO: a split file of ids or a .json
-    seed_split: str = "train"  # seeds and pseudo masks are evaluated on train (IRN, AdvCAM: VOC train)
+    seed_split: str = "train"  # maps, pseudo masks and the segmentation network's training set
+    # Where seeds and pseudo masks are scored: None = seed_split. The papers make their pseudo masks
+    # for train_aug (10,582) and score them on train (1,464): seed_split train_aug, eval_split train.
+    eval_split: str | None = None
     val_split: str = "val"  # final segmentation is evaluated on val
     ood_list: str | None = None  # OoD images for W-OoD: a list of paths relative to the list's folder
 
@@ -144,6 +175,12 @@ class Context:
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
+
+    @property
+    def eval_split(self) -> str:
+        """The split seeds and pseudo masks are scored on: ``data.eval_split``, else ``data.seed_split``."""
+        data = self.recipe.data
+        return data.eval_split or data.seed_split
 
     def dataset(self, split: str):
         """The recipe's dataset for ``split`` (opened once per run).

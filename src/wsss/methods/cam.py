@@ -13,8 +13,8 @@ from pathlib import Path
 from wsss.attribution.cam import CAM_SCALES
 from wsss.config import result_settings
 from wsss.errors import ConfigError
-from wsss.methods.base import Context, Method, RefineDefaults, Stage, register
-from wsss.methods.chain import classifier_maps_stage, image_level_chain
+from wsss.methods.base import Context, Method, RefineDefaults, Stage, Work, register
+from wsss.methods.chain import classifier_maps_stage, image_level_chain, passes
 
 __all__ = ["CamConfig", "CamMethod", "cam_maps_stage"]
 
@@ -42,8 +42,11 @@ def cam_maps_stage(ctx: Context, method: str, classifier: str = "classifier",
         make_cams(model, dataset, out, device=ctx.device, scales=recipe.cam.scales, flip=recipe.cam.flip,
                   progress=recipe.runtime.progress)
 
+    def work(dataset) -> Work:
+        return Work(len(dataset), f"{passes(recipe.cam.scales, recipe.cam.flip)} forward passes per image")
+
     return classifier_maps_stage(ctx, method, make, {"cam": result_settings(recipe.cam)}, classifier,
-                                 classifier_path)
+                                 classifier_path, work=work)
 
 
 @register

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 
 from wsss.config import check_ranges, result_settings
 from wsss.errors import ConfigError
-from wsss.methods.base import Context, RefineDefaults, Stage, remover
+from wsss.methods.base import Context, RefineDefaults, Stage, Work, count, remover
 from wsss.refine.random_walk import BETA, EXP_TIMES, RADIUS
 from wsss.refine.thresholds import check_rule
 from wsss.segmentation.inference import SEG_SCALES
@@ -47,6 +47,7 @@ __all__ = [
     "refine_and_train",
     "scale_dependency",
     "seg_stages",
+    "training_work",
 ]
 
 UNTIL = ("seeds", "pseudo", "final")
@@ -136,6 +137,25 @@ def scale_dependency(ctx: Context) -> dict[str, Any]:
     return {} if scale == "reference" else {"scale": scale}
 
 
+def training_work(images: int, batch_size: int, epochs: int, what: str, setting: str) -> Work:
+    """The :class:`Work` of a training of ``epochs`` passes over ``images`` in batches of
+    ``batch_size`` without the last partial batch (IRN's ``drop_last``), naming ``setting`` (the
+    batch size's key) when the split is smaller than one batch."""
+    per_epoch = images // batch_size
+    text = (f"{epochs} epochs x {count(per_epoch)} = {count(epochs * per_epoch)} updates, each a batch of "
+            f"{batch_size} {what} (forward + backward)")
+    problem = None
+    if per_epoch == 0:
+        problem = (f"{images} training images, fewer than one batch of {batch_size} ({setting}): "
+                   "training would make no update")
+    return Work(images, text, problem)
+
+
+def passes(scales: tuple[float, ...] | list[float], flip: bool) -> int:
+    """Inputs per image of a multi-scale pass: one per scale, twice with flips."""
+    return len(scales) * (2 if flip else 1)
+
+
 QUICK_SETTINGS: tuple[str, ...] = ("classifier.epochs=4", "irn.epochs=1", "segmentation.epochs=3")
 """The shared chain's smoke-run settings (``wsss demo --quick``): fewer epochs, every stage run."""
 
@@ -165,9 +185,15 @@ def classifier_stage(ctx: Context) -> Stage:
         )
         return {"history": result.history, "seconds": result.seconds}
 
+    def work() -> Work:
+        config = recipe.classifier
+        return training_work(len(ctx.dataset(recipe.data.train_split)), config.batch_size, config.epochs,
+                             f"{config.crop_size}-px crops" if config.crop_size else "images",
+                             "classifier.batch_size")
+
     # one process trains (the classifier is small; its training is not distributed)
     return Stage(
-        "classifier", run=run, clear=remover(ctx.classifier_path), needs=(), main_only=True,
+        "classifier", run=run, clear=remover(ctx.classifier_path), needs=(), main_only=True, work=work,
         depends_on={"data": [recipe.data.root, recipe.data.train_split],
                     "classifier": result_settings(recipe.classifier), "seed": recipe.runtime.seed},
     )
@@ -175,10 +201,12 @@ def classifier_stage(ctx: Context) -> Stage:
 
 def classifier_maps_stage(ctx: Context, method: str, make: Callable[[Any, Any, Path], object],
                           depends_on: dict[str, Any], classifier: str = "classifier",
-                          classifier_path: Path | None = None) -> Stage:
+                          classifier_path: Path | None = None,
+                          work: Callable[[Any], Work] | None = None) -> Stage:
     """``<method>.maps``: ``make(model, dataset, maps_dir)`` on the seed split with the CAM
     classifier that stage ``classifier`` trained (checkpoint ``classifier_path``, default the
-    shared one); ``depends_on`` holds the method's settings (its fingerprint)."""
+    shared one); ``depends_on`` holds the method's settings (its fingerprint); ``work(dataset)``
+    estimates the work on the seed split."""
     recipe = ctx.recipe
     checkpoint = ctx.classifier_path if classifier_path is None else classifier_path
 
@@ -189,7 +217,8 @@ def classifier_maps_stage(ctx: Context, method: str, make: Callable[[Any, Any, P
         make(load_cam_net_for(checkpoint, dataset, ctx.device), dataset, ctx.maps_dir(method))
 
     return Stage(f"{method}.maps", run=run, clear=remover(ctx.maps_dir(method)), needs=(classifier,),
-                 depends_on={"split": recipe.data.seed_split, **depends_on})
+                 depends_on={"split": recipe.data.seed_split, **depends_on},
+                 work=None if work is None else lambda: work(ctx.dataset(recipe.data.seed_split)))
 
 
 def eval_stage(ctx: Context, method: str, what: str, needs: str, predictions: Path, split: str) -> Stage:
@@ -208,9 +237,19 @@ def eval_stage(ctx: Context, method: str, what: str, needs: str, predictions: Pa
                                       **options)
         write_report(report, path)
 
+    def work() -> Work:
+        images = len(ctx.dataset(split))
+        if what == "seed":
+            from wsss.evaluation.sweep import parse_thresholds
+
+            sweep = len(parse_thresholds(recipe.seed_eval.sweep))
+            return Work(images, f"maps against the masks at {sweep} thresholds, the fixed one and "
+                                f"{recipe.seed_eval.label_free}")
+        return Work(images, "label maps against the masks")
+
     return Stage(f"{method}.{what}_eval", run=run, clear=remover(path), needs=(needs,),
                  depends_on={"split": split, "seed_eval": recipe.seed_eval if what == "seed" else None},
-                 main_only=True)
+                 main_only=True, work=work)
 
 
 def _ir_label_stage(ctx: Context, method: str, defaults: RefineDefaults) -> Stage:
@@ -228,11 +267,15 @@ def _ir_label_stage(ctx: Context, method: str, defaults: RefineDefaults) -> Stag
                        progress=recipe.runtime.progress)
 
     return Stage(f"{method}.ir_labels", run=run, clear=remover(out), needs=(f"{method}.maps",),
-                 depends_on={"fg": fg, "bg": bg, "crf": config.crf, **scale_dependency(ctx)})
+                 depends_on={"fg": fg, "bg": bg, "crf": config.crf, **scale_dependency(ctx)},
+                 work=lambda: Work(len(ctx.dataset(recipe.data.seed_split)),
+                                   f"2 dense-CRF passes per image (CPU, preset {config.crf})"))
 
 
 def _irn_stage(ctx: Context, method: str) -> Stage:
-    """IRN on the method's IR labels; its backbone starts from the shared CAM classifier's."""
+    """IRN on the method's IR labels. Its frozen backbone is ``irn.weights`` when set (IRN's
+    recipe: the ImageNet ResNet-50, ``net/resnet50_irn.py``), else the shared CAM classifier's
+    (the benchmark's stand-in, where there is no ImageNet)."""
     recipe = ctx.recipe
     path = ctx.irn_path(method)
 
@@ -240,11 +283,17 @@ def _irn_stage(ctx: Context, method: str) -> Stage:
         from wsss.training.irn import train_irn
 
         train_irn(ctx.dataset(recipe.data.seed_split), ctx.ir_label_dir(method), recipe.irn,
-                  device=ctx.device, out=path, init_backbone_from=ctx.classifier_path,
+                  device=ctx.device, out=path, init_backbone_from=None if recipe.irn.weights else ctx.classifier_path,
                   progress=recipe.runtime.progress, seed=recipe.runtime.seed)
 
+    def work() -> Work:
+        config = recipe.irn
+        return training_work(len(ctx.dataset(recipe.data.seed_split)), config.batch_size, config.epochs,
+                             f"{config.crop_size}-px crops", "irn.batch_size")
+
     return Stage(f"{method}.irn", run=run, clear=remover(path), needs=(f"{method}.ir_labels", "classifier"),
-                 main_only=True, depends_on={"irn": result_settings(recipe.irn), "seed": recipe.runtime.seed})
+                 main_only=True, depends_on={"irn": result_settings(recipe.irn), "seed": recipe.runtime.seed},
+                 work=work)
 
 
 def _edges_stage(ctx: Context, method: str) -> Stage:
@@ -262,7 +311,9 @@ def _edges_stage(ctx: Context, method: str) -> Stage:
                    progress=recipe.runtime.progress)
 
     return Stage(f"{method}.edges", run=run, clear=remover(out), needs=(f"{method}.irn",),
-                 depends_on=[irn.edge_scales, irn.edge_flip, irn.edge_pad_to])
+                 depends_on=[irn.edge_scales, irn.edge_flip, irn.edge_pad_to],
+                 work=lambda: Work(len(ctx.dataset(recipe.data.seed_split)),
+                                   f"{passes(irn.edge_scales, irn.edge_flip)} IRN forward passes per image"))
 
 
 def _pseudo_stage(ctx: Context, method: str, defaults: RefineDefaults) -> Stage:
@@ -281,7 +332,9 @@ def _pseudo_stage(ctx: Context, method: str, defaults: RefineDefaults) -> Stage:
                           progress=recipe.runtime.progress)
 
     return Stage(f"{method}.pseudo", run=run, clear=remover(out), needs=(f"{method}.maps", f"{method}.edges"),
-                 depends_on={"cam_power": power, "bg": bg, "walk": walk, **scale_dependency(ctx)})
+                 depends_on={"cam_power": power, "bg": bg, "walk": walk, **scale_dependency(ctx)},
+                 work=lambda: Work(len(ctx.dataset(recipe.data.seed_split)),
+                                   f"one random walk of {2 ** walk.exp_times} steps per image at stride 4"))
 
 
 def seg_stages(ctx: Context, method: str, masks: Path | Mapping[str, Path] | None, needs: tuple[str, ...],
@@ -318,13 +371,31 @@ def seg_stages(ctx: Context, method: str, masks: Path | Mapping[str, Path] | Non
                         flip=inference.flip, merge=inference.merge, crf=inference.crf, crf_scale=recipe.scale,
                         progress=recipe.runtime.progress)
 
+    def train_work() -> Work:
+        images = len(ctx.dataset(train_set))
+        crops = f"{settings.crop_size}-px crops" if settings.crop_size else "images"
+        if settings.epochs is not None:
+            return training_work(images, settings.batch_size, settings.epochs, crops, "segmentation.batch_size")
+        problem = None
+        if images < settings.batch_size:
+            problem = (f"{images} training images, fewer than one batch of {settings.batch_size} "
+                       "(segmentation.batch_size): training would make no update")
+        return Work(images, f"{count(settings.iterations)} updates of {settings.model}, each a batch of "
+                            f"{settings.batch_size} {crops} (forward + backward)", problem)
+
+    def predict_work() -> Work:
+        inference = recipe.seg_inference
+        crf = f", then a dense CRF ({inference.crf})" if inference.crf else ""
+        return Work(len(ctx.dataset(recipe.data.val_split)),
+                    f"{passes(inference.scales, inference.flip)} forward passes per image{crf}")
+
     return [
         # every rank trains (DDP under torchrun)
         Stage(f"{method}.seg", run=train, clear=remover(seg_dir), needs=needs,
-              depends_on={"train": train_set, "segmentation": result_settings(settings)}),
+              depends_on={"train": train_set, "segmentation": result_settings(settings)}, work=train_work),
         Stage(f"{method}.predict", run=predict, clear=remover(pred_dir), needs=(f"{method}.seg",),
               depends_on={"val": recipe.data.val_split, "inference": recipe.seg_inference,
-                          **(scale_dependency(ctx) if recipe.seg_inference.crf else {})}),
+                          **(scale_dependency(ctx) if recipe.seg_inference.crf else {})}, work=predict_work),
         eval_stage(ctx, method, "final", f"{method}.predict", pred_dir, recipe.data.val_split),
     ]
 
@@ -335,8 +406,7 @@ def refine_and_train(ctx: Context, method: str, defaults: RefineDefaults) -> lis
         return []
     stages = [_ir_label_stage(ctx, method, defaults), _irn_stage(ctx, method), _edges_stage(ctx, method),
               _pseudo_stage(ctx, method, defaults),
-              eval_stage(ctx, method, "pseudo", f"{method}.pseudo", ctx.pseudo_dir(method),
-                         ctx.recipe.data.seed_split)]
+              eval_stage(ctx, method, "pseudo", f"{method}.pseudo", ctx.pseudo_dir(method), ctx.eval_split)]
     if ctx.recipe.until == "final":
         stages += seg_stages(ctx, method, ctx.pseudo_dir(method), (f"{method}.pseudo",))
     return stages
@@ -346,5 +416,5 @@ def image_level_chain(ctx: Context, method: str, maps: Stage, defaults: RefineDe
                       before: tuple[Stage, ...] = ()) -> list[Stage]:
     """The CAM classifier, ``before`` (e.g. W-OoD's fine-tuning), the method's ``maps`` stage
     (named ``<method>.maps``), their seed evaluation and the shared refinement chain."""
-    seed_eval = eval_stage(ctx, method, "seed", maps.name, ctx.maps_dir(method), ctx.recipe.data.seed_split)
+    seed_eval = eval_stage(ctx, method, "seed", maps.name, ctx.maps_dir(method), ctx.eval_split)
     return [classifier_stage(ctx), *before, maps, seed_eval, *refine_and_train(ctx, method, defaults)]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from wsss.attribution.rib import RibConfig
 from wsss.config import result_settings
-from wsss.methods.base import Context, Method, RefineDefaults, Stage, register
-from wsss.methods.chain import classifier_maps_stage, image_level_chain, scale_dependency
+from wsss.methods.base import Context, Method, RefineDefaults, Stage, Work, count, register
+from wsss.methods.chain import classifier_maps_stage, image_level_chain, passes, scale_dependency
 
 __all__ = ["RibMethod", "rib_maps_stage"]
 
@@ -29,9 +29,16 @@ def rib_maps_stage(ctx: Context, method: str = "rib") -> Stage:
         make_ribs(model, dataset, out, config=recipe.rib, device=ctx.device, progress=recipe.runtime.progress,
                   seed=recipe.runtime.seed, pool=ctx.dataset(recipe.data.train_split), scale=recipe.scale)
 
+    def work(dataset) -> Work:
+        config = recipe.rib
+        return Work(len(dataset), f"up to {config.steps} fine-tuning steps per image (up to "
+                                  f"{count(len(dataset) * config.steps)}), each the image at "
+                                  f"{passes(config.scales, config.flip)} inputs and {config.batch_size} other "
+                                  "images, forward + backward")
+
     return classifier_maps_stage(ctx, method, make, {"pool": recipe.data.train_split,
                                                      "rib": result_settings(recipe.rib), "seed": recipe.runtime.seed,
-                                                     **scale_dependency(ctx)})
+                                                     **scale_dependency(ctx)}, work=work)
 
 
 @register

@@ -15,9 +15,9 @@ from wsss.attribution.advcam import AdvCamConfig
 from wsss.config import result_settings
 from wsss.errors import ConfigError, WsssError
 from wsss.methods.advcam import advcam_maps_stage
-from wsss.methods.base import Context, Method, RefineDefaults, Stage, register, remover
+from wsss.methods.base import Context, Method, RefineDefaults, Stage, Work, count, register, remover
 from wsss.methods.cam import CamConfig, cam_maps_stage
-from wsss.methods.chain import image_level_chain
+from wsss.methods.chain import image_level_chain, training_work
 from wsss.training.wood import WoodConfig
 
 __all__ = ["AdvCamWoodMethod", "WOOD_CLASSIFIER", "WoodMethod", "wood_classifier_stage"]
@@ -42,8 +42,29 @@ def wood_classifier_stage(ctx: Context) -> Stage:
         )
         return {"history": result.history, "seconds": result.seconds}
 
+    def work() -> Work:
+        config, classifier = recipe.wood, recipe.classifier
+        images = len(ctx.dataset(recipe.data.train_split))
+        epochs = config.epochs if config.epochs is not None else classifier.epochs
+        training = training_work(images, classifier.batch_size, epochs,
+                                 f"crops and {config.ood_batch_size} OoD images", "classifier.batch_size")
+        try:
+            ood = len(ctx.ood())
+            if config.ood_images is not None:
+                ood = min(ood, config.ood_images)
+            ood_text = count(ood)
+        except WsssError:
+            ood, ood_text = None, "the"
+        problem = training.problem
+        if problem is None and ood is not None and config.ood_weight > 0 and ood < config.ood_batch_size:
+            problem = f"{ood} OoD images, fewer than one OoD batch of {config.ood_batch_size} (wood.ood_batch_size)"
+        if problem is None and ood is not None and ood < config.ood_clusters:
+            problem = f"{ood} OoD images, fewer than the {config.ood_clusters} OoD prototypes (wood.ood_clusters)"
+        return Work(images, f"prototypes from {count(images)} + {ood_text} OoD images, then {training.what}",
+                    problem)
+
     return Stage(
-        WOOD_CLASSIFIER, run=run, clear=remover(out), needs=("classifier",), main_only=True,
+        WOOD_CLASSIFIER, run=run, clear=remover(out), needs=("classifier",), main_only=True, work=work,
         depends_on={"ood": recipe.data.ood_list, "wood": result_settings(recipe.wood)},
     )
 

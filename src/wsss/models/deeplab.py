@@ -57,7 +57,7 @@ from torch import nn
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss.errors import ConfigError
 from wsss.models.backbones import backbone_spec, create_backbone, list_backbones
-from wsss.models.weights import WeightsReport, load_backbone_weights, read_state_dict
+from wsss.models.weights import WeightsReport, check_weights_fit, load_backbone_weights, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ __all__ = [
     "CosineClassifier",
     "DeepLab",
     "VGG16LargeFOV",
+    "check_segmentation_weights",
     "create_segmentation_model",
     "default_atrous_rates",
     "list_segmentation_models",
@@ -470,6 +471,31 @@ def create_segmentation_model(
     if full_model:
         _load_full_model(model, weights)
     return model
+
+
+def check_segmentation_weights(name: str, num_classes: int, path: str | os.PathLike, classifier: str = "dot"
+                               ) -> tuple[int, int]:
+    """Check, without loading it, that ``path`` would initialise :func:`create_segmentation_model`'s
+    model ``name`` (an ImageNet backbone file, or a whole model of this kind); see
+    :func:`wsss.models.weights.check_weights_fit`.
+
+    Returns:
+        ``(found, total)``: how many of the backbone's (for a whole-model file, the model's)
+        tensors the file holds, of how many.
+
+    Raises:
+        ConfigError: an unknown model, or weights for another one.
+        DataError: the file is missing or unreadable.
+    """
+    if _is_full_model_file(path):
+        return check_weights_fit(lambda: create_segmentation_model(name, num_classes, classifier=classifier),
+                                 path, ignore_prefixes=())
+    if name == "deeplab_v1_vgg16":
+        return check_weights_fit(VGG16LargeFOV, path, ignore_prefixes=("classifier.",))
+    if not name.startswith("deeplab_v2_"):
+        raise ConfigError(f"unknown segmentation model {name!r}; known: {', '.join(list_segmentation_models())}")
+    backbone = name[len("deeplab_v2_"):]
+    return check_weights_fit(lambda: create_backbone(backbone, output_stride=OUTPUT_STRIDE, dilated=True), path)
 
 
 def _is_full_model_file(path: str | os.PathLike) -> bool:

@@ -14,7 +14,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from wsss.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WeightsReport", "load_backbone_weights", "load_torch_file", "read_state_dict"]
+__all__ = ["WeightsReport", "check_weights_fit", "load_backbone_weights", "load_torch_file", "read_state_dict"]
 
 #: Keys of the file that are never loaded into a backbone (the ImageNet classifier).
 IGNORED_PREFIXES = ("fc.",)
@@ -141,10 +141,33 @@ def load_backbone_weights(
             model found in it).
     """
     path = Path(path)
-    source = {k: v for k, v in read_state_dict(path).items() if not k.startswith(ignore_prefixes)}
     target = module.state_dict()
+    source = _fitting_state(module, target, path, ignore_prefixes, min_matched_fraction)
     report = WeightsReport(path=path)
+    counted = [k for k in target if not k.endswith("num_batches_tracked")]
 
+    loadable = {k: v for k, v in source.items() if k in target}
+    module.load_state_dict(loadable, strict=False)
+    report.loaded = sorted(loadable)
+    report.missing = [k for k in counted if k not in source]
+    report.unexpected = sorted(k for k in source if k not in target)
+    if report.missing or report.unexpected:
+        log.warning(
+            "%s: loaded %d tensors; missing from the file (left as initialised): %s; "
+            "in the file but not in the model (ignored): %s",
+            path, len(report.loaded), ", ".join(report.missing) or "none",
+            ", ".join(report.unexpected) or "none",
+        )
+    else:
+        log.info("%s: loaded %d tensors", path, len(report.loaded))
+    return report
+
+
+def _fitting_state(module: nn.Module, target: Mapping[str, torch.Tensor], path: Path,
+                   ignore_prefixes: tuple[str, ...], min_matched_fraction: float) -> dict[str, torch.Tensor]:
+    """The file's tensors (less ``ignore_prefixes``) after checking they fit ``target``, the
+    module's state dict: no tensor of another shape, enough of the module covered."""
+    source = {k: v for k, v in read_state_dict(path).items() if not k.startswith(ignore_prefixes)}
     mismatched = [
         f"{key} (file {tuple(value.shape)}, model {tuple(target[key].shape)})"
         for key, value in source.items()
@@ -165,22 +188,36 @@ def load_backbone_weights(
             f"{len(counted)} tensors are in the file",
             path,
         )
+    return source
 
-    loadable = {k: v for k, v in source.items() if k in target}
-    module.load_state_dict(loadable, strict=False)
-    report.loaded = sorted(loadable)
-    report.missing = [k for k in counted if k not in source]
-    report.unexpected = sorted(k for k in source if k not in target)
-    if report.missing or report.unexpected:
-        log.warning(
-            "%s: loaded %d tensors; missing from the file (left as initialised): %s; "
-            "in the file but not in the model (ignored): %s",
-            path, len(report.loaded), ", ".join(report.missing) or "none",
-            ", ".join(report.unexpected) or "none",
-        )
-    else:
-        log.info("%s: loaded %d tensors", path, len(report.loaded))
-    return report
+
+def check_weights_fit(
+    build: Callable[[], nn.Module],
+    path: str | os.PathLike,
+    *,
+    ignore_prefixes: tuple[str, ...] = IGNORED_PREFIXES,
+    min_matched_fraction: float = MIN_MATCHED_FRACTION,
+) -> tuple[int, int]:
+    """Check, without loading it, that a weights file would load into the module ``build()``
+    makes, as :func:`load_backbone_weights` checks it (``wsss run --dry-run``).
+
+    The module is built on PyTorch's ``meta`` device: shapes only, no memory, no initialisation
+    cost. The file is read in full (a few hundred MB at most for the ImageNet backbones).
+
+    Returns:
+        ``(found, total)``: how many of the module's tensors the file holds, of how many
+        (BatchNorm's ``num_batches_tracked`` counters not counted).
+
+    Raises:
+        DataError: the file is missing or unreadable.
+        ConfigError: the file is for another architecture.
+    """
+    with torch.device("meta"):
+        module = build()
+    target = module.state_dict()
+    source = _fitting_state(module, target, Path(path), ignore_prefixes, min_matched_fraction)
+    counted = [k for k in target if not k.endswith("num_batches_tracked")]
+    return sum(1 for k in counted if k in source), len(counted)
 
 
 def _describe(module: nn.Module) -> str:

@@ -78,6 +78,32 @@ def finished_stages(workdir: Path, stages: list[Stage]) -> set[str]:
     return finished
 
 
+STAGE_STATES = {
+    "new": "to run",
+    "done": "done: skipped",
+    "unfinished": "unfinished: resumes",
+    "changed": "done with other settings: cleared and run again",
+}
+"""What a run in a work folder does with each stage (:func:`stage_states`), in words."""
+
+
+def stage_states(workdir: Path, stages: list[Stage]) -> dict[str, str]:
+    """What a run in ``workdir`` would do with each stage, from its marker (as :class:`Runner`
+    decides): ``new`` (no marker), ``done`` (same fingerprint, finished: skipped),
+    ``unfinished`` (same fingerprint, not finished: resumed) or ``changed`` (another
+    fingerprint: its outputs are cleared and it runs again)."""
+    states = {}
+    for name, key in chain_keys(stages).items():
+        marker = read_marker(workdir, name)
+        if marker is None:
+            states[name] = "new"
+        elif marker.get("key") != key:
+            states[name] = "changed"
+        else:
+            states[name] = "done" if marker.get("state") == "done" else "unfinished"
+    return states
+
+
 @dataclass
 class StageResult:
     name: str

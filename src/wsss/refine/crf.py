@@ -125,6 +125,10 @@ CRF_PRESETS: dict[str, CrfParams] = {
     # POS_XY_STD 1, BI_W 4, BI_XY_STD 67, BI_RGB_STD 3 (DeepLab-v1's LargeFOV used 121 / 5); run on
     # the VOC val image at its own size.
     "deeplab": CrfParams(10, 1.0, 3.0, 67.0, 3.0, 4.0),
+    # DeepLab-v1 LargeFOV's CRF as BANA's stage 3 (VGG-16) post-processes val predictions:
+    # configs/stage3_vgg.yml DCRF [bi_w 4, bi_xy 121, bi_rgb 5, pos_w 3, pos_xy 3]; 10 iterations as
+    # BANA's stage 2 (the reading notes give no count for stage 3).
+    "largefov": CrfParams(10, 3.0, 3.0, 121.0, 5.0, 4.0),
     # BANA configs/stage2.yml DCRF [bi_w 4, bi_xy 55, bi_rgb 3, pos_w 3, pos_xy 3], 10 iterations (Y_crf);
     # stage2.py runs it on the JPEG as read, at VOC's size.
     "bana": CrfParams(10, 3.0, 3.0, 55.0, 3.0, 4.0),
