@@ -1,6 +1,7 @@
 """The demo: the benchmark, every implemented method, one table and ``results.json``.
 
-Also draws ``seed_sweep.png`` (seed mIoU against the background threshold, every method) and
+Also writes the run's report (``report.html``, ``report.md``: :mod:`wsss.pipeline.report`), and draws
+``seed_sweep.png`` (seed mIoU against the background threshold, every method) and
 ``seed_maps.png`` (image, ground truth and each method's map for the first training images).
 Methods without seeds (the box-supervised ``bana`` and ``boxes``, with ``--set methods=[...]``)
 get rows from their pseudo masks on, no curve or map column, and ``pseudo_masks.png`` (image,
@@ -21,6 +22,7 @@ from wsss.io import image_size, read_json, write_json, write_text
 from wsss.methods import Context, get_method, quick_settings
 from wsss.methods.chain import QUICK_SETTINGS
 from wsss.pipeline.recipes import build_stages, check_inputs, load_recipe
+from wsss.pipeline.report import build_report
 from wsss.pipeline.results import collect_results, format_results, scores_of
 from wsss.pipeline.runner import Runner
 
@@ -166,6 +168,8 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
     text = "\n\n".join(sections)
     write_text(out / "results.txt", text + "\n")
     write_json(out / "results.json", results)
+    report, _ = build_report(ctx.workdir, out)
     print(text)
+    print(f"\nreport: {report} (and report.md beside it)")
     print(f"\nwrote {out / 'results.json'} ({results['seconds']:.0f} s)")
     return results

@@ -16,7 +16,8 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
-from wsss.io import voc_palette, write_bytes
+from wsss.errors import DataError
+from wsss.io import ensure_writable_folder, voc_palette, write_bytes
 from wsss.stores.maps import LocalizationMaps, MapStore
 from wsss.stores.masks import MaskStore
 
@@ -181,3 +182,77 @@ def mask_picture(image: np.ndarray, labels: np.ndarray, palette: Sequence[int] |
                  alpha: float = 0.6) -> np.ndarray:
     """One label map over its image: classes in the palette's colours, 255 white."""
     return label_overlay(image, labels, alpha, mask_palette(palette))
+
+
+def overlay_source_kind(source: str | Path) -> str:
+    """``"maps"`` for a map store (``<id>.npz``), ``"masks"`` for a folder of label maps (``<id>.png``).
+
+    Raises:
+        DataError: not a folder, or neither kind (or both) inside it.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise DataError("folder not found", source)
+    if not source.is_dir():
+        raise DataError("not a folder (give a map store or a folder of label PNGs)", source)
+    has_maps = any(source.glob("*.npz"))
+    has_masks = any(source.glob("*.png"))
+    if has_maps and has_masks:
+        raise DataError("holds both maps (.npz) and label maps (.png): give one kind", source)
+    if not (has_maps or has_masks):
+        raise DataError("neither a map store (<id>.npz) nor a folder of label maps (<id>.png)", source)
+    return "maps" if has_maps else "masks"
+
+
+def write_overlays(dataset, source: str | Path, out: str | Path, *, limit: int | None = None,
+                   alpha: float | None = None, progress: bool = True) -> list[Path]:
+    """Draw each image of ``dataset`` that ``source`` holds into ``out/<id>.png``, atomically.
+
+    A map store gives one row per image: the image, its maps' maximum, then each channel, titled
+    with its class. A folder of label maps gives the image and its label map over it.
+
+    Args:
+        dataset: the images (``ids``, ``load_image``, ``classes``, ``palette``).
+        source: a map store or a folder of ``<id>.png`` label maps (:func:`overlay_source_kind`).
+        out: the folder for the pictures.
+        limit: draw at most this many images (the first of the split that ``source`` holds).
+        alpha: the overlay's opacity (default 0.5 for maps, 0.6 for label maps).
+
+    Returns:
+        The pictures written.
+
+    Raises:
+        DataError: ``source`` is not a store, holds no image of the split, or a file in it does
+            not fit its image (each message names the file).
+    """
+    from tqdm import tqdm
+
+    kind = overlay_source_kind(source)
+    store = MapStore(source) if kind == "maps" else MaskStore(source)
+    ids = [image_id for image_id in dataset.ids if store.has(image_id)]
+    if not ids:
+        split = getattr(dataset, "split", None)
+        raise DataError(f"holds no image of split {str(split)!r} ({len(dataset.ids)} images, e.g. "
+                        f"{dataset.ids[0]!r}; another split?)" if dataset.ids else "the split is empty", source)
+    if limit is not None:
+        ids = ids[:limit]
+    out = ensure_writable_folder(out, "output folder")  # checked before the first picture
+    classes = list(getattr(dataset, "classes", []) or []) or None
+    palette = getattr(dataset, "palette", None)
+    num_classes = getattr(dataset, "num_classes", None)
+    written = []
+    for image_id in tqdm(ids, desc=f"overlays of {Path(source).name}", disable=not progress):
+        image = dataset.load_image(image_id)
+        if kind == "maps":
+            maps = store.load(image_id)
+            if maps.image_size != image.shape[:2]:
+                raise DataError(f"maps of size {maps.image_size} for an image of size {image.shape[:2]}",
+                                store.path(image_id))
+            panels, titles = map_panels(image, maps, classes, 0.5 if alpha is None else alpha)
+        else:
+            labels = store.load(image_id, image_size=image.shape[:2], num_classes=num_classes)
+            panels, titles = [mask_picture(image, labels, palette, 0.6 if alpha is None else alpha)], ["labels"]
+        path = out / f"{image_id}.png"
+        save_png(path, image_grid([[image, *panels]], [image_id, *titles]))
+        written.append(path)
+    return written
