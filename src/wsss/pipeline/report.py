@@ -331,23 +331,24 @@ def _pictures_section(ctx: Context, methods: list[str], images: int, max_side: i
         return section
     ids = seed_set.ids[:images]
     for method in methods:
+        # the method's own names for its label maps (BANA's Y_crf and Y_ret) win over "pseudo mask"
+        own = get_method(method).pictures(ctx) if method in registered_methods() else {}
         columns: dict[str, Any] = {}
         for title, folder, store in (("map", ctx.maps_dir(method), MapStore),
                                      ("IR labels", ctx.ir_label_dir(method), MaskStore),
                                      ("pseudo mask", ctx.pseudo_dir(method), MaskStore)):
-            if folder.is_dir():
+            if folder.is_dir() and folder not in map(Path, own.values()):
                 columns[title] = store(folder)
-        if method in registered_methods():
-            for title, folder in get_method(method).pictures(ctx).items():
-                if Path(folder).is_dir() and Path(folder) != ctx.pseudo_dir(method):
-                    columns[title] = MaskStore(folder)
+        columns.update({title: MaskStore(folder) for title, folder in own.items() if Path(folder).is_dir()})
         if not columns:
             section.note(f"{method}: no maps, IR labels or pseudo masks in the work folder")
             continue
         grid = draw_grid(seed_set, columns, ids, max_side=max_side)
-        section.parts.append(Picture(png_bytes(grid), f"{method} on the seed split ({', '.join(columns)}); "
-                                                      "maps as heat maps (max over the image's classes), label "
-                                                      "maps in the palette's colours, ignored pixels white"))
+        how = ["maps as heat maps (max over the image's classes)"] if "map" in columns else []
+        if len(columns) > len(how):
+            how.append("label maps in the palette's colours, ignored pixels white")
+        section.parts.append(Picture(png_bytes(grid), f"{method} on the seed split ({', '.join(columns)}): "
+                                                      + "; ".join(how)))
     predictions = {("fully supervised" if m == "fully_supervised" else m): MaskStore(ctx.prediction_dir(m))
                    for m in [*methods, "fully_supervised"] if ctx.prediction_dir(m).is_dir()}
     if not predictions:
