@@ -195,3 +195,21 @@ def test_overlay_refuses_a_bad_limit(limit: str, finished_run, tmp_path: Path) -
         main(["overlay", str(finished_run.work / "maps" / "cam"), "--data", str(finished_run.data), "--out",
               str(tmp_path), "--limit", limit])
     assert stop.value.code == 2
+
+
+def test_report_of_a_run_that_stops_at_the_seeds(finished_run, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    shutil.copytree(finished_run.work, work)
+    config = (work / "config.yaml").read_text()
+    assert "\nuntil: final\n" in config
+    (work / "config.yaml").write_text(config.replace("\nuntil: final\n", "\nuntil: seeds\n"))
+    for name in ("cam_pseudo", "cam_final", "fully_supervised_final"):
+        (work / "eval" / f"{name}.json").unlink()
+    shutil.rmtree(work / "predictions")
+    build_report(work)
+    markdown = (work / "report.md").read_text()
+    assert "Pseudo masks: not part of this run (until: seeds), no table" in markdown
+    assert "no predictions: not part of this run (until: seeds)" in markdown
+    assert "did not run" not in markdown  # nothing the recipe asked for is missing
+    assert _markdown_row(markdown, "cam")[4:7] == ["-", "-", "-"]  # pseudo, final, % of FS
+    assert "| fully supervised |" not in markdown  # no row without its evaluation

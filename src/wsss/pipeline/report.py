@@ -35,6 +35,7 @@ from wsss import __version__
 from wsss.errors import DataError, WsssError
 from wsss.io import ensure_writable_folder, read_json, write_text
 from wsss.methods import Context, get_method, registered_methods
+from wsss.methods.chain import UNTIL
 from wsss.pipeline.results import PROTOCOL_NOTE, collect_results, results_cells, scores_of
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,14 @@ def _markers(workdir: Path) -> dict[str, dict[str, Any]]:
     return markers
 
 
+def _not_run_why(ctx: Context, what: str) -> str:
+    """Why a run has no ``what`` (seed, pseudo, final) evaluation: its recipe stops before, or not known."""
+    until = getattr(ctx.recipe, "until", None)
+    if until in UNTIL and list(WHAT).index(what) > UNTIL.index(until):  # UNTIL: seeds, pseudo, final
+        return f"not part of this run (until: {until})"
+    return "no evaluation in eval/"
+
+
 # ---------------------------------------------------------------------------------- sections
 def _results_section(ctx: Context, methods: list[str], planned: list[str] | None) -> Section:
     section = Section("Results", "results")
@@ -207,7 +216,7 @@ def _per_class_section(ctx: Context, methods: list[str]) -> Section:
                 described = f"split '{Path(str(dataset['split'])).name}', {dataset['num_images']} images"
             scores += rows
         if not scores:
-            section.note(f"{WHAT[what]}: no evaluation in eval/, no table")
+            section.note(f"{WHAT[what]}: {_not_run_why(ctx, what)}, no table")
             continue
         if len({s.num_classes for s in scores}) > 1:
             section.note(f"{WHAT[what]}: the evaluations disagree on the classes, no table")
@@ -352,7 +361,9 @@ def _pictures_section(ctx: Context, methods: list[str], images: int, max_side: i
     predictions = {("fully supervised" if m == "fully_supervised" else m): MaskStore(ctx.prediction_dir(m))
                    for m in [*methods, "fully_supervised"] if ctx.prediction_dir(m).is_dir()}
     if not predictions:
-        section.note("no predictions in the work folder (no segmentation network has predicted yet)")
+        why = _not_run_why(ctx, "final")
+        section.note("no predictions: " + (why if why.startswith("not part") else
+                                           "none in the work folder (no segmentation network has predicted yet)"))
         return section
     try:
         val_set = ctx.dataset(recipe.data.val_split)
