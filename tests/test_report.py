@@ -179,7 +179,10 @@ def test_overlay_draws_maps_and_label_maps(finished_run, tmp_path: Path, capsys)
                  "--out", str(tmp_path / "pred"), "--no-progress"]) == 0
     assert len(list((tmp_path / "pred").iterdir())) == 6  # every val image
     picture = np.asarray(Image.open(tmp_path / "pred" / "val_00001.png").convert("RGB"))
-    assert picture.shape[1] == 2 + 2 * 82 and not np.array_equal(picture[20:60, 2:82], picture[20:60, 84:164])
+    assert picture.shape == (14 + 2 + 80 + 2, 2 + 2 * 82, 3)  # titles, then image | labels over it
+    labels = np.asarray(Image.open(work / "predictions" / "cam" / "val_00001.png"))
+    changed = (picture[16:96, 2:82] != picture[16:96, 84:164]).any(axis=2)
+    assert changed.any() == labels.any() and not (changed & (labels == 0)).any()  # background left as it is
     capsys.readouterr()
     assert main(["overlay", str(work / "predictions" / "cam"), "--data", str(data), "--out",
                  str(tmp_path / "none")]) == 2
