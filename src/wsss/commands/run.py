@@ -5,9 +5,10 @@ masks, weight files, OoD list, work folder) and every problem found is listed at
 ``--dry-run`` reads further (every image header, mask and label, the weight files against their
 networks) and prints the stage plan with image counts and the work estimated, running nothing
 and needing no GPU. Every stage skips what is already done with the same configuration,
-per-image stages resume image by image, and under ``torchrun`` the per-image work is split across ranks. At the end it prints the
-results table (seed, pseudo-mask and final mIoU per method, each with its protocol) and writes
-the report (``WORK/report.html``, ``WORK/report.md``; see ``wsss report``)::
+per-image stages resume image by image, and under ``torchrun`` the per-image work is split across
+ranks. At the end it prints the results table (seed, pseudo-mask and final mIoU per method, each
+with its protocol) and writes the report (``WORK/report.html``, ``WORK/report.md``; see
+``wsss report``)::
 
     wsss run synth/demo --work work --set data.root=data/synth
     wsss run voc/advcam --work work --set data.root=VOCdevkit --dry-run
