@@ -54,6 +54,9 @@ def test_demo_on_an_existing_dataset_with_other_classes_and_size(tmp_path: Path)
     assert config.count("crop_size: 96") == 4  # classifier, RIB's other images, IRN, DeepLab: the image size
     assert results["methods"]["cam"]["final_miou"] is not None  # the whole chain ran
     assert results["fully_supervised"]["final_miou"] is not None
+    report = (out / "report.md").read_text()  # the demo writes the report beside results.json
+    assert f"| {results['methods']['cam']['final_miou']:.1f} |" in report
+    assert (out / "report.html").read_text().count("data:image/png;base64,") >= 5
 
 
 def test_run_resumes_a_killed_extraction(tmp_path: Path) -> None:

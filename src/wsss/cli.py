@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-advcam": ("wsss.commands.make_advcam", "AdvCAM maps (anti-adversarial climbing) into a map store"),
     "eval": ("wsss.commands.eval", "evaluate label maps or a map store (per-class IoU table, sweeps)"),
     "run": ("wsss.commands.run", "run a recipe's stages in a work directory (resumable, sharded)"),
+    "report": ("wsss.commands.report", "write a run's results, tables and pictures as one HTML page and Markdown"),
+    "overlay": ("wsss.commands.overlay", "draw a map store or a folder of label maps over the dataset's images"),
     "config": ("wsss.commands.config", "print a recipe's resolved configuration"),
     "demo": ("wsss.commands.demo", "generate the benchmark and run every method end to end"),
 }

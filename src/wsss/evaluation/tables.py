@@ -41,6 +41,30 @@ def _metric(scores: SegmentationScores, metric: str) -> tuple[np.ndarray, float]
     return per_class, mean
 
 
+def table_cells(
+    scores: SegmentationScores | Sequence[SegmentationScores],
+    classes: Sequence[str] | None = None,
+    *,
+    metric: str = "iou",
+) -> tuple[list[str], list[list[str]]]:
+    """The papers' table as cells, for any rendering (text, Markdown, HTML).
+
+    Returns:
+        The header (background .. last class, then the mean) and one row per scores: its name,
+        then the values in percent with one decimal ('-' where undefined).
+    """
+    rows = _as_list(scores)
+    names = list(classes if classes is not None else rows[0].classes)
+    for row in rows:
+        if row.num_classes != len(names):
+            raise ValueError(f"scores '{row.name}' have {row.num_classes} classes, table has {len(names)}")
+    cells = []
+    for row in rows:
+        per_class, mean = _metric(row, metric)
+        cells.append([row.name, *(_cell(v) for v in per_class), _cell(mean)])
+    return [*names, _MEAN_NAMES[metric]], cells
+
+
 def format_table(
     scores: SegmentationScores | Sequence[SegmentationScores],
     classes: Sequence[str] | None = None,
@@ -60,24 +84,28 @@ def format_table(
         Lines of text: title, header, one row per result, then ``name: protocol`` for each row.
     """
     rows = _as_list(scores)
-    names = list(classes if classes is not None else rows[0].classes)
-    for row in rows:
-        if row.num_classes != len(names):
-            raise ValueError(f"scores '{row.name}' have {row.num_classes} classes, table has {len(names)}")
-    header = [*names, _MEAN_NAMES[metric]]
+    header, cells = table_cells(rows, classes, metric=metric)
     widths = [max(len(name), _MIN_WIDTH) for name in header]
     label_width = max(len(row.name) for row in rows)
     lines = [title] if title else []
     lines.append(" " * label_width + "  " + " ".join(n.rjust(w) for n, w in zip(header, widths)))
-    for row in rows:
-        per_class, mean = _metric(row, metric)
-        cells = [_cell(v) for v in per_class] + [_cell(mean)]
-        lines.append(row.name.ljust(label_width) + "  " + " ".join(c.rjust(w) for c, w in zip(cells, widths)))
-    unit = "IoU" if metric == "iou" else metric
-    lines.append(f"({unit} in percent; '-' = class absent from ground truth and prediction)")
-    for row in rows:
-        lines.append(f"{row.name}: {row.protocol}" if row.name != row.protocol else row.protocol)
+    for name, *values in cells:
+        lines.append(name.ljust(label_width) + "  " + " ".join(c.rjust(w) for c, w in zip(values, widths)))
+    lines.append(table_note(metric))
+    lines.extend(protocol_lines(rows))
     return "\n".join(lines)
+
+
+def table_note(metric: str = "iou") -> str:
+    """The line under a table that says what its numbers are."""
+    unit = "IoU" if metric == "iou" else metric
+    return f"({unit} in percent; '-' = class absent from ground truth and prediction)"
+
+
+def protocol_lines(scores: SegmentationScores | Sequence[SegmentationScores]) -> list[str]:
+    """``name: protocol`` for each row (the protocol alone where it is the name)."""
+    return [f"{row.name}: {row.protocol}" if row.name != row.protocol else row.protocol
+            for row in _as_list(scores)]
 
 
 def format_details(

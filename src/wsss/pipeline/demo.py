@@ -1,6 +1,7 @@
 """The demo: the benchmark, every implemented method, one table and ``results.json``.
 
-Also draws ``seed_sweep.png`` (seed mIoU against the background threshold, every method) and
+Also writes the run's report (``report.html``, ``report.md``: :mod:`wsss.pipeline.report`), and draws
+``seed_sweep.png`` (seed mIoU against the background threshold, every method) and
 ``seed_maps.png`` (image, ground truth and each method's map for the first training images).
 Methods without seeds (the box-supervised ``bana`` and ``boxes``, with ``--set methods=[...]``)
 get rows from their pseudo masks on, no curve or map column, and ``pseudo_masks.png`` (image,
@@ -20,7 +21,9 @@ from wsss.errors import DataError, problems_error
 from wsss.io import image_size, read_json, write_json, write_text
 from wsss.methods import Context, get_method, quick_settings
 from wsss.methods.chain import QUICK_SETTINGS
-from wsss.pipeline.recipes import build_stages, check_inputs, final_summary, load_recipe, seed_summary
+from wsss.pipeline.recipes import build_stages, check_inputs, load_recipe
+from wsss.pipeline.report import build_report
+from wsss.pipeline.results import collect_results, format_results, scores_of
 from wsss.pipeline.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -38,9 +41,6 @@ SEED_IMAGES = 200
 """Training images that get seeds, pseudo masks and a segmentation network (the classifier sees
 them all): per-image methods (AdvCAM, RIB) cost seconds per image on a CPU."""
 QUICK_SEED_IMAGES = 40
-NO_SEEDS = {"seed_miou": None, "seed_threshold": None, "seed_miou_label_free": None,
-            "seed_threshold_label_free": None, "seed_miou_fixed": None, "seed_protocols": {}}
-"""The seed columns of a method without seeds (the box-supervised ones)."""
 
 
 def seed_subset(dataset, count: int, path: Path) -> Path | None:
@@ -76,37 +76,6 @@ def size_overrides(long_side: int) -> list[str]:
     return [f"classifier.crop_size={long_side}", f"classifier.resize_long=[{low}, {high}]",
             f"rib.other_crop_size={long_side}", f"rib.other_resize_long=[{low}, {high}]",
             f"irn.crop_size={long_side}", f"segmentation.crop_size={long_side}"]
-
-
-def _scores_from_json(result: dict[str, Any], classes: Sequence[str], name: str):
-    from wsss.evaluation.semantic import SegmentationScores
-
-    return SegmentationScores(confusion=np.asarray(result["confusion"]), classes=tuple(classes),
-                              protocol=result["protocol"], name=name, threshold=result.get("threshold"))
-
-
-def _cell(value: float | None, threshold: float | None = None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.1f}" + (f" (t={threshold:.2f})" if threshold is not None else "")
-
-
-def summary_table(results: dict[str, Any]) -> str:
-    header = ["method", "seed mIoU, oracle t", "seed mIoU, label-free t", "pseudo mIoU", "final mIoU",
-              "% of FS", "seconds"]
-    rows = [header]
-    for method, r in results["methods"].items():
-        rows.append([method, _cell(r["seed_miou"], r["seed_threshold"]),
-                     _cell(r["seed_miou_label_free"], r["seed_threshold_label_free"]),
-                     _cell(r["pseudo_miou"]), _cell(r["final_miou"]),
-                     _cell(r.get("final_fraction_of_fully_supervised")), f"{r['seconds']:.0f}"])
-    fs = results["fully_supervised"]
-    rows.append(["fully supervised", "-", "-", "-", _cell(fs.get("final_miou")), "-",
-                 f"{fs['seconds']:.0f}" if fs.get("seconds") is not None else "-"])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quick: bool = False,
@@ -154,51 +123,25 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
         problems = check_inputs(ctx, stages)
         if problems:
             raise problems_error(problems, "with the demo's inputs (nothing was run)")
-        stage_results = Runner(ctx.workdir, config).run(stages)
+        Runner(ctx.workdir, config).run(stages)
     if not dist_info.is_main:
         return {}
 
     classes = ctx.dataset(config.data.seed_split).classes
-    results: dict[str, Any] = {"methods": {}, "fully_supervised": {"final_miou": None},
-                               "dataset": {"root": str(root), "classes": list(classes),
-                                           "generated": data is None, "quick": quick,
-                                           "seed_images": len(ctx.dataset(config.data.seed_split))}}
+    results: dict[str, Any] = collect_results(ctx)
+    results["dataset"] = {"root": str(root), "classes": list(classes), "generated": data is None,
+                          "quick": quick, "seed_images": len(ctx.dataset(config.data.seed_split))}
     seed_rows, pseudo_rows, final_rows, curves = [], [], [], {}
-
-    def rows_of(method: str, what: str, label: str) -> list:
-        path = ctx.eval_path(method, what)
-        if not path.is_file():
-            return []
-        return [_scores_from_json(r, classes, label) for r in read_json(path)["results"]]
-
     for method in config.methods:
         # box-supervised methods (bana, boxes) have no seeds: their rows start at the pseudo masks
-        has_seeds = ctx.eval_path(method, "seed").is_file()
-        summary = seed_summary(ctx, method) if has_seeds else dict(NO_SEEDS)
-        own = {stage.name for stage in get_method(method).stages(ctx)}  # shared stages included
-        seconds = sum(r.seconds for name, r in stage_results.items() if name in own)
-        results["methods"][method] = {**summary, "pseudo_miou": final_summary(ctx, method, "pseudo"),
-                                      "final_miou": final_summary(ctx, method, "final"),
-                                      "seconds": round(seconds, 1)}
-        pseudo_rows += rows_of(method, "pseudo", method)
-        final_rows += rows_of(method, "final", method)
-        if not has_seeds:
+        pseudo_rows += scores_of(ctx, method, "pseudo")
+        final_rows += scores_of(ctx, method, "final")
+        if not ctx.eval_path(method, "seed").is_file():
             continue
-        report = read_json(ctx.eval_path(method, "seed"))
-        for result in report["results"]:
-            kind = "oracle" if result["threshold_uses_ground_truth"] else result["protocol"].split(" t=")[0]
-            seed_rows.append(_scores_from_json(result, classes, f"{method}, {kind}"))
-        sweep = report["sweep"]
+        seed_rows += scores_of(ctx, method, "seed")
+        sweep = read_json(ctx.eval_path(method, "seed"))["sweep"]
         curves[method] = (np.asarray(sweep["thresholds"]), np.asarray(sweep["miou"]) / 100.0)
-    fully = final_summary(ctx, "fully_supervised", "final")
-    results["fully_supervised"] = {"final_miou": fully,
-                                   "seconds": round(sum(r.seconds for n, r in stage_results.items()
-                                                        if n.startswith("fully_supervised.")), 1)}
-    final_rows += rows_of("fully_supervised", "final", "fully supervised")
-    if fully:
-        for r in results["methods"].values():
-            r["final_fraction_of_fully_supervised"] = (round(100.0 * r["final_miou"] / fully, 1)
-                                                       if r["final_miou"] is not None else None)
+    final_rows += scores_of(ctx, "fully_supervised", "final", "fully supervised")
     results["seconds"] = round(time.perf_counter() - start, 1)
 
     seed_set = ctx.dataset(config.data.seed_split)
@@ -211,7 +154,7 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
             pictures.update({k: v for k, v in get_method(method).pictures(ctx).items() if v.is_dir()})
     if pictures:
         mask_grid(seed_set, pictures, seed_set.ids[:8], out / "pseudo_masks.png")
-    sections = [summary_table(results)]
+    sections = [format_results(results)]
     if seed_rows:
         sections.append(format_table(seed_rows, classes, title=f"Seeds on {seed_split}, per class (IoU %)"))
     if pseudo_rows:
@@ -222,14 +165,11 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
     if final_rows:
         sections.append(format_table(final_rows, classes, title=f"Segmentation on split '{config.data.val_split}', "
                                      "trained on the pseudo masks of the same images, per class (IoU %)"))
-    sections.append(
-        "Oracle: the background threshold is chosen on the ground truth (the papers' protocol). "
-        "Label-free: chosen from the maps alone. Pseudo masks and final segmentation use no ground "
-        "truth; the fully supervised row trains the same network on the ground-truth masks."
-    )
     text = "\n\n".join(sections)
     write_text(out / "results.txt", text + "\n")
     write_json(out / "results.json", results)
+    report, _ = build_report(ctx.workdir, out)
     print(text)
+    print(f"\nreport: {report} (and report.md beside it)")
     print(f"\nwrote {out / 'results.json'} ({results['seconds']:.0f} s)")
     return results

@@ -354,5 +354,6 @@ def seed_summary(ctx: Context, method: str) -> dict[str, Any]:
         "seed_miou_label_free": by_kind["label_free"]["miou"] if "label_free" in by_kind else None,
         "seed_threshold_label_free": by_kind["label_free"]["threshold"] if "label_free" in by_kind else None,
         "seed_miou_fixed": by_kind["fixed"]["miou"] if "fixed" in by_kind else None,
+        "seed_threshold_fixed": by_kind["fixed"]["threshold"] if "fixed" in by_kind else None,
         "seed_protocols": {k: v["protocol"] for k, v in by_kind.items()},
     }

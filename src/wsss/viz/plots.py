@@ -1,4 +1,5 @@
-"""Curves as PNG files: threshold sweeps (the papers' seed mIoU vs background threshold).
+"""Curves as PNG files: threshold sweeps (the papers' seed mIoU vs background threshold) and
+training histories.
 
 Figures are built on matplotlib's Agg canvas directly (no pyplot, no global backend switch) and
 written atomically through :mod:`wsss.io`.
@@ -45,6 +46,21 @@ def label_rows(points: Sequence[tuple[float, float]], x_span: float, y_span: flo
 def plot_sweep(
     curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     path: str | Path,
+    **options,
+) -> Path:
+    """Draw mIoU against threshold for one or several methods in one figure (:func:`sweep_png`,
+    its ``options``) and write it to ``path``, atomically.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    write_bytes(path, sweep_png(curves, **options))
+    return path
+
+
+def sweep_png(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     *,
     title: str | None = None,
     markers: Mapping[str, float] | None = None,
@@ -52,23 +68,19 @@ def plot_sweep(
     ylabel: str = "mIoU (%)",
     percent: bool = True,
     dpi: int = 120,
-) -> Path:
-    """Draw mIoU against threshold for one or several methods in one figure.
+) -> bytes:
+    """mIoU against threshold for one or several methods in one figure, as PNG file contents.
 
     Args:
         curves: name -> (thresholds, mIoU). mIoU as fractions in [0, 1] (what
             ``SweepResult.curve`` returns); drawn in percent unless ``percent`` is False. Each
             curve's best point is marked.
-        path: the PNG to write.
         title: the figure title.
         markers: label -> threshold, drawn as dashed vertical lines (e.g. the fixed and the
             label-free thresholds).
-
-    Returns:
-        ``path``.
     """
     if not curves:
-        raise ValueError("plot_sweep needs at least one curve")
+        raise ValueError("a sweep plot needs at least one curve")
     figure = Figure(figsize=(6.0, 4.0), dpi=dpi)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
@@ -104,8 +116,44 @@ def plot_sweep(
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
+    return _png(figure)
+
+
+def _png(figure: Figure, dpi: float | None = None) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    path = Path(path)
-    write_bytes(path, buffer.getvalue())
-    return path
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def history_png(
+    panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]],
+    *,
+    title: str | None = None,
+    xlabel: str = "epoch",
+    dpi: int = 110,
+) -> bytes:
+    """Training histories side by side, one panel per quantity, as PNG file contents.
+
+    Args:
+        panels: y-axis label (``"loss"``, ``"learning rate"``) -> line name -> (x, y).
+        title: the figure title.
+        xlabel: the x-axis label of every panel.
+    """
+    if not panels:
+        raise ValueError("a history plot needs at least one panel")
+    figure = Figure(figsize=(3.6 * len(panels) + 0.6, 3.4), dpi=dpi)
+    FigureCanvasAgg(figure)
+    for index, (ylabel, lines) in enumerate(panels.items()):
+        axes = figure.add_subplot(1, len(panels), index + 1)
+        for name, (x, y) in lines.items():
+            axes.plot(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64), marker=".",
+                      markersize=4, linewidth=1.5, label=name)
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        axes.grid(True, alpha=0.3)
+        if len(lines) > 1:
+            axes.legend(fontsize=7)
+    if title:
+        figure.suptitle(textwrap.fill(title, TITLE_WIDTH + 20 * (len(panels) - 1)), fontsize=10)
+    figure.tight_layout()
+    return _png(figure)
