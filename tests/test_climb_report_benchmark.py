@@ -103,14 +103,17 @@ def test_benchmark_reports_both_settings(report, work, tmp_path, capsys) -> None
             pair = multiscale_inputs(image, [1.0])[0]
             plain = torch.relu(model.class_maps(pair)).mean(dim=(-2, -1)).mean(dim=0)[keys - 1]
             # RIB's step-0 score: the classifier's logits, mean over the loss scales and flips
-            logits = torch.cat([model(x) for x in multiscale_inputs(image, (1.0, 1.5))]).mean(dim=0)[keys - 1]
+            rows = torch.cat([model(x) for x in multiscale_inputs(image, (1.0, 1.5))])[:, keys - 1]
+            logits = rows.mean(dim=0)
         for setting in ("reference", "image"):
             np.testing.assert_allclose(np.asarray(record["advcam"][setting]["score"])[:, 0], plain.numpy(),
                                        rtol=1e-4)
             np.testing.assert_allclose(record["rib"][setting]["trace"][0]["score"], logits.numpy(), rtol=1e-4)
         assert record["rib"]["reference"]["logit_scale"] == 1.0
         scale = record["rib"]["image"]["logit_scale"]
-        assert scale == pytest.approx(float(logits.mean()) / REFERENCE_TARGET_LOGIT, rel=1e-4)
+        positive = rows[rows > 0]  # c measures the classes the classifier sees (rib.positive_mean)
+        expected = float(positive.mean()) / REFERENCE_TARGET_LOGIT if positive.numel() else 1.0
+        assert scale == pytest.approx(expected, rel=1e-4)
         image_scales.append(scale)
     assert rib["image"]["logit_scale"] == pytest.approx(np.mean(image_scales), rel=1e-12)
     assert rib["image"]["margin"] == pytest.approx(600.0 * np.mean(image_scales), rel=1e-12)

@@ -559,3 +559,11 @@ def test_climb_report_traces_both_settings(net64: CamNet) -> None:
     assert scaled.logit_scale == pytest.approx(start / REFERENCE_TARGET_LOGIT, rel=1e-12)
     assert literal.trace[0] == scaled.trace[0]  # the same start, then each its own climb
     assert literal.trace[1]["score"] != scaled.trace[1]["score"]
+
+
+def test_the_logit_scale_is_measured_on_the_classes_the_classifier_sees() -> None:
+    from wsss.attribution.rib import positive_mean
+
+    # A labelled class the classifier misses (negative logit) does not shrink c.
+    assert positive_mean(torch.tensor([[4.0, -3.0], [2.0, -1.0]])) == pytest.approx(3.0)
+    assert positive_mean(torch.tensor([[-4.0, -3.0]])) is None

@@ -266,10 +266,22 @@ class RibSettings:
     logit_scale: float = 1.0
 
 
+def positive_mean(logits: torch.Tensor) -> float | None:
+    """The mean of the positive entries of ``logits`` (a target's step-0 logits over its loss
+    rows, flips and classes), or None if none is positive.
+
+    Only the classes the classifier sees on the image measure its logit scale: a labelled class
+    it misses has a negative logit that says nothing about how large its logits run, and would
+    shrink ``c`` towards 0 (a margin near 0 and a backbone rate many times the reference's).
+    """
+    positive = logits[logits > 0]
+    return float(positive.mean()) if positive.numel() else None
+
+
 def scaled_settings(config: RibConfig, target_logit: float | None = None, scale: str = "reference"
                     ) -> RibSettings:
     """Learning rates, weight decays and margin for a target whose step-0 pooled logit is
-    ``target_logit`` (mean over the loss rows and its classes).
+    ``target_logit`` (:func:`positive_mean` over the loss rows, flips and its classes).
 
     ``scale="reference"``, or a logit that is not positive: the literal values (backbone
     ``lr``, classifier ``classifier_lr_mult * lr``, ``weight_decay`` for both, ``margin``).
@@ -637,7 +649,7 @@ def _fine_tune(tuner: RibTuner, image: np.ndarray, keys: np.ndarray, other_image
                 accumulated[0] = accumulated[0] + step_maps[0]
             break
         if step == 0 and scale == "image":
-            settings = scaled_settings(config, float(torch.cat(plain_logits).mean()), scale)
+            settings = scaled_settings(config, positive_mean(torch.cat(plain_logits)), scale)
         accumulated = [m if a is None else a + m for a, m in zip(accumulated, step_maps)]
         taken += 1
         if trace:
