@@ -12,10 +12,11 @@ from wsss.evaluation.semantic import ConfusionAccumulator, mean_iou
 from wsss.evaluation.sweep import (
     SweepAccumulator,
     evaluate_maps,
+    foreground_max,
     maps_to_labels,
     parse_thresholds,
 )
-from wsss.refine.thresholds import histogram_edges, li_threshold, otsu_threshold, score_histogram
+from wsss.refine.thresholds import EdgeAlignment, histogram_edges, li_threshold, otsu_threshold, score_histogram
 from wsss.stores.maps import LocalizationMaps, MapStore
 from wsss.viz.plots import plot_sweep
 
@@ -31,6 +32,11 @@ class FakeDataset:
 
     def load_mask(self, image_id):
         return self.masks[image_id]
+
+    def load_image(self, image_id):
+        """An RGB image whose colour follows the mask (so it has edges where the mask changes)."""
+        mask = self.masks[image_id].astype(np.int64)
+        return np.stack([(mask * 37) % 256, (mask * 91) % 256, (mask * 53) % 256], axis=-1).astype(np.uint8)
 
 
 def padded_argmax_labels(maps: LocalizationMaps, threshold: float) -> np.ndarray:
@@ -132,7 +138,8 @@ def test_evaluate_maps_on_a_store(tmp_path):
     store = MapStore(tmp_path / "cam")
     for image_id, m in maps.items():
         store.save(image_id, m)
-    result = evaluate_maps(FakeDataset(masks), store, thresholds="0.05:0.60:0.05", fixed_threshold=0.15, progress=False)
+    result = evaluate_maps(FakeDataset(masks), store, thresholds="0.05:0.60:0.05", fixed_threshold=0.15,
+                           label_free="li", progress=False)
 
     thresholds, mious = result.curve
     np.testing.assert_allclose(thresholds, np.round(np.arange(1, 13) * 0.05, 10))
@@ -166,6 +173,17 @@ def test_evaluate_maps_on_a_store(tmp_path):
     otsu = evaluate_maps(FakeDataset(masks), store, thresholds="0.05:0.6:0.05", label_free="otsu", progress=False)
     assert otsu.label_free_threshold == pytest.approx(otsu_threshold(score_histogram(best_scores), edges))
     assert otsu.label_free.protocol.startswith("label-free (Otsu) t=")
+    # The default rule, edges: the maps' contours against the images' edges, no mask read.
+    edges_result = evaluate_maps(FakeDataset(masks), store, thresholds="0.05:0.6:0.05", progress=False)
+    alignment = EdgeAlignment()
+    for image_id, m in loaded.items():
+        best_map, class_ids = foreground_max(m.high_res, m.keys)
+        alignment.update(FakeDataset(masks).load_image(image_id), best_map, class_ids)
+    assert edges_result.label_free_threshold == pytest.approx(alignment.threshold())
+    assert edges_result.label_free.protocol.startswith("label-free (edges) t=")
+    np.testing.assert_array_equal(
+        edges_result.label_free.confusion,
+        brute_force_confusions(masks, loaded, [edges_result.label_free_threshold], len(CLASSES))[0])
     assert result.at(0.3).miou == pytest.approx(mean_iou(expected[5]))
     with pytest.raises(KeyError):
         result.at(0.123)

@@ -151,3 +151,29 @@ def test_a_label_free_background_threshold_is_chosen_from_the_walked_scores_alon
     with pytest.raises(ConfigError, match="label-free threshold rule"):
         make_pseudo_masks(voc_dataset, store.directory, tmp_path / "edges", out, bg_threshold="median",
                           progress=False)
+
+
+def test_the_edges_rule_for_the_walk_reads_the_images(voc_fixture, voc_dataset, tmp_path) -> None:
+    import torch
+
+    from wsss.refine.pseudo_masks import chosen_bg_threshold
+    from wsss.refine.random_walk import propagate_scores
+    from wsss.refine.thresholds import EdgeAlignment
+
+    rng = np.random.default_rng(6)
+    store = MapStore(tmp_path / "maps")
+    _store_maps(voc_fixture, store, rng)
+    _edges(voc_fixture, tmp_path / "edges")
+    out = tmp_path / "pseudo"
+    make_pseudo_masks(voc_dataset, store.directory, tmp_path / "edges", out, bg_threshold="edges",
+                      exp_times=2, progress=False)
+    alignment = EdgeAlignment()
+    for image_id in voc_fixture.ids:
+        m = store.load(image_id)
+        h, w = m.strided.shape[1:]
+        scores = propagate_scores(m.strided.astype(np.float32), m.keys, np.zeros((h, w), np.float32),
+                                  m.image_size, exp_times=2)
+        best, channel = torch.max(scores, dim=0)
+        alignment.update(voc_dataset.load_image(image_id), best.numpy(), m.keys[channel.numpy()])
+    record = chosen_bg_threshold(out)
+    assert record["rule"] == "edges" and record["bg_threshold"] == pytest.approx(alignment.threshold())

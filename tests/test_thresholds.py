@@ -9,7 +9,8 @@ import pytest
 
 from wsss.errors import ConfigError
 from wsss.refine.thresholds import (
-    LABEL_FREE_RULES,
+    HISTOGRAM_RULES,
+    EdgeAlignment,
     histogram_edges,
     histogram_threshold,
     li_threshold,
@@ -88,7 +89,7 @@ def test_triangle_mirrors_a_histogram_whose_tail_lies_below_its_peak():
     assert triangle_threshold(counts[::-1].copy(), edges) == pytest.approx(1 - t, abs=1 / 256 + 1e-12)
 
 
-@pytest.mark.parametrize("rule", LABEL_FREE_RULES)
+@pytest.mark.parametrize("rule", HISTOGRAM_RULES)
 def test_a_histogram_with_one_occupied_bin_gives_nan(rule):
     counts = np.zeros(8)
     counts[3] = 10
@@ -96,8 +97,10 @@ def test_a_histogram_with_one_occupied_bin_gives_nan(rule):
 
 
 def test_bad_input():
-    with pytest.raises(ConfigError, match="must be one of li, otsu, triangle"):
+    with pytest.raises(ConfigError, match="must be one of edges, li, otsu, triangle"):
         histogram_threshold(np.ones(4), np.linspace(0, 1, 5), "kmeans")
+    with pytest.raises(ConfigError, match="not a histogram rule"):
+        histogram_threshold(np.ones(4), np.linspace(0, 1, 5), "edges")
     with pytest.raises(ValueError, match="B counts and B \\+ 1 edges"):
         li_threshold(np.ones(4), np.linspace(0, 1, 4))
     with pytest.raises(ValueError, match="non-negative counts"):
@@ -111,3 +114,86 @@ def test_bad_input():
 def test_score_histogram_clips_and_drops_non_finite_values():
     counts = score_histogram(np.array([-0.5, 0.0, 0.5, 1.0, 1.5, np.nan, np.inf]), bins=4)
     assert counts.tolist() == [2, 0, 1, 2]
+
+
+# ---------------------------------------------------------------- edges
+
+
+def object_scene(size: int = 96, part: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """An image with one flat disc (an object) on a flat background, a striped "part" inside the
+    disc, and a class map that peaks on the part and decays over the disc, as a CAM does:
+    (image uint8 (H, W, 3), map (H, W) in [0, 1])."""
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    centre, radius = size / 2, size / 3
+    distance = np.hypot(yy - centre, xx - centre)
+    image = np.full((size, size, 3), (80, 100, 70), dtype=np.uint8)  # the body differs only a little
+    image[distance < radius] = (125, 110, 80)
+    part_centre = (centre, centre + radius - part - 2)
+    part_distance = np.hypot(yy - part_centre[0], xx - part_centre[1])
+    stripes = (xx // 3) % 2 == 0
+    image[(part_distance < part) & stripes] = (250, 250, 20)
+    image[(part_distance < part) & ~stripes] = (20, 20, 250)
+    # 1 on the part, decaying over the body to ~0.2 at the far rim; outside, from 0.12 at the
+    # rim down to 0 within a few pixels: thresholds between 0.12 and 0.2 give the disc.
+    inside = 0.2 + 0.8 * np.exp(-part_distance / (radius * 0.4))
+    outside = 0.12 * np.exp(-np.maximum(distance - radius, 0) / 3)
+    score = np.where(distance < radius, inside, outside)
+    return image, score.astype(np.float64)
+
+
+def brute_force_alignment(image: np.ndarray, best: np.ndarray, class_ids: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The contour's mean edge strength at each threshold, by labelling the image at each one."""
+    from wsss.refine.thresholds import edge_strength
+
+    strength = edge_strength(image)
+    out = []
+    for t in grid:
+        labels = np.where(best > t, class_ids, 0)
+        total = count = 0.0
+        for axis in (0, 1):
+            a = [slice(None), slice(None)]
+            b = [slice(None), slice(None)]
+            a[axis], b[axis] = slice(None, -1), slice(1, None)
+            differ = labels[tuple(a)] != labels[tuple(b)]
+            weight = 0.5 * (strength[tuple(a)] + strength[tuple(b)])
+            total += weight[differ].sum()
+            count += differ.sum()
+        out.append(total / count if count else np.nan)
+    return np.array(out)
+
+
+def test_edge_alignment_equals_the_contours_labelled_at_each_threshold():
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (20, 24, 3)).astype(np.uint8)
+    best = np.round(rng.random((20, 24)), 2)  # ties with the grid's thresholds happen
+    class_ids = rng.integers(1, 4, (20, 24))
+    alignment = EdgeAlignment()
+    alignment.update(image, best, class_ids)
+    np.testing.assert_allclose(alignment.curve(), brute_force_alignment(image, best, class_ids, alignment.grid),
+                               rtol=1e-5)
+
+
+def test_the_edges_rule_finds_the_object_outline_not_the_part():
+    image, score = object_scene()
+    alignment = EdgeAlignment()
+    alignment.update(image, score, np.ones(score.shape, dtype=np.int64))
+    t = alignment.threshold()
+    size = score.shape[0]
+    yy, xx = np.mgrid[:size, :size]
+    disc = np.hypot(yy - size / 2, xx - size / 2) < size / 3
+    mask = score > t
+    iou = (mask & disc).sum() / (mask | disc).sum()
+    assert iou > 0.85, (t, iou)
+    # The global maximum of the alignment sits on the striped part instead.
+    global_t = alignment.grid[int(np.nanargmax(alignment.curve()))]
+    assert global_t > t and ((score > global_t) & disc).sum() < 0.3 * disc.sum()
+
+
+def test_edge_alignment_with_no_contour_is_nan():
+    alignment = EdgeAlignment()
+    assert math.isnan(alignment.threshold())
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    alignment.update(image, np.zeros((8, 8)), np.zeros((8, 8), dtype=np.int64))  # background everywhere
+    assert math.isnan(alignment.threshold())
+    with pytest.raises(ValueError, match="differ in size"):
+        alignment.update(image, np.zeros((8, 9)), np.zeros((8, 9), dtype=np.int64))

@@ -2,7 +2,7 @@
 
 ``--pred`` holding ``<id>.png`` label maps is scored as it is. A map store (``<id>.npz``) is
 scored at a threshold fixed a priori (``--threshold``, IRN's 0.15 by default), at a label-free
-threshold (Li's rule on the maps' scores) and over a sweep (``--sweep``), each number printed and
+threshold (chosen from the images and maps alone) and over a sweep (``--sweep``), each number printed and
 written with the protocol that produced it. The logic lives in :mod:`wsss.evaluation.run`.
 """
 
@@ -53,9 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"maps: background threshold fixed without ground truth, or 'none' (default {IRN_THRESHOLD}, IRN's)",
     )
     parser.add_argument(
-        "--label-free", default="li", choices=(*LABEL_FREE_RULES, "none"),
-        help="maps: label-free threshold rule on the per-pixel max foreground scores: li (default, "
-             "Li's minimum cross-entropy), otsu, triangle, or none",
+        "--label-free", default="edges", choices=(*LABEL_FREE_RULES, "none"),
+        help="maps: label-free threshold rule: edges (default: the lowest threshold whose contours "
+             "follow the images' edges), li, otsu, triangle (on the per-pixel max foreground scores), or none",
     )
     parser.add_argument(
         "--unlabelled", default=None, choices=("background", "exclude"),

@@ -137,7 +137,7 @@ def evaluate_predictions(
     ids: Sequence[str] | None = None,
     sweep: str | Sequence[float] | None = None,
     threshold: float | None = None,
-    label_free: str | None = "li",
+    label_free: str | None = "edges",
     unlabelled: str | None = None,
     no_sweep: bool = False,
     no_threshold: bool = False,

@@ -8,9 +8,10 @@ channel f: the label is ``keys[f]`` if m > t, else 0.
 How the threshold is chosen decides what a number means, so every score carries its protocol:
 
 * ``fixed``: t set before looking at anything (IRN's 0.15): no ground truth.
-* ``label-free``: t from the maps alone, a rule of :mod:`wsss.refine.thresholds` (default
-  Li's minimum cross-entropy; Otsu and triangle too) on the histogram of per-pixel maximum
-  foreground scores over the split: no ground truth.
+* ``label-free``: t from the images and maps alone, a rule of :mod:`wsss.refine.thresholds`:
+  ``edges`` (default: the lowest t at which the masks' contours follow the images' edges) or
+  one on the histogram of per-pixel maximum foreground scores over the split (Li, Otsu,
+  triangle): no ground truth.
 * ``oracle``: the sweep's best t on the very ground truth being scored (AdvCAM's protocol);
   an upper bound, reported beside the other two, never instead of them.
 
@@ -42,7 +43,9 @@ from wsss.evaluation.semantic import (
 )
 from wsss.io import IGNORE_INDEX
 from wsss.refine.thresholds import (
+    EDGE_GRID,
     HISTOGRAM_BINS,
+    EdgeAlignment,
     LABEL_FREE_RULES,
     RULE_NAMES,
     histogram_edges,
@@ -177,6 +180,7 @@ class SweepAccumulator:
         self.histogram = np.zeros(size, dtype=np.int64)  # over (g, f, k)
         self.bins = bins
         self.score_counts = np.zeros(bins, dtype=np.int64)
+        self.alignment = EdgeAlignment()
         self.num_images = 0
 
     def update(
@@ -186,8 +190,10 @@ class SweepAccumulator:
         *,
         maps_path: str | Path | None = None,
         gt_path: str | Path | None = None,
+        image: np.ndarray | None = None,
     ) -> None:
-        """Add one image's ground truth and maps (``high_res`` is used).
+        """Add one image's ground truth and maps (``high_res`` is used), and its RGB ``image``
+        for the ``edges`` label-free rule (left out when None).
 
         Raises:
             DataError: naming ``maps_path`` when the keys are out of 1..K or the size is wrong.
@@ -210,6 +216,8 @@ class SweepAccumulator:
         check_pair(gt, class_ids, self.num_classes, pred_path=maps_path, gt_path=gt_path)
         if keys.size:
             self.score_counts += score_histogram(best, self.bins)
+        if image is not None:
+            self.alignment.update(image, best, class_ids)
         keep = gt != IGNORE_INDEX
         position = np.searchsorted(self.grid, best[keep], side="left")  # thresholds below m
         pair = gt[keep].astype(np.int64) * self.num_classes + class_ids[keep]
@@ -229,9 +237,12 @@ class SweepAccumulator:
         result[:, :, 0] += background.T
         return result
 
-    def label_free_threshold(self, method: str = "li") -> float:
-        """The threshold label-free rule ``method`` chooses on the maps' score histogram
-        (:mod:`wsss.refine.thresholds`); NaN when the maps give nothing to choose from."""
+    def label_free_threshold(self, method: str = "edges") -> float:
+        """The threshold label-free rule ``method`` chooses (:mod:`wsss.refine.thresholds`): on
+        the maps' contours against the images' edges (``edges``: images given to
+        :meth:`update`) or on their score histogram; NaN when there is nothing to choose from."""
+        if method == "edges":
+            return self.alignment.threshold() if self.alignment.num_images else math.nan
         return histogram_threshold(self.score_counts, histogram_edges(self.bins), method)
 
 
@@ -368,8 +379,10 @@ class SweepResult:
             "label_free": {
                 "method": self.label_free_method,
                 "threshold": self.label_free_threshold,
-                "histogram": "per-pixel max foreground score over all pixels of the split's maps, "
-                f"{self.score_counts.size} bins over [0, 1], scores above 1 in the top bin",
+                "chosen_on": ("the images' edges along the contours of the thresholded maps "
+                              "(wsss.refine.thresholds.EdgeAlignment)" if self.label_free_method == "edges" else
+                              "per-pixel max foreground score over all pixels of the split's maps, "
+                              f"{self.score_counts.size} bins over [0, 1], scores above 1 in the top bin"),
                 "uses_ground_truth": False,
             },
         }
@@ -381,7 +394,7 @@ def evaluate_maps(
     ids: Sequence[str] | None = None,
     thresholds: str | Sequence[float] | None = DEFAULT_SWEEP,
     fixed_threshold: float | None = IRN_THRESHOLD,
-    label_free: str | None = "li",
+    label_free: str | None = "edges",
     *,
     progress: bool = True,
 ) -> SweepResult:
@@ -409,7 +422,8 @@ def evaluate_maps(
         raise ConfigError("nothing to evaluate: no sweep, no fixed threshold, no label-free method")
     parts = [sweep] + ([np.array([fixed])] if fixed is not None else [])
     if label_free is not None:
-        parts.append(histogram_edges(OTSU_BINS)[1:-1])  # every candidate of a label-free rule
+        parts.append(histogram_edges(OTSU_BINS)[1:-1])  # every candidate of a histogram rule
+        parts.append(EDGE_GRID)  # and of the edges rule
     grid = np.unique(np.round(np.concatenate(parts), _DECIMALS))
 
     ids = list(dataset.ids if ids is None else ids)
@@ -417,7 +431,8 @@ def evaluate_maps(
     accumulator = SweepAccumulator(dataset.num_classes, grid)
     for image_id in tqdm(ids, desc="sweep", leave=False, disable=not progress or None):
         path = store.path(image_id)
-        accumulator.update(dataset.load_mask(image_id), store.load(image_id), maps_path=path)
+        image = dataset.load_image(image_id) if label_free == "edges" else None
+        accumulator.update(dataset.load_mask(image_id), store.load(image_id), maps_path=path, image=image)
 
     label_free_threshold = None
     if label_free is not None:

@@ -59,7 +59,7 @@ class SeedEvalConfig:
 
     sweep: str = "0.01:0.80:0.01"  # oracle: best threshold on ground truth (AdvCAM sweeps 0.15-0.34; wider here)
     fixed_threshold: float = 0.15  # IRN --cam_eval_thres, fixed without ground truth
-    label_free: str = "li"  # threshold chosen from the maps alone (wsss.refine.thresholds)
+    label_free: str = "edges"  # threshold chosen from the images and maps alone (wsss.refine.thresholds)
 
     def validate(self) -> None:
         from wsss.evaluation.sweep import parse_thresholds

@@ -6,10 +6,10 @@ writes label maps into a :class:`~wsss.stores.masks.MaskStore`; resumable and sh
 like every per-image stage.
 
 The background threshold is a number (IRN's ``sem_seg_bg_thres``) or, label-free, the name of
-a rule of :mod:`wsss.refine.thresholds`: the threshold is then chosen on the histogram of every
-pixel's best walked score over all the images, which no mask enters. That takes two passes: the
-first walks each image and writes its histogram (``<out>/.bg_histograms/<id>.npy``, resumable
-like the masks), the second, once every process has finished the first, walks again and
+a rule of :mod:`wsss.refine.thresholds`: the threshold is then chosen on the walked scores of
+all the images (their histogram, or for ``edges`` their contours against the images' edges),
+which no mask enters. That takes two passes: the first walks each image and writes its
+statistics (``<out>/.bg_histograms/<id>.npy``, resumable like the masks), the second, once every process has finished the first, walks again and
 thresholds. The chosen value is written to ``<out>/.bg_threshold.json``.
 """
 
@@ -30,7 +30,9 @@ from wsss.errors import ConfigError, DataError
 from wsss.io import image_size, write_bytes, write_text
 from wsss.refine.random_walk import BETA, BG_THRESHOLD, EXP_TIMES, RADIUS, propagate_scores, scores_to_labels
 from wsss.refine.thresholds import (
+    EDGE_GRID,
     HISTOGRAM_BINS,
+    EdgeAlignment,
     RULE_NAMES,
     check_rule,
     histogram_edges,
@@ -70,9 +72,9 @@ def make_pseudo_masks(
     ``cam_power`` (1.0 IRN, 1.3 RIB, 1.5 AdvCAM), ``bg_threshold`` (IRN's ``sem_seg_bg_thres``),
     ``beta``, ``exp_times``, ``radius`` and ``scale`` (``"image"``: steps in proportion to each
     image's stride-4 grid) are those of :func:`wsss.refine.random_walk.propagate_to_labels`.
-    ``bg_threshold`` may instead name a label-free rule (``"li"``, ``"otsu"``, ``"triangle"``):
-    the threshold is then chosen over all of ``ids`` from the walked scores alone (module
-    docstring; :func:`chosen_bg_threshold` reads it back). Errors name the file: maps or boundary
+    ``bg_threshold`` may instead name a label-free rule (``"edges"``, ``"li"``, ``"otsu"``,
+    ``"triangle"``): the threshold is then chosen over all of ``ids`` from the walked scores and
+    the images alone (module docstring; :func:`chosen_bg_threshold` reads it back). Errors name the file: maps or boundary
     map missing, maps of another size than the image, maps of classes the image is not labelled
     with (a map file for another image), NaN.
     """
@@ -111,7 +113,7 @@ def make_pseudo_masks(
 
     out.directory.mkdir(parents=True, exist_ok=True)
     threshold = float(bg_threshold) if rule is None else _label_free_threshold(
-        ids, scores, out.directory, rule, dist=dist, progress=progress)
+        dataset, ids, scores, out.directory, rule, dist=dist, progress=progress)
 
     def work(image_id: str) -> None:
         walked, keys, size = scores(image_id)
@@ -120,43 +122,58 @@ def make_pseudo_masks(
     return run_per_image(ids, work, out.has, desc="pseudo masks", dist=dist, progress=progress)
 
 
-def _label_free_threshold(ids: list[str], scores: Any, out_dir: Path, rule: str, *,
+def _label_free_threshold(dataset: Any, ids: list[str], scores: Any, out_dir: Path, rule: str, *,
                           dist: DistInfo | None, progress: bool) -> float:
-    """Pass 1 of a label-free background threshold: every image's histogram of best walked
-    scores (resumable), summed once all processes are done; the rule's threshold on the sum."""
+    """Pass 1 of a label-free background threshold: every image's statistics of its walked
+    scores (resumable) -- their histogram, or for ``edges`` their contours against the image's
+    edges -- summed once all processes are done; the rule's threshold on the sum."""
     folder = out_dir / HISTOGRAM_DIR
     folder.mkdir(parents=True, exist_ok=True)
+    shape = (2, EDGE_GRID.size) if rule == "edges" else (HISTOGRAM_BINS,)
 
     def path(image_id: str) -> Path:
         return folder / f"{image_id}.npy"
 
     def work(image_id: str) -> None:
-        walked, _, _ = scores(image_id)
-        best = np.zeros(0) if walked is None else walked.max(dim=0).values.cpu().numpy()
+        walked, keys, size = scores(image_id)
+        if rule == "edges":
+            alignment = EdgeAlignment()
+            if walked is not None:
+                best, channel = walked.max(dim=0)
+                alignment.update(dataset.load_image(image_id), best.cpu().numpy(), np.asarray(keys)[channel.cpu().numpy()])
+            stats = np.stack([alignment.sums, alignment.counts])
+        else:
+            best = np.zeros(0) if walked is None else walked.max(dim=0).values.cpu().numpy()
+            stats = score_histogram(best, HISTOGRAM_BINS).astype(np.float64)
         buffer = io.BytesIO()
-        np.save(buffer, score_histogram(best, HISTOGRAM_BINS), allow_pickle=False)
+        np.save(buffer, stats, allow_pickle=False)
         write_bytes(path(image_id), buffer.getvalue())
 
     run_per_image(ids, work, lambda image_id: path(image_id).exists(), desc="walked scores",
                   dist=dist, progress=progress)
-    barrier()  # every process sees every histogram
-    total = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
+    barrier()  # every process sees every image's statistics
+    total = np.zeros(shape, dtype=np.float64)
     for image_id in ids:
         try:
-            counts = np.load(path(image_id), allow_pickle=False)
+            stats = np.load(path(image_id), allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise DataError(f"unreadable walked-score histogram ({exc}); delete it to recompute", path(image_id))
-        if counts.shape != (HISTOGRAM_BINS,):
-            raise DataError(f"walked-score histogram of shape {counts.shape}, expected ({HISTOGRAM_BINS},); "
+            raise DataError(f"unreadable walked-score statistics ({exc}); delete it to recompute", path(image_id))
+        if stats.shape != shape:
+            raise DataError(f"walked-score statistics of shape {stats.shape}, expected {shape}; "
                             "delete it to recompute", path(image_id))
-        total += counts.astype(np.int64)
-    value = histogram_threshold(total, histogram_edges(HISTOGRAM_BINS), rule)
+        total += stats
+    if rule == "edges":
+        alignment = EdgeAlignment()
+        alignment.sums, alignment.counts, alignment.num_images = total[0], total[1], len(ids)
+        value = alignment.threshold()
+    else:
+        value = histogram_threshold(total, histogram_edges(HISTOGRAM_BINS), rule)
     if math.isnan(value):
         value = BG_THRESHOLD
-        log.warning("label-free background threshold: too few distinct walked scores for %s's rule; "
+        log.warning("label-free background threshold: too few distinct walked scores for the %s rule; "
                     "using IRN's %g", RULE_NAMES[rule], value)
     else:
-        log.info("label-free background threshold (%s's rule on %d images' walked scores): %.4f",
+        log.info("label-free background threshold (%s rule on %d images' walked scores): %.4f",
                  RULE_NAMES[rule], len(ids), value)
     if (dist or dist_info_from_env()).is_main:
         write_text(out_dir / THRESHOLD_FILE, json.dumps(
