@@ -166,7 +166,7 @@ def test_map_store_end_to_end_via_python_m(voc, tmp_path):
     assert fixed["protocol"] == "fixed t=0.15 (no ground truth)"
     assert fixed["threshold_uses_ground_truth"] is False
     assert fixed["miou"] == pytest.approx(100 * mean_iou(brute_miou(0.15)), abs=1e-9)
-    assert label_free["protocol"].startswith("label-free (Li) t=")
+    assert label_free["protocol"].startswith("label-free (edges) t=")
     assert label_free["protocol"].endswith("(no ground truth)")
     assert label_free["threshold_uses_ground_truth"] is False
     assert label_free["miou"] == pytest.approx(100 * mean_iou(brute_miou(label_free["threshold"])), abs=1e-9)
@@ -179,7 +179,7 @@ def test_map_store_end_to_end_via_python_m(voc, tmp_path):
     assert out.with_suffix(".csv").is_file()
     # All three side by side in the printed table, each with its protocol.
     assert "fixed t=0.15 (no ground truth)" in completed.stdout
-    assert "label-free (Li)" in completed.stdout and "oracle: best t on ground truth" in completed.stdout
+    assert "label-free (edges)" in completed.stdout and "oracle: best t on ground truth" in completed.stdout
 
 
 # ---------------------------------------------------------------- bad input
