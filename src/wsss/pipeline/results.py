@@ -32,10 +32,11 @@ NO_SEEDS = {"seed_miou": None, "seed_threshold": None, "seed_miou_label_free": N
 PROTOCOL_NOTE = (
     "Seeds: the maps cut at a background threshold t, scored on the seed split. Oracle t: chosen on "
     "the ground truth (the papers' protocol); fixed t: set in advance (seed_eval.fixed_threshold, IRN's 0.15 "
-    "by default); label-free t: chosen from the maps alone by the rule seed_eval.label_free names (Li's "
-    "minimum cross-entropy by default). Pseudo masks: the refined labels of the same images, "
-    "no ground truth used. Final: the segmentation network trained on the pseudo masks, scored on the "
-    "validation split; the fully supervised row trains the same network on the ground-truth masks."
+    "by default); label-free t: chosen from the images and maps alone by the rule seed_eval.label_free names "
+    "(by default edges: the lowest t whose contours follow the images' edges). Pseudo masks: the refined "
+    "labels of the same images, no ground truth used. Final: the segmentation network trained on the pseudo "
+    "masks, scored on the validation split; the fully supervised row trains the same network on the "
+    "ground-truth masks."
 )
 
 
