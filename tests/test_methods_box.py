@@ -51,14 +51,14 @@ def test_until_stops_both_chains() -> None:
 
 
 def test_each_section_reaches_the_fingerprints_of_its_stages_only() -> None:
-    base = _stages(BOTH)
-    steps = _stages(BOTH, "bana.steps=7")
+    base = _stages(BOTH, "scale=reference")
+    steps = _stages(BOTH, "scale=reference", "bana.steps=7")
     assert _print(steps["bana.classifier"]) != _print(base["bana.classifier"])
     assert _print(steps["bana.labels"]) == _print(base["bana.labels"])  # chained by the runner, not here
-    labels = _stages(BOTH, "bana_labels.bg_threshold=0.9")
+    labels = _stages(BOTH, "scale=reference", "bana_labels.bg_threshold=0.9")
     assert _print(labels["bana.labels"]) != _print(base["bana.labels"])
     assert _print(labels["bana.classifier"]) == _print(base["bana.classifier"])
-    damping = _stages(BOTH, "bana_seg.damping=5")
+    damping = _stages(BOTH, "scale=reference", "bana_seg.damping=5")
     assert _print(damping["bana.seg"]) != _print(base["bana.seg"])
     assert _print(damping["boxes.seg"]) == _print(base["boxes.seg"])
     scaled = _stages(BOTH, "scale=image")

@@ -12,6 +12,8 @@ from wsss.pipeline.recipes import build_stages, check_inputs, load_recipe
 from wsss.pipeline.runner import fingerprint
 
 ALL = "methods=[cam, advcam, rib, wood, advcam_wood]"
+LITERAL = ("scale=reference", "ir_labels.fg_threshold=null", "ir_labels.bg_threshold=null")
+"""The demo recipe's benchmark settings undone: every method's reference values, read literally."""
 
 
 def _image_level() -> list[str]:
@@ -57,14 +59,14 @@ def test_until_stops_the_chain() -> None:
 
 def test_each_method_gets_its_reference_thresholds_unless_set() -> None:
     # The fingerprints differ between methods exactly because their reference values differ.
-    stages = _stages(ALL)
+    stages = _stages(ALL, *LITERAL)
     assert get_method("advcam").refine.cam_power == 1.5 and get_method("rib").refine.cam_power == 1.3
     assert get_method("cam").refine.fg_threshold == 0.30 and get_method("cam").refine.bg_threshold == 0.05
     assert stages["cam.ir_labels"].depends_on == {"fg": 0.30, "bg": 0.05, "crf": "irn"}
     assert stages["rib.ir_labels"].depends_on == {"fg": 0.35, "bg": 0.17, "crf": "irn"}
     assert stages["advcam.pseudo"].depends_on["cam_power"] == 1.5
     assert stages["advcam_wood.pseudo"].depends_on["bg"] == 0.22
-    forced = _stages(ALL, "ir_labels.fg_threshold=0.4", "random_walk.cam_power=2.0")
+    forced = _stages(ALL, *LITERAL, "ir_labels.fg_threshold=0.4", "random_walk.cam_power=2.0")
     assert all(forced[f"{m}.ir_labels"].depends_on["fg"] == 0.4 for m in _image_level())
     assert all(forced[f"{m}.pseudo"].depends_on["cam_power"] == 2.0 for m in _image_level())
     assert fingerprint(forced["cam.pseudo"].depends_on) != fingerprint(stages["cam.pseudo"].depends_on)
@@ -132,7 +134,7 @@ def test_a_registered_method_adds_its_section_and_stages() -> None:
 
 
 def test_scale_reaches_the_stages_that_use_it_and_their_fingerprints() -> None:
-    literal, scaled = _stages(ALL), _stages(ALL, "scale=image")
+    literal, scaled = _stages(ALL, "scale=reference"), _stages(ALL, "scale=image")
     uses_scale = {f"{m}.{step}" for m in _image_level() for step in ("ir_labels", "pseudo")}
     uses_scale |= {"advcam.maps", "rib.maps", "advcam_wood.maps"}
     assert set(literal) == set(scaled)
@@ -144,7 +146,7 @@ def test_scale_reaches_the_stages_that_use_it_and_their_fingerprints() -> None:
             assert "scale" not in literal[name].depends_on, name
     assert scaled["cam.pseudo"].depends_on["scale"] == "image"
     # the prediction CRF is sized by it too, when there is one
-    crf_literal = _stages("methods=[cam]", "seg_inference.crf=deeplab")["cam.predict"]
+    crf_literal = _stages("methods=[cam]", "seg_inference.crf=deeplab", "scale=reference")["cam.predict"]
     crf_scaled = _stages("methods=[cam]", "seg_inference.crf=deeplab", "scale=image")["cam.predict"]
     assert fingerprint(crf_literal.depends_on) != fingerprint(crf_scaled.depends_on)
     with pytest.raises(ConfigError, match="scale"):
