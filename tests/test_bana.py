@@ -24,7 +24,6 @@ from wsss.refine.bana_labels import (
     bana_unary,
     label_disagreement,
     reliable_labels,
-    u_c_precision_counts,
 )
 
 BG = torch.tensor([1.0, 0.0, 0.0, 0.0])
@@ -388,23 +387,3 @@ def test_make_bana_labels_writes_both_folders_and_resumes(tmp_path):
         boxes, classes = dataset.boxes(image_id)
         masks = box_masks(torch.from_numpy(boxes), *labels.shape).numpy()
         assert (labels[~masks.any(axis=0)] == 0).all()
-
-
-def test_u_c_precision_counts_soft_and_thresholded():
-    u_c = np.zeros((2, 4, 4))
-    u_c[0, :2, :2] = 1.0  # class 1: 4 px, 3 on its ground truth
-    u_c[0, 3, 3] = 0.5
-    u_c[1, 2:, :] = 0.25  # class 2: 8 px, all on class 2 except one ignored pixel
-    gt = np.zeros((4, 4), np.uint8)
-    gt[:2, :2] = 1
-    gt[0, 0] = 0
-    gt[2:, :] = 2
-    gt[3, 3] = 255
-    tp, fp = u_c_precision_counts(u_c, np.array([1, 2]), gt, 3)
-    assert tp[1] == 3 and fp[1] == 1.0  # (0, 0) is background; (3, 3) is ignored
-    assert tp[2] == pytest.approx(7 * 0.25) and fp[2] == 0
-    tp_t, fp_t = u_c_precision_counts(u_c, np.array([1, 2]), gt, 3, threshold=0.4)
-    assert tp_t[1] == 3 and fp_t[1] == 1 and tp_t[2] == 0 and fp_t[2] == 0
-    net = BapNet("resnet18_w16", num_classes=3, min_background=1.0, box_samples=4)  # GAP everywhere
-    out = net(torch.randn(1, 3, 32, 32), torch.tensor([[0.0, 0.0, 8.0, 8.0]]), torch.tensor([0]))
-    assert not bool(out.uses_bap[0])
