@@ -8,7 +8,16 @@ script does the same on a VOC-layout dataset with boxes and masks (the generated
 ``wsss synth``): it trains :func:`wsss.training.bana.train_bap` with ``pooling=bap`` and
 ``pooling=gap`` (otherwise identical settings and seed), then prints the per-class precision table
 (:mod:`wsss.evaluation.bana`) for each reading of "activated" (soft, and ``u_c > t`` for each
-``--thresholds``), with the box-fill floor (every pixel of the boxes activated) beneath.
+``--thresholds``), with the box-fill floor (every pixel of the boxes activated) beneath, and for
+each network the mean BAP weight 1 - A at the sample points inside the boxes on object and on
+background pixels (whether the attention separates them at all).
+
+Measured once (``wsss synth --train 200 --val 40 --ood 0``, the defaults here: resnet18_w16 from
+scratch, stride 8, 400 steps x batch 8, lr 0.01 x0.1 at 280, one CPU thread, ~6 min in all):
+mean precision of u_c on the 200 training images, soft reading BAP 85.7 / GAP 85.7 (seed 0) and
+85.4 / 85.2 (seed 1); ``u_c > 0.5`` 92.1 / 91.8 and 91.2 / 91.8; box-fill floor 65.5. No class
+differs by more than ~1.3 points either way: on the benchmark BAP does not raise u_c's precision,
+although its attention separates object (1 - A = 0.72) from background (0.36) inside the boxes.
 
 A trained network is kept in ``--work`` (``bap_net_<pooling>.pt``) and reused on a rerun with the
 same settings; the results go to ``--work/bana_pooling.json``.
@@ -32,9 +41,10 @@ import torch
 
 from wsss.config import to_dict
 from wsss.data import open_dataset
+from wsss.data.transforms import normalize, to_chw_tensor
 from wsss.evaluation.bana import box_precision, format_precision_table, u_c_precision
 from wsss.io import read_json, write_json
-from wsss.models.bap_net import POOLINGS
+from wsss.models.bap_net import POOLINGS, background_mask, bap
 from wsss.training.bana import BapConfig, load_bap_net, train_bap
 
 
@@ -81,6 +91,33 @@ def trained(dataset, config: BapConfig, work: Path, device: str) -> tuple[torch.
     return result.model, info
 
 
+def attention_split(model, dataset, config: BapConfig, device: str, limit: int = 100) -> tuple[float, float]:
+    """Mean BAP weight ``1 - A`` at the sample points inside the boxes of the first ``limit`` images,
+    on the box's object and on background pixels (ground truth at the nearest pixel): whether the
+    attention separates the two at all (BAP computed on the network's features, however trained)."""
+    on_object, on_background = [], []
+    model.eval()
+    for image_id in dataset.ids[:limit]:
+        image, (boxes, classes), truth = dataset.load_image(image_id), dataset.boxes(image_id), dataset.load_mask(image_id)
+        height, width = truth.shape
+        box_t = torch.from_numpy(np.asarray(boxes, np.float32))
+        box_image = torch.zeros(len(box_t), dtype=torch.long)
+        with torch.no_grad():
+            features = model.features(to_chw_tensor(normalize(image, config.mean, config.std))[None].to(device))
+            out = bap(features, box_t.to(device), box_image.to(device),
+                      background_mask(box_t, box_image, 1, height, width).to(device), stride=model.output_stride,
+                      grid_size=config.grid_size, cells=config.cells, box_samples=config.box_samples,
+                      min_background=config.min_background, pooling="bap")
+        steps = (np.arange(config.box_samples) + 0.5) / config.box_samples
+        for weights, (x0, y0, x1, y1), c in zip(out.weights.cpu().numpy(), boxes, classes):
+            cols = np.clip((x0 + steps * (x1 - x0)).astype(int), 0, width - 1)
+            rows = np.clip((y0 + steps * (y1 - y0)).astype(int), 0, height - 1)
+            at = truth[np.ix_(rows, cols)]
+            on_object.append(weights[at == c])
+            on_background.append(weights[at == 0])
+    return float(np.concatenate(on_object).mean()), float(np.concatenate(on_background).mean())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = Path(args.work)
@@ -99,9 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         rows[pooling] = u_c_precision(model.to(args.device), dataset, thresholds=thresholds, name=pooling.upper(),
                                       device=args.device, progress=True)
+        info["weight_object"], info["weight_background"] = attention_split(model, dataset, config_for(args, pooling),
+                                                                           args.device)
         print(f"{pooling}: trained in {info['seconds']:.0f} s (loss {info['loss_first']:.3f} -> "
               f"{info['loss_last']:.3f}, BAP applied to {100 * info['bap_share']:.0f}% of images), "
-              f"u_c scored in {time.perf_counter() - start:.0f} s", flush=True)
+              f"u_c scored in {time.perf_counter() - start:.0f} s; BAP weight 1 - A inside boxes on its features: "
+              f"object {info['weight_object']:.3f}, background {info['weight_background']:.3f}", flush=True)
     floor = box_precision(dataset)
 
     print()
