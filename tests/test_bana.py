@@ -24,7 +24,6 @@ from wsss.refine.bana_labels import (
     bana_unary,
     label_disagreement,
     reliable_labels,
-    u_c_precision_counts,
 )
 
 BG = torch.tensor([1.0, 0.0, 0.0, 0.0])
@@ -102,6 +101,51 @@ def test_gap_fallback_only_at_background_fraction_at_most_one_eighth_or_no_backg
                      box_samples=4)
     assert hidden_out.background_fraction[0] > 0.2
     assert len(hidden_out.bg_prototypes) == 0 and not bool(hidden_out.uses_bap[0])
+
+
+def test_gap_pooling_is_the_plain_mean_of_the_features_inside_each_box():
+    # stride 2, box (8, 4, 24, 20) px = feature cells [4, 12) x [2, 10): 8 samples a side fall
+    # exactly on the feature cells, so the plain mean is over features[:, 2:10, 4:12]
+    torch.manual_seed(3)
+    features = torch.randn(1, 5, 16, 16)
+    boxes = torch.tensor([[8.0, 4.0, 24.0, 20.0]])
+    box_image = torch.tensor([0])
+    background = background_mask(boxes, box_image, 1, 32, 32)  # 75% background: BAP would apply
+    inside = features[0, :, 2:10, 4:12]
+    whole = bap(features, boxes, box_image, background, stride=2, box_samples=8, cells=(1, 1), pooling="gap")
+    assert not bool(whole.uses_bap[0]) and torch.equal(whole.weights, torch.ones_like(whole.weights))
+    assert torch.allclose(whole.fg_prototypes[0, 0], inside.mean(dim=(1, 2)), atol=1e-6)
+    quarters = bap(features, boxes, box_image, background, stride=2, box_samples=8, pooling="gap")
+    expected = [inside[:, rows, cols].mean(dim=(1, 2)) for rows in (slice(0, 4), slice(4, 8))
+                for cols in (slice(0, 4), slice(4, 8))]
+    assert torch.allclose(quarters.fg_prototypes[0], torch.stack(expected), atol=1e-6)
+    assert torch.allclose(quarters.fg_prototypes[0].mean(dim=0), inside.mean(dim=(1, 2)), atol=1e-6)
+    # the background cells are kept (classified as background, as under BAP), the loop agrees
+    loop = bap_reference(features, boxes, box_image, background, stride=2, box_samples=8, pooling="gap")
+    assert not bool(loop.uses_bap[0])
+    assert torch.allclose(loop.fg_prototypes, quarters.fg_prototypes, atol=1e-5)
+    # BAP on the same box weighs the points and pools something else
+    weighted = bap(features, boxes, box_image, background, stride=2, box_samples=8, cells=(1, 1))
+    assert bool(weighted.uses_bap[0])
+    assert len(quarters.bg_prototypes) == len(weighted.bg_prototypes) == 14  # 2 of 16 cells inside the box
+    assert torch.equal(quarters.bg_prototypes, weighted.bg_prototypes)
+    assert not torch.allclose(weighted.fg_prototypes[0, 0], inside.mean(dim=(1, 2)), atol=1e-3)
+
+
+def test_pooling_setting_reaches_the_network_and_is_checked():
+    from wsss.errors import ConfigError
+    from wsss.training.bana import BapConfig
+
+    net = BapNet("resnet18_w16", num_classes=3, box_samples=4, pooling="gap")
+    assert net.config["pooling"] == "gap"
+    rebuilt = BapNet(**{k: v for k, v in net.config.items() if k != "num_classes"}, num_classes=3)
+    out = rebuilt(torch.randn(1, 3, 32, 32), torch.tensor([[0.0, 0.0, 8.0, 8.0]]), torch.tensor([0]))
+    assert not bool(out.uses_bap[0])  # 94% background, but GAP was asked for
+    with pytest.raises(ConfigError, match="pooling"):
+        BapNet("resnet18_w16", num_classes=3, pooling="max")
+    with pytest.raises(ConfigError, match="bana.pooling"):
+        BapConfig(pooling="max").validate()
+    assert BapConfig().pooling == "bap"
 
 
 def test_background_prototypes_only_from_cells_with_background():
@@ -343,23 +387,3 @@ def test_make_bana_labels_writes_both_folders_and_resumes(tmp_path):
         boxes, classes = dataset.boxes(image_id)
         masks = box_masks(torch.from_numpy(boxes), *labels.shape).numpy()
         assert (labels[~masks.any(axis=0)] == 0).all()
-
-
-def test_u_c_precision_counts_soft_and_thresholded():
-    u_c = np.zeros((2, 4, 4))
-    u_c[0, :2, :2] = 1.0  # class 1: 4 px, 3 on its ground truth
-    u_c[0, 3, 3] = 0.5
-    u_c[1, 2:, :] = 0.25  # class 2: 8 px, all on class 2 except one ignored pixel
-    gt = np.zeros((4, 4), np.uint8)
-    gt[:2, :2] = 1
-    gt[0, 0] = 0
-    gt[2:, :] = 2
-    gt[3, 3] = 255
-    tp, fp = u_c_precision_counts(u_c, np.array([1, 2]), gt, 3)
-    assert tp[1] == 3 and fp[1] == 1.0  # (0, 0) is background; (3, 3) is ignored
-    assert tp[2] == pytest.approx(7 * 0.25) and fp[2] == 0
-    tp_t, fp_t = u_c_precision_counts(u_c, np.array([1, 2]), gt, 3, threshold=0.4)
-    assert tp_t[1] == 3 and fp_t[1] == 1 and tp_t[2] == 0 and fp_t[2] == 0
-    net = BapNet("resnet18_w16", num_classes=3, min_background=1.0, box_samples=4)  # GAP everywhere
-    out = net(torch.randn(1, 3, 32, 32), torch.tensor([[0.0, 0.0, 8.0, 8.0]]), torch.tensor([0]))
-    assert not bool(out.uses_bap[0])

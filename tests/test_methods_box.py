@@ -55,6 +55,9 @@ def test_each_section_reaches_the_fingerprints_of_its_stages_only() -> None:
     steps = _stages(BOTH, "scale=reference", "bana.steps=7")
     assert _print(steps["bana.classifier"]) != _print(base["bana.classifier"])
     assert _print(steps["bana.labels"]) == _print(base["bana.labels"])  # chained by the runner, not here
+    gap = _stages(BOTH, "scale=reference", "bana.pooling=gap")  # the supplement's GAP baseline trains another classifier
+    assert _print(gap["bana.classifier"]) != _print(base["bana.classifier"])
+    assert gap["bana.classifier"].depends_on["bana"]["pooling"] == "gap"
     labels = _stages(BOTH, "scale=reference", "bana_labels.bg_threshold=0.9")
     assert _print(labels["bana.labels"]) != _print(base["bana.labels"])
     assert _print(labels["bana.classifier"]) == _print(base["bana.classifier"])

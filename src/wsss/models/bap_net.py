@@ -22,6 +22,10 @@ input pixels with classes in 1..K; classifier ``W`` (K + 1, D), background = row
 5. **GAP fallback**: weight 1 everywhere for an image without a valid background cell
    (``ClsNet.py`` L101-103) or whose background fraction (at input resolution) is <= 0.125
    (``stage1.py`` L103, "because VGG16 has output stride of 8").
+   ``pooling="gap"`` applies it to every image: the baseline of the supplement's Sec. 2 and
+   Table 2 (GAP against BAP), each 2 x 2 cell prototype the plain mean of the box's features in
+   that cell (so their mean is the plain mean over the box) and the background cells classified
+   as with BAP; only the attention weighting is gone.
 6. **Loss** (:func:`bap_loss`): cross-entropy, averaged over all prototypes of the batch, of the
    box prototypes (target: the box's class) and of every valid background cell (target 0),
    background cells of fallback images included, as the reference (``stage1.py`` L104-110).
@@ -67,6 +71,7 @@ __all__ = [
     "BACKGROUND_FRACTION_MIN",
     "BOX_SAMPLES",
     "GRID_SIZE",
+    "POOLINGS",
     "POOL_CELLS",
     "BapNet",
     "BapOutput",
@@ -77,6 +82,7 @@ __all__ = [
     "bap_reference",
     "box_masks",
     "check_boxes",
+    "check_pooling",
 ]
 
 GRID_SIZE = 4  # BANA configs/stage1.yml MODEL.GRID_SIZE (training); stage 2 uses 1
@@ -84,6 +90,7 @@ POOL_CELLS = (2, 2)  # BANA configs/stage1.yml MODEL.ROI_SIZE [2, 2]
 BACKGROUND_FRACTION_MIN = 0.125  # BANA stage1.py L103: BAP only where bg_mask.mean() > 0.125
 BOX_SAMPLES = 16  # ours: points per box side (module docstring, "Sampling")
 EPS = 1e-12  # BANA ClsNet.py weighted_avg_pool_2d and get_bg_prototypes: + 1e-12
+POOLINGS = ("bap", "gap")  # BAP (the paper), GAP inside each box (the supplement's Sec. 2 baseline)
 VGG_NAME = "vgg16_largefov"  # BANA models/Layers.py VGG16(dilation=1): fc6 dilation 1, 1024-d, stride 8
 
 
@@ -189,8 +196,17 @@ def _grid_padding(size: int, grid: int) -> tuple[int, int]:
     return before, pad - before
 
 
+def check_pooling(pooling: str) -> str:
+    """``pooling`` if it is one of :data:`POOLINGS`; else a one-line :class:`ConfigError`."""
+    if pooling not in POOLINGS:
+        raise ConfigError(f"BANA pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    return pooling
+
+
 def _check_args(features: torch.Tensor, boxes: torch.Tensor, box_image: torch.Tensor,
-                background: torch.Tensor, grid_size: int, cells: Sequence[int], samples: int) -> None:
+                background: torch.Tensor, grid_size: int, cells: Sequence[int], samples: int,
+                pooling: str) -> None:
+    check_pooling(pooling)
     if features.ndim != 4:
         raise ValueError(f"features must be (B, D, h, w), got {tuple(features.shape)}")
     if boxes.ndim != 2 or boxes.shape[1] != 4 or box_image.shape != (boxes.shape[0],):
@@ -244,6 +260,7 @@ def bap(
     cells: Sequence[int] = POOL_CELLS,
     box_samples: int = BOX_SAMPLES,
     min_background: float = BACKGROUND_FRACTION_MIN,
+    pooling: str = "bap",
 ) -> BapOutput:
     """Background-aware pooling of every box of a batch at once (module docstring, steps 1-5).
 
@@ -258,6 +275,7 @@ def bap(
         cells: (rows, cols) of foreground prototypes per box.
         box_samples: sample points per box side (a multiple of each of ``cells``).
         min_background: GAP below or at this background fraction.
+        pooling: ``"bap"``, or ``"gap"``: the GAP fallback for every image (step 5).
 
     Returns:
         A :class:`BapOutput` (without logits).
@@ -267,14 +285,14 @@ def bap(
     box_image = torch.as_tensor(box_image, dtype=torch.long, device=features.device)
     boxes = torch.as_tensor(boxes, dtype=features.dtype, device=features.device)
     background = torch.as_tensor(background, device=features.device)
-    _check_args(features, boxes, box_image, background, grid_size, cells, box_samples)
+    _check_args(features, boxes, box_image, background, grid_size, cells, box_samples, pooling)
     batch, dims, height, width = features.shape
     fraction = background.float().flatten(1).mean(dim=1)
 
     mask = _feature_background(background, (height, width))
     prototypes, counts = background_prototypes(features, mask, grid_size)
     valid = counts > 0  # (B, N*N)
-    uses_bap = valid.any(dim=1) & (fraction > min_background)
+    uses_bap = valid.any(dim=1) & (fraction > min_background) & (pooling == "bap")
 
     rois = torch.cat([box_image[:, None].to(features.dtype), boxes], dim=1)
     samples = roi_align(features, rois, (box_samples, box_samples), spatial_scale=1.0 / stride,
@@ -313,6 +331,7 @@ def bap_reference(
     cells: Sequence[int] = POOL_CELLS,
     box_samples: int = BOX_SAMPLES,
     min_background: float = BACKGROUND_FRACTION_MIN,
+    pooling: str = "bap",
 ) -> BapOutput:
     """:func:`bap` written as plain loops over images, grid cells and boxes (the tests' yardstick).
 
@@ -323,7 +342,7 @@ def bap_reference(
     box_image = torch.as_tensor(box_image, dtype=torch.long, device=features.device)
     boxes = torch.as_tensor(boxes, dtype=features.dtype, device=features.device)
     background = torch.as_tensor(background, device=features.device)
-    _check_args(features, boxes, box_image, background, grid_size, cells, box_samples)
+    _check_args(features, boxes, box_image, background, grid_size, cells, box_samples, pooling)
     batch, dims, height, width = features.shape
     mask = _feature_background(background, (height, width))
     top, bottom = _grid_padding(height, grid_size)
@@ -351,7 +370,7 @@ def bap_reference(
         per_image.append(protos)
         fraction = background[b].float().mean()
         fractions.append(fraction)
-        uses.append(bool(protos) and bool(fraction > min_background))
+        uses.append(pooling == "bap" and bool(protos) and bool(fraction > min_background))
 
     rows_n, cols_n = (int(c) for c in cells)
     fg_list, attention_list, weight_list = [], [], []
@@ -420,6 +439,7 @@ class BapNet(nn.Module):
         output_stride, dilated: for a registered backbone (see :func:`create_backbone`).
         weights: a local backbone weights file, or ``None``.
         grid_size, cells, box_samples, min_background: BAP's settings (module constants).
+        pooling: ``"bap"`` (the paper) or ``"gap"`` (GAP inside every box, the supplement's baseline).
         classes: optional class names, background first.
     """
 
@@ -435,6 +455,7 @@ class BapNet(nn.Module):
         cells: Sequence[int] = POOL_CELLS,
         box_samples: int = BOX_SAMPLES,
         min_background: float = BACKGROUND_FRACTION_MIN,
+        pooling: str = "bap",
         classes: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
@@ -457,10 +478,12 @@ class BapNet(nn.Module):
         nn.init.normal_(self.classifier.weight, std=0.01)  # BANA ClsNet.get_params: N(0, 0.01)
         self.grid_size, self.cells = int(grid_size), tuple(int(c) for c in cells)
         self.box_samples, self.min_background = int(box_samples), float(min_background)
+        self.pooling = check_pooling(pooling)
         self.classes = None if classes is None else [str(c) for c in classes]
         self._config = {"backbone": backbone, "num_classes": int(num_classes), "output_stride": output_stride,
                         "dilated": dilated, "grid_size": self.grid_size, "cells": list(self.cells),
-                        "box_samples": self.box_samples, "min_background": self.min_background}
+                        "box_samples": self.box_samples, "min_background": self.min_background,
+                        "pooling": self.pooling}
 
     @property
     def num_classes(self) -> int:
@@ -505,7 +528,7 @@ class BapNet(nn.Module):
         pool = bap_reference if reference else bap
         out = pool(features, boxes, box_image, background.to(features.device), stride=self.output_stride,
                    grid_size=self.grid_size, cells=self.cells, box_samples=self.box_samples,
-                   min_background=self.min_background)
+                   min_background=self.min_background, pooling=self.pooling)
         out.fg_logits = F.linear(out.fg_prototypes.reshape(-1, out.fg_prototypes.shape[-1]), self.weight)
         out.bg_logits = F.linear(out.bg_prototypes, self.weight)
         return out

@@ -23,11 +23,9 @@ and boxes B_c per class c present:
   where the two differ, the size of that ignored region.
 
 The supplement's Table 2 (precision of u_c, GAP 73.0 against BAP 77.9 mean on VOC train) is
-:func:`u_c_precision_counts`: per class, ``TP_c`` = u_c activation inside the ground truth of c,
-``FP_c`` = activation elsewhere, precision ``TP_c / (TP_c + FP_c)``. The supplement does not say
-whether "activated" thresholds u_c; the default here weighs each pixel by u_c itself (soft),
-``threshold=t`` counts the pixels with ``u_c > t``. The GAP classifier to compare with is
-:func:`wsss.training.bana.train_bap` with ``min_background=1.0`` (no image ever uses BAP).
+:func:`wsss.evaluation.bana.u_c_precision`, on u_c from :func:`image_features` and
+:func:`bana_unary`; the GAP classifier to compare with is :func:`wsss.training.bana.train_bap`
+with ``pooling="gap"``.
 
 Where this departs from the reference:
 
@@ -78,11 +76,11 @@ __all__ = [
     "bana_labels",
     "bana_labels_from_features",
     "bana_unary",
+    "image_features",
     "label_disagreement",
     "make_bana_labels",
     "reliable_labels",
     "retrieval_labels",
-    "u_c_precision_counts",
 ]
 
 BG_THRESHOLD = 0.99  # BANA configs/stage2.yml MODEL.BG_THRESHOLD
@@ -264,6 +262,21 @@ def bana_labels_from_features(
     )
 
 
+def image_features(model: BapNet, image: np.ndarray, *, device: torch.device | str = "cpu",
+                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """(D, H, W) features of a ``uint8`` (H, W, 3) image, upsampled bilinearly to its size (eval
+    mode for the pass, the model's mode restored after). ``mean``/``std``: the training's."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            tensor = to_chw_tensor(normalize(image, mean, std))[None].to(device)
+            features = model.features(tensor)
+            return F.interpolate(features, size=image.shape[:2], mode="bilinear", align_corners=False)[0]
+    finally:
+        model.train(was_training)
+
+
 def bana_labels(
     model: BapNet,
     image: np.ndarray,
@@ -288,15 +301,7 @@ def bana_labels(
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise DataError(f"the image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}", where)
     check_boxes(boxes, classes, image.shape[:2], model.num_classes, where)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            tensor = to_chw_tensor(normalize(image, mean, std))[None].to(device)
-            features = model.features(tensor)
-            features = F.interpolate(features, size=image.shape[:2], mode="bilinear", align_corners=False)[0]
-    finally:
-        model.train(was_training)
+    features = image_features(model, image, device=device, mean=mean, std=std)
     return bana_labels_from_features(features, model.weight.detach(), image, boxes, classes,
                                      bg_threshold=bg_threshold, crf=crf, scale=scale, where=where)
 
@@ -344,30 +349,3 @@ def make_bana_labels(
             differ += int((y_crf != y_ret).sum())
             pixels += y_crf.size
     return {"images": done, "total": len(ids), "disagreement": differ / pixels if pixels else 0.0}
-
-
-def u_c_precision_counts(u_c: np.ndarray, present: np.ndarray, ground_truth: np.ndarray, num_classes: int,
-                         threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class true- and false-positive activation of u_c against a ground-truth mask (Table 2).
-
-    Args:
-        u_c: (n, H, W) normalised class scores (:attr:`BanaLabels.u_c`).
-        present: (n,) their class ids.
-        ground_truth: uint8 (H, W), 255 = ignore (left out of both counts).
-        num_classes: K + 1.
-        threshold: ``None``: soft counts (the sum of u_c); else the number of pixels with u_c > t.
-
-    Returns:
-        ``(tp, fp)``, float64 (K + 1,) each, to be summed over images; the precision of class c is
-        ``tp[c] / (tp[c] + fp[c])``.
-    """
-    u_c, ground_truth = np.asarray(u_c, dtype=np.float64), np.asarray(ground_truth)
-    if u_c.shape[1:] != ground_truth.shape:
-        raise ValueError(f"u_c is {u_c.shape[1:]} but the ground truth is {ground_truth.shape}")
-    tp, fp = np.zeros(num_classes), np.zeros(num_classes)
-    counted = ground_truth != IGNORE_INDEX
-    for scores, c in zip(u_c, np.asarray(present).tolist()):
-        active = scores if threshold is None else (scores > threshold).astype(np.float64)
-        tp[c] += active[counted & (ground_truth == c)].sum()
-        fp[c] += active[counted & (ground_truth != c)].sum()
-    return tp, fp

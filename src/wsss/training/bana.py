@@ -13,6 +13,8 @@ with the place. Departures:
   and jitters colour, ``stage1.py`` L62-68). Images of a batch are zero-padded at the bottom and
   right to the largest one; the padding is *not* definite background (as the reference pads its
   crops' background mask with 0).
+* ``pooling: gap`` trains the supplement's GAP baseline (Sec. 2, Table 2): the reference's GAP
+  fallback for every image (:mod:`wsss.models.bap_net`, step 5).
 * The learning-rate schedule is the reference's step decay (x0.1 at ``milestones``) by default,
   or the engine's poly decay with ``schedule: poly``.
 
@@ -38,7 +40,7 @@ from wsss.config import Settings, check_ranges, result_settings, run_only_field,
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, to_chw_tensor
 from wsss.errors import ConfigError
 from wsss.io import atomic_write
-from wsss.models.bap_net import BapNet, background_mask, bap_loss, check_boxes
+from wsss.models.bap_net import POOLINGS, BapNet, background_mask, bap_loss, check_boxes
 from wsss.runtime import resolve_device, seed_everything
 from wsss.training.engine import CheckpointSpec, ShuffledLoader, TrainingEngine, poly_sgd
 
@@ -74,6 +76,7 @@ class BapConfig(Settings):
     cells: tuple[int, int] = (2, 2)  # BANA configs/stage1.yml MODEL.ROI_SIZE
     box_samples: int = 16  # ours: see wsss.models.bap_net (Sampling)
     min_background: float = 0.125  # BANA stage1.py L103
+    pooling: str = "bap"  # BANA main paper; "gap": GAP inside each box, the supplement's Sec. 2 / Table 2 baseline
     lr: float = 1e-3  # BANA configs/stage1.yml SOLVER.LR
     momentum: float = 0.9  # BANA configs/stage1.yml SOLVER.MOMENTUM
     weight_decay: float = 5e-4  # BANA configs/stage1.yml SOLVER.WEIGHT_DECAY
@@ -94,6 +97,8 @@ class BapConfig(Settings):
                      at_least={"grid_size": 1, "box_samples": 1, "min_background": 0, "momentum": 0,
                                "weight_decay": 0, "steps": 1, "batch_size": 1, "poly_power": 0, "seed": 0,
                                "checkpoint_every": 1})
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"bana.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.schedule not in ("step", "poly"):
             raise ConfigError(f"bana.schedule must be 'step' or 'poly', got {self.schedule!r}")
         if any(self.box_samples % int(c) for c in self.cells):
@@ -193,7 +198,7 @@ def train_bap(
     classes = list(source.classes)
     model = BapNet(config.backbone, len(classes), output_stride=config.output_stride, weights=config.weights,
                    grid_size=config.grid_size, cells=config.cells, box_samples=config.box_samples,
-                   min_background=config.min_background, classes=classes).to(device)
+                   min_background=config.min_background, pooling=config.pooling, classes=classes).to(device)
     dataset = BoxDataset(source, hflip=config.hflip, mean=config.mean, std=config.std)
     if len(dataset) < config.batch_size:
         raise ConfigError(f"the training set has {len(dataset)} images, fewer than one batch of {config.batch_size}")
