@@ -158,14 +158,14 @@ def test_a_climb_computed_by_hand() -> None:
 
 
 def test_scale_schedule_follows_the_reference() -> None:
-    assert scale_schedule(AdvCamConfig()) == [(0.5, 13, 2.0), (1.0, 27, 1.0), (1.5, 27, 1.0), (2.0, 27, 1.0)]
-    assert scale_schedule(AdvCamConfig(reference_scale_weight=True)) == [
-        (0.5, 13, 2.0), (1.0, 27, 2.0), (1.5, 27, 2.0), (2.0, 27, 2.0)]
+    # the default is the reference's computation: mul_for_scale stays 2 after scale 0.5
+    assert scale_schedule(AdvCamConfig()) == [(0.5, 13, 2.0), (1.0, 27, 2.0), (1.5, 27, 2.0), (2.0, 27, 2.0)]
+    assert scale_schedule(AdvCamConfig(reference_scale_weight=False)) == [
+        (0.5, 13, 2.0), (1.0, 27, 1.0), (1.5, 27, 1.0), (2.0, 27, 1.0)]
     assert scale_schedule(AdvCamConfig(iterations=8))[0] == (0.5, 5, 1.0)  # 6..10 -> 5 steps
     assert scale_schedule(AdvCamConfig(iterations=4))[0] == (0.5, 4, 1.0)  # < 6 -> all steps
     assert scale_schedule(AdvCamConfig(iterations=1, scales=(1.0, 0.5))) == [(0.5, 1, 1.0), (1.0, 1, 1.0)]
-    assert scale_schedule(AdvCamConfig(scales=(1.0, 2.0), reference_scale_weight=True)) == [
-        (1.0, 27, 1.0), (2.0, 27, 1.0)]
+    assert scale_schedule(AdvCamConfig(scales=(1.0, 2.0))) == [(1.0, 27, 1.0), (2.0, 27, 1.0)]
 
 
 def test_reference_scale_weight_halves_scale_half_relative_to_the_others(net64: CamNet) -> None:
@@ -186,13 +186,14 @@ def test_reference_scale_weight_halves_scale_half_relative_to_the_others(net64: 
         return normalise_maps(high_res).float()
 
     default = compute_advcam(net64, image, keys, config=config)
-    reference = compute_advcam(net64, image, keys,
-                               config=dataclasses.replace(config, reference_scale_weight=True))
-    torch.testing.assert_close(default.high_res, expected((2.0, 1.0)))
-    torch.testing.assert_close(reference.high_res, expected((2.0, 2.0)))
-    # after normalisation the reference weighs both scales alike: 0.5 has half the paper's weight
-    torch.testing.assert_close(reference.high_res, expected((1.0, 1.0)), rtol=0, atol=1e-4)
-    assert _relative(default.high_res, reference.high_res) > 1e-3
+    intended = compute_advcam(net64, image, keys,
+                              config=dataclasses.replace(config, reference_scale_weight=False))
+    # the default is the published computation: every scale x2 ...
+    torch.testing.assert_close(default.high_res, expected((2.0, 2.0)))
+    torch.testing.assert_close(intended.high_res, expected((2.0, 1.0)))
+    # ... which after normalisation weighs both scales alike: 0.5 has half the intended weight
+    torch.testing.assert_close(default.high_res, expected((1.0, 1.0)), rtol=0, atol=1e-4)
+    assert _relative(default.high_res, intended.high_res) > 1e-3
 
 
 def test_one_iteration_is_the_unperturbed_attribution(net64: CamNet) -> None:
@@ -350,13 +351,14 @@ def test_make_advcam_command_on_a_voc_folder(tmp_path: Path) -> None:
     out = tmp_path / "maps"
     args = ["make-advcam", "--data", str(fixture.root), "--checkpoint", str(checkpoint), "--out", str(out),
             "--device", "cpu", "--no-progress", "--scales", "1.0", "--iterations", "2",
-            "--reference-scale-weight"]
+            "--intended-scale-weight"]
     assert main(args) == 0
     store = MapStore(out)
     assert store.ids() == sorted(fixture.ids)
     first = store.load(fixture.ids[0])
     np.testing.assert_array_equal(first.keys, fixture.labels[fixture.ids[0]])
     assert first.image_size == fixture.sizes[fixture.ids[0]]
+    assert store.made_by()["reference_scale_weight"] is False  # --intended-scale-weight
     assert main([*args[:-1], "--iterations", "0"]) == 2  # a clear error, exit status 2
 
 

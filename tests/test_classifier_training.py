@@ -89,7 +89,8 @@ def test_irn_recipe_defaults() -> None:
     assert config == ClassifierConfig()  # the dataclass defaults are IRN's
     assert (config.backbone, config.output_stride, config.dilated) == ("resnet50", 16, False)
     assert (config.lr, config.classifier_lr_mult, config.weight_decay) == (0.1, 10.0, 1e-4)
-    assert (config.momentum, config.reference_momentum_quirk, config.poly_power) == (0.0, False, 0.9)
+    # the published computation: IRN's PolyOptimizer puts the weight decay in SGD's momentum slot
+    assert (config.momentum, config.reference_momentum_quirk, config.poly_power) == (0.0, True, 0.9)
     assert (config.batch_size, config.epochs, config.crop_size) == (16, 5, 512)
     assert config.resize_long == (320, 640) and config.hflip
     assert config.freeze_bn and config.frozen_stages == 2
@@ -172,6 +173,36 @@ def test_training_smoke_loss_decreases_and_checkpoint_loads(tmp_path: Path) -> N
     assert model.classes == ["background", "red", "blue"]
     raw = torch.load(out, weights_only=True)
     assert raw["extra"]["recipe"]["batch_size"] == 4 and len(raw["extra"]["history"]) == 6
+
+
+def test_the_default_trains_with_irns_momentum_quirk(monkeypatch: pytest.MonkeyPatch) -> None:
+    import wsss.training.classifier as classifier
+    from wsss.training.engine import poly_sgd
+
+    built = []
+
+    def recording_poly_sgd(*args, **kwargs):
+        optimizer, scheduler = poly_sgd(*args, **kwargs)
+        built.append(optimizer)
+        return optimizer, scheduler
+
+    monkeypatch.setattr(classifier, "poly_sgd", recording_poly_sgd)
+    small = dict(backbone="resnet18_w16", output_stride=8, dilated=None, frozen_stages=0, freeze_bn=False,
+                 epochs=1, batch_size=4, crop_size=32, resize_long=None, num_workers=0)
+    train_classifier(SquaresSource(count=4), ClassifierConfig(**small), progress=False)
+    train_classifier(SquaresSource(count=4), ClassifierConfig(**small, reference_momentum_quirk=False, momentum=0.9),
+                     progress=False)
+    published, intended = (optimizer.param_groups[0] for optimizer in built)
+    assert (published["momentum"], published["weight_decay"], published["nesterov"]) == (1e-4, 1e-4, False)
+    assert intended["momentum"] == 0.9
+
+
+def test_a_momentum_the_quirk_would_replace_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"classifier.momentum=0.9 would have no effect.*reference_momentum_quirk=false"):
+        ClassifierConfig(momentum=0.9).validate()
+    with pytest.raises(ConfigError, match=r"classifier.nesterov=true would have no effect"):
+        ClassifierConfig(nesterov=True).validate()
+    ClassifierConfig(momentum=0.9, nesterov=True, reference_momentum_quirk=False).validate()
 
 
 def test_training_needs_a_full_batch() -> None:

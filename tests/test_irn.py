@@ -329,3 +329,47 @@ def test_a_diverging_loss_stops_irn_training(tmp_path: Path) -> None:
         train_irn(dataset, labels, _tiny_config(batch_size=2, epochs=2, lr=1e30), device="cpu",
                   out=tmp_path / "irn.pt", progress=False)
     assert not (tmp_path / "irn.pt").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# The defaults are the published computation (docs/quirks.md)
+
+
+def test_the_default_trains_with_irns_momentum_quirk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wsss.training.irn as irn
+    from wsss.training.engine import poly_sgd
+
+    built = []
+
+    def recording_poly_sgd(*args, **kwargs):
+        optimizer, scheduler = poly_sgd(*args, **kwargs)
+        built.append(optimizer)
+        return optimizer, scheduler
+
+    monkeypatch.setattr(irn, "poly_sgd", recording_poly_sgd)
+    dataset, labels = _tiny_dataset(tmp_path, count=4)
+    small = dict(backbone="resnet18_w16", output_stride=8, dilated=None, radius=5, crop_size=64, batch_size=4,
+                 epochs=1, rescale=None, num_workers=0, mean_shift_images=4)
+    train_irn(dataset, labels, IrnConfig(**small), progress=False)
+    train_irn(dataset, labels, IrnConfig(**small, reference_momentum_quirk=False, momentum=0.9), progress=False)
+    published, intended = (optimizer.param_groups[0] for optimizer in built)
+    assert (published["momentum"], published["weight_decay"]) == (1e-4, 1e-4)
+    assert intended["momentum"] == 0.9
+    with pytest.raises(ConfigError, match="irn.momentum=0.9 would have no effect"):
+        IrnConfig(momentum=0.9).validate()
+
+
+def test_the_default_pads_the_boundary_input_to_512_as_irn() -> None:
+    assert IrnConfig().edge_pad_to == 512
+    torch.manual_seed(0)
+    net = IRNet("resnet18_w16", output_stride=8).eval()
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    padded, _ = edge_and_displacement(net, small, "cpu", pad_to=512)
+    whole, _ = edge_and_displacement(net, small, "cpu", pad_to=None)
+    assert padded.shape == whole.shape == (10, 13)
+    assert np.abs(padded - whole).max() > 1e-3  # the zero border reaches the image's own cells
+    # an image larger than the pad runs whole: nothing is cropped (IRN would crop it)
+    large = rng.integers(0, 256, (520, 530, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(edge_and_displacement(net, large, "cpu", pad_to=512, flip=False)[0],
+                                  edge_and_displacement(net, large, "cpu", pad_to=None, flip=False)[0])

@@ -38,7 +38,10 @@ from wsss.stores.maps import MapStore
 torch.set_num_threads(1)
 
 # the fine-tuning path, with settings that make a tiny random model move: no stop rule fires
-MOVING = RibConfig(steps=4, lr=3e-4, batch_size=3, margin=1e9, explode_ratio=1.0)
+# the defaults (the published computation) with a learning rate that moves a small network ...
+PUBLISHED = RibConfig(steps=4, lr=3e-4, batch_size=3, margin=1e9, explode_ratio=1.0)
+# ... and the intended computation, which most tests below use: no momentum, no exploded map kept
+MOVING = dataclasses.replace(PUBLISHED, reference_momentum_quirk=False, reference_explode_accumulation=False)
 
 
 def _random_net(num_classes: int = 3, dtype: torch.dtype = torch.float64) -> CamNet:
@@ -296,6 +299,19 @@ def test_explosion_stops_without_the_exploded_map(net64: CamNet) -> None:
     assert compute_rib(net64, image, [1], batches, MOVING).steps == MOVING.steps
 
 
+def test_the_default_keeps_the_exploded_map_as_the_published_run(net64: CamNet) -> None:
+    image = _image(seed=4)
+    batches = _batches(4, OTHER_LABELS)
+    published = dataclasses.replace(PUBLISHED, explode_threshold=0.0, explode_ratio=0.0)
+    assert published.reference_explode_accumulation and RibConfig().reference_explode_accumulation
+    default = compute_rib(net64, image, [1], batches, published)
+    loop = reference_rib(net64, image, [1], batches, published)
+    intended = compute_rib(net64, image, [1], batches, published, reference_explode_accumulation=False)
+    assert (default.steps, default.stop) == (1, "explode")
+    assert _relative(default.high_res, loop.high_res) < 1e-4
+    assert _relative(default.high_res, intended.high_res) > 1e-3
+
+
 # ---------------------------------------------------------------------------------------------
 # The model is left as it was
 
@@ -359,6 +375,10 @@ def test_momentum_quirk_changes_the_result(net64: CamNet) -> None:
     fixed = compute_rib(net64, image, [1], others, MOVING, weight_decay=0.5)
     quirk = compute_rib(net64, image, [1], others, MOVING, weight_decay=0.5, reference_momentum_quirk=True)
     assert _relative(fixed.high_res, quirk.high_res) > 1e-6
+    # the default is the published computation: momentum = weight decay
+    assert RibConfig().reference_momentum_quirk
+    default = compute_rib(net64, image, [1], others, PUBLISHED, weight_decay=0.5)
+    assert torch.equal(default.high_res, quirk.high_res)
 
 
 def test_fewer_batches_end_the_run_as_the_reference_loader(net64: CamNet) -> None:

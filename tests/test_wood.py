@@ -254,7 +254,8 @@ def tiny_classifier_config():
 
 
 def tiny_wood_config(**changes) -> WoodConfig:
-    return WoodConfig(ood_batch_size=2, ood_clusters=3, ood_resize_long=None, epochs=1).replace(**changes)
+    return WoodConfig(ood_batch_size=2, ood_clusters=3, ood_resize_long=None, epochs=1,
+                      kmeans_init="kmeans++").replace(**changes)
 
 
 @pytest.fixture(scope="module")
@@ -286,14 +287,20 @@ def test_class_prototypes_are_mean_features_of_the_images_with_each_class(tiny_s
 def test_ood_prototypes_cluster_the_ood_features(tiny_setup) -> None:
     _, _, ood, init = tiny_setup
     model = load_cam_net(init)
-    centroids, assignment = ood_prototypes(model, ood, 3, "cpu", seed=0, resize_long=None, return_assignment=True)
+    centroids, assignment = ood_prototypes(model, ood, 3, "cpu", seed=0, resize_long=None, return_assignment=True,
+                                           init="kmeans++")
     features = pooled_features(model, [ood.load_image(i) for i in range(len(ood))], device=torch.device("cpu"))
     assert centroids.shape == (3, features.shape[1]) and assignment.shape == (6,)
     for cluster in assignment.unique():
         np.testing.assert_allclose(centroids[cluster].numpy(), features[assignment == cluster].mean(0).numpy(),
                                    rtol=1e-4, atol=1e-6)
-    again = ood_prototypes(model, ood, 3, "cpu", seed=0, resize_long=None)
+    again = ood_prototypes(model, ood, 3, "cpu", seed=0, resize_long=None, init="kmeans++")
     assert torch.equal(centroids, again)
+    # the default start is the reference's, the first K features (the published computation)
+    default = ood_prototypes(model, ood, 3, "cpu", seed=5, resize_long=None)
+    torch.testing.assert_close(default, kmeans(features, 3, init="first")[0])
+    assert WoodConfig().kmeans_init == "first"
+    assert not torch.allclose(default, kmeans(features, 3, seed=1, init="kmeans++")[0])
     with pytest.raises(ConfigError, match="ood.txt.*fewer than the 7 OoD prototypes"):
         ood_prototypes(model, ood, 7, "cpu")
 

@@ -29,9 +29,9 @@ reference computes and throws away, is skipped.
 
 Scale weighting: the reference runs scale 0.5 with half the iterations (13 of 27) and means to
 weight it twice, but its weight variable (``mul_for_scale``) is never reset, so every later scale
-is doubled too and after normalisation all scales weigh the same. The default here is the
-paper's intent (0.5 weighted 2, the others 1); ``reference_scale_weight=True`` gives the
-reference's output.
+is doubled too and after normalisation all scales weigh the same. The default
+(``reference_scale_weight=True``) is the reference's computation, which produced the published
+numbers; ``reference_scale_weight=False`` gives the intended one (0.5 weighted 2, the others 1).
 
 Strength that follows the network and the image (``scale="image"``, ``docs/scale.md``): the drift
 is a *sum* over the map's ``hw`` cells of maps scaled by about ``1 / (2 P_c)``, the class margin a
@@ -156,7 +156,9 @@ class AdvCamConfig:
     scales: tuple[float, ...] = CAM_SCALES  # reference --cam_scales (IRN's)
     flip: bool = True  # reference: every scale with its horizontal flip
     half_iteration_scales: tuple[float, ...] = (0.5,)  # reference: scale 0.5 gets adv_iter // 2 steps
-    reference_scale_weight: bool = False  # True: the reference's never-reset mul_for_scale (all scales x2)
+    # reference: mul_for_scale is never reset, so every scale is x2 (the published computation);
+    # False: the intended weighting, scale 0.5 x2 and the others x1 (docs/quirks.md)
+    reference_scale_weight: bool = True
     images_per_batch: int = run_only_field(1)  # wsss: same-size images climbing together (speed only; more memory)
     max_batch_pairs: int | None = run_only_field(None)  # wsss: cap on flip pairs per forward (GPU memory); None = no cap
 

@@ -26,7 +26,7 @@ image ``x`` with classes ``S``, starting each time from the trained weights ``th
 * it stops after ``T`` maps, or when the target's pooled positive logits pass the margin
   (``|sum y| > margin``, 600), or, from step 1 on, when the map explodes: the union over ``S`` of
   ``A_t / (max A_t + 1e-5) > 0.3`` at the first scale covers more than 70% of its pixels. An
-  exploded step's maps are not accumulated.
+  exploded step adds no map but, as in the reference, its first scale's (see below).
 
 Which other images: :class:`DisjointClassIndex` finds the images sharing no class with the
 target (built once per dataset); every step takes a fresh batch of ``B`` of them from a seeded
@@ -35,21 +35,23 @@ if the list is shorter than the steps need), each with IRN's training augmentati
 long-side resize, flip, crop). The seed is derived from ``seed`` and the image id, so sharding
 and resuming change nothing.
 
-Reference bugs, fixed by default (reference: ``jbeomlee93/RIB``, ``obtain_RIB_CAM.py``):
+Where the reference (``jbeomlee93/RIB``, ``obtain_RIB_CAM.py``) departs from what it meant
+(``docs/quirks.md``): quirks that change the published computation are reproduced by default and
+a setting gives the intended computation; a hard-coded class count is fixed by default.
 
-* GNDRP's class loop is ``range(20)``: on COCO, positive classes 21..80 keep a zero mask and
-  fall back to plain GAP. ``gndrp_class_limit=20`` reproduces it (only changes results when
-  K > 20).
 * ``PolyOptimizer`` passes the weight decay where SGD takes the momentum, so the reference runs
-  with momentum 1e-4. Fixed: no momentum. ``reference_momentum_quirk=True`` reproduces it.
+  with momentum 1e-4: the default (``reference_momentum_quirk=True``); ``False``: no momentum.
+* The explode check runs after the first scale's map of the exploded step was already added, so
+  that scale gets one extra, exploded map: the default (``reference_explode_accumulation=True``);
+  ``False``: the exploded step adds nothing.
+* GNDRP's class loop is ``range(20)``: on COCO, positive classes 21..80 keep a zero mask and
+  fall back to plain GAP. A hard-coded class count, fixed by default; ``gndrp_class_limit=20``
+  reproduces it (only changes results when K > 20).
 * ``--p_disjoint < 1`` was meant to mix in images holding the target's classes, but its draw
   (``random.randrange(0, 1)``) is always 0 and it indexes one list with another list's index,
   so the joint images are never used (or get the wrong labels). Here ``disjoint_probability``
   does what was meant; the default 1 is the reference's. The broken behaviour is not
   reproduced: at the default it never runs.
-* The explode check runs after the first scale's map of the exploded step was already added, so
-  that scale gets one extra, exploded map. Fixed: the exploded step adds nothing.
-  ``reference_explode_accumulation=True`` reproduces it.
 
 What makes this fast compared with the reference's loop (kept in
 :mod:`wsss.attribution.rib_reference`): the disjoint index is built once per dataset (the
@@ -176,9 +178,11 @@ class RibConfig:
     other_flip: bool = True  # VOC12RIBDataset hor_flip
     disjoint_probability: float = 1.0  # --p_disjoint: else an image holding every target class
     resample_others: bool = True  # reference: a new batch every step; False: one batch, reused
-    reference_momentum_quirk: bool = False  # True: SGD momentum = weight decay (PolyOptimizer)
+    # reference: PolyOptimizer gives SGD momentum = weight decay (the published computation); False: none
+    reference_momentum_quirk: bool = True
     gndrp_class_limit: int | None = None  # reference: 20 (for ccc in range(20)); later classes GAP
-    reference_explode_accumulation: bool = False  # True: keep the exploded step's first-scale map
+    # reference: the exploded step's first-scale map is kept (the published computation); False: dropped
+    reference_explode_accumulation: bool = True
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on settings that cannot work."""

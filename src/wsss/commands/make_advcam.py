@@ -30,9 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default: 0.5)")
     group.add_argument("--half-iteration-scales", type=float, nargs="*", default=None, metavar="S",
                        help="scales climbed with half the steps and weight 2 (default: 0.5)")
-    group.add_argument("--reference-scale-weight", action="store_true",
-                       help="reproduce the reference's never-reset scale weight (all scales x2, so "
-                            "scale 0.5 is not weighted up)")
+    group.add_argument("--intended-scale-weight", action="store_true",
+                       help="weight the half-iteration scales x2 and the others x1, as the reference "
+                            "meant (default: the reference's computation, every scale x2, which "
+                            "produced the published numbers; docs/quirks.md)")
     group.add_argument("--images-per-batch", type=int, default=None, metavar="N",
                        help="same-size images climbing together (speed only; default: 1)")
     group.add_argument("--max-batch-pairs", type=int, default=None, metavar="N",
@@ -55,8 +56,8 @@ def settings_from_args(args: argparse.Namespace) -> dict:
     settings = {k: v for k, v in settings.items() if v is not None}
     if args.no_flip:
         settings["flip"] = False
-    if args.reference_scale_weight:
-        settings["reference_scale_weight"] = True
+    if args.intended_scale_weight:
+        settings["reference_scale_weight"] = False
     return settings
 
 

@@ -36,6 +36,7 @@ from wsss.errors import ConfigError
 from wsss.models.cam_net import CamNet
 from wsss.runtime import eval_mode, resolve_device, seed_everything
 from wsss.training.engine import CheckpointSpec, ShuffledLoader, TrainingEngine, poly_sgd
+from wsss.training.schedule import check_momentum
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,11 @@ class ClassifierConfig(Settings):
     lr: float = 0.1  # IRN --cam_learning_rate
     classifier_lr_mult: float = 10.0  # IRN train_cam.py: 10 * cam_learning_rate for the head
     weight_decay: float = 1e-4  # IRN --cam_weight_decay
-    momentum: float = 0.0  # IRN's evident intent (see reference_momentum_quirk)
+    # IRN's SGD(params, lr, weight_decay) puts the weight decay in SGD's momentum slot: momentum
+    # 1e-4, the published computation. False: SGD with `momentum` and `nesterov` below.
+    reference_momentum_quirk: bool = True
+    momentum: float = 0.0  # used when reference_momentum_quirk is false (IRN's evident intent: none)
     nesterov: bool = False
-    reference_momentum_quirk: bool = False  # True: IRN's SGD(params, lr, weight_decay) -> momentum 1e-4
     poly_power: float = 0.9  # IRN PolyOptimizer
     batch_size: int = 16  # IRN --cam_batch_size
     epochs: int = 5  # IRN --cam_num_epoches
@@ -92,6 +95,7 @@ class ClassifierConfig(Settings):
                                "frozen_stages": 0, "num_workers": 0, "seed": 0})
         if any(not s > 0 for s in self.std):
             raise ConfigError(f"classifier.std must be positive, got {list(self.std)}")
+        check_momentum(self, "classifier")
 
 
 def irn_recipe() -> ClassifierConfig:

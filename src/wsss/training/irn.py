@@ -61,6 +61,7 @@ from wsss.stores.edges import EdgeStore
 from wsss.stores.maps import strided_size
 from wsss.stores.masks import MaskStore
 from wsss.training.engine import CheckpointSpec, ShuffledLoader, TrainingEngine, poly_sgd, sequential_mean
+from wsss.training.schedule import check_momentum
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +98,11 @@ class IrnConfig(Settings):
     lr: float = 0.1  # IRN --irn_learning_rate (edge branch)
     displacement_lr_mult: float = 10.0  # IRN train_irn.py: 10 * lr for the displacement branch
     weight_decay: float = 1e-4  # IRN --irn_weight_decay
-    momentum: float = 0.0  # IRN's evident intent (see reference_momentum_quirk)
+    # IRN's PolyOptimizer puts the weight decay in SGD's momentum slot: momentum 1e-4, the
+    # published computation. False: SGD with `momentum` and `nesterov` below.
+    reference_momentum_quirk: bool = True
+    momentum: float = 0.0  # used when reference_momentum_quirk is false (IRN's evident intent: none)
     nesterov: bool = False
-    reference_momentum_quirk: bool = False  # True: IRN's PolyOptimizer -> SGD momentum = 1e-4
     poly_power: float = 0.9  # IRN PolyOptimizer
     batch_size: int = 32  # IRN --irn_batch_size
     epochs: int = 3  # IRN --irn_num_epoches
@@ -113,7 +116,9 @@ class IrnConfig(Settings):
     mean_shift_images: int | None = None  # images measured for the mean displacement; None: all
     edge_scales: tuple[float, ...] = (1.0,)  # IRN EdgeDisplacement: one scale
     edge_flip: bool = True  # IRN: edge logits averaged with the flipped image's
-    edge_pad_to: int | None = None  # IRN pads inputs to 512 (cropping larger ones); None: no pad
+    # IRN EdgeDisplacement pads every input to 512 x 512 (the published computation; it crops larger
+    # images, which wsss does not: they run whole). None: no pad (docs/quirks.md)
+    edge_pad_to: int | None = 512
     amp: bool = run_only_field(False)  # wsss: mixed precision, on CUDA only (IRN trains in float32)
 
     def validate(self) -> None:
@@ -126,6 +131,7 @@ class IrnConfig(Settings):
             raise ConfigError(f"irn.edge_scales must be positive, got {list(self.edge_scales)}")
         if any(not s > 0 for s in self.std):
             raise ConfigError(f"irn.std must be positive, got {list(self.std)}")
+        check_momentum(self, "irn")
 
 
 def irn_recipe_default() -> IrnConfig:

@@ -7,13 +7,15 @@ Here that is a :class:`torch.optim.lr_scheduler.LambdaLR` stepped once per updat
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["build_sgd", "poly_factor", "poly_lr_scheduler"]
+from wsss.errors import ConfigError
+
+__all__ = ["build_sgd", "check_momentum", "poly_factor", "poly_lr_scheduler"]
 
 
 def poly_factor(step: int, max_steps: int, power: float = 0.9) -> float:
@@ -70,3 +72,17 @@ def build_sgd(
         momentum, nesterov = weight_decay, False
     return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
                            nesterov=nesterov)
+
+
+def check_momentum(config: Any, section: str) -> None:
+    """Refuse a momentum the reference's momentum quirk would silently replace.
+
+    With ``reference_momentum_quirk`` SGD's momentum is the weight decay (IRN's
+    ``PolyOptimizer``), so a ``momentum`` or ``nesterov`` given beside it would have no effect.
+    """
+    given = ([f"{section}.momentum={config.momentum:g}"] if config.momentum != 0 else []) + (
+        [f"{section}.nesterov=true"] if config.nesterov else [])
+    if config.reference_momentum_quirk and given:
+        raise ConfigError(
+            f"{' and '.join(given)} would have no effect: {section}.reference_momentum_quirk is true (IRN's "
+            f"SGD momentum = weight decay); set {section}.reference_momentum_quirk=false to use them")

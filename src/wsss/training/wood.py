@@ -28,13 +28,15 @@ W-OoD is the paper's best seed).
 
 Where this differs from the reference code (``naver-ai/w-ood``, ``step/train_cam_clustering.py``):
 
-* k-means starts from a seeded k-means++ draw rather than the first K features (``kmeans_init``
-  ``"first"`` restores the reference's) and an emptied cluster keeps its centroid (the
-  reference divides by zero and then treats the prototype as absent).
+* k-means starts, as the reference's, from the first K features (``kmeans_init="first"``, the
+  published computation); ``"kmeans++"`` draws a seeded k-means++ start instead. An emptied
+  cluster keeps its centroid (the reference divides by zero and then treats the prototype as
+  absent).
 * No checkpoint is selected with ground-truth masks: the last model is saved. The reference
   scores CAMs against VOC train masks during the last epoch and keeps the best.
 * No OoD image is excluded by its predicted class; the reference drops those it predicts as
-  "bottle" (hard-coded class 4). ``ood_ignore_classes`` can do the same for any class ids.
+  "bottle" (hard-coded class 4). A hard-coded class, so not the default on every dataset:
+  ``ood_ignore_classes=(5,)`` (VOC's bottle) reproduces it and the VOC recipes set it.
 * Prototypes can be refreshed during training (``refresh_prototypes_every``); the reference
   computes them once.
 * The push threshold is taken over all the batch's OoD distances; the reference leaves out
@@ -112,7 +114,8 @@ class WoodConfig(Settings):
     ood_batch_size: int = 16  # reference --ood_batch_size (= its cam_batch_size)
     ood_clusters: int = 50  # reference --cluster_K, K OoD prototypes
     kmeans_iterations: int = 10  # reference KMeans(Niter=10), Lloyd steps
-    kmeans_init: Literal["kmeans++", "first"] = "kmeans++"  # wsss; reference: the first K features ("first")
+    # reference: the first K features start k-means (the published computation); "kmeans++": a seeded draw
+    kmeans_init: Literal["kmeans++", "first"] = "first"
     climb_step: float = 0.07  # reference adv_climb(img_ood, 0.07, grad), epsilon (normalised-image units)
     climb_iterations: int = 1  # reference: range(1), one step
     climb_normalisation: Literal["batch", "image", "sign"] = "batch"  # reference: g / max|g| over the whole OoD batch
@@ -367,7 +370,7 @@ def ood_prototypes(
     seed: int = 0,
     *,
     iterations: int = 10,
-    init: Literal["kmeans++", "first"] = "kmeans++",
+    init: Literal["kmeans++", "first"] = "first",
     resize_long: int | None = 500,
     transform: EvalTransform | None = None,
     batch_size: int = 16,
@@ -382,7 +385,7 @@ def ood_prototypes(
         k: number of prototypes (reference: 50); at most the number of OoD images.
         device: where to run the network.
         seed: seeds k-means++.
-        iterations, init: see :func:`kmeans`.
+        iterations, init: see :func:`kmeans` (default ``"first"``, the reference's start).
         resize_long: long side the OoD images are resized to (reference: 500), ``None`` to keep.
         transform: normalisation (default ImageNet); its ``resize_long`` is overridden.
         batch_size: same-size images per forward pass.
