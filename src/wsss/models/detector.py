@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -56,6 +56,7 @@ __all__ = [
     "box_outputs",
     "build_detector",
     "check_detection_boxes",
+    "head_outputs",
     "load_detector_weights",
     "scaled_anchor_sizes",
 ]
@@ -212,7 +213,14 @@ def box_outputs(detector: FasterRCNN, images: torch.Tensor, image_sizes: Sequenc
         ``(logits (N, K), deltas (N, K, 4))`` for the N = sum n_b proposals in order: raw class
         logits and the class-specific box deltas in the box coder's weighted units.
     """
-    features = detector.backbone(images)
+    return head_outputs(detector, detector.backbone(images), image_sizes, proposals)
+
+
+def head_outputs(detector: FasterRCNN, features: Mapping[str, torch.Tensor],
+                 image_sizes: Sequence[tuple[int, int]], proposals: Sequence[torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`box_outputs` from the backbone's features (FPN levels), e.g. to pool several sets of
+    proposals from one backbone pass."""
     heads = detector.roi_heads
     pooled = heads.box_roi_pool(features, list(proposals), [tuple(map(int, s)) for s in image_sizes])
     logits, deltas = heads.box_predictor(heads.box_head(pooled))
