@@ -25,6 +25,7 @@ its image or of an unknown class is found before the first stage.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from wsss.attribution.bbam import BbamConfig
@@ -34,10 +35,16 @@ from wsss.methods.base import Context, Method, Stage, register, remover
 from wsss.methods.chain import scale_dependency
 from wsss.training.detector import DetectorConfig
 
+log = logging.getLogger(__name__)
+
 __all__ = ["BBAM_DETECTOR", "BBAM_MAPS", "BbamMethod", "bbam_detector_stage", "bbam_maps_stage"]
 
 BBAM_DETECTOR = "bbam.detector"
 """The stage that trains the detector."""
+NO_PROPOSAL_WARNING = 0.25
+"""Above this share of objects with no kept proposal the maps stage warns: BBAM is then mostly
+the box baseline (measured here: a small detector after 80 updates on 64 generated images calls
+every jittered box background, so it keeps none)."""
 BBAM_MAPS = "bbam.maps"
 """The stage that writes the per-object attribution maps (``maps/bbam/``)."""
 
@@ -100,6 +107,11 @@ def bbam_maps_stage(ctx: Context) -> Stage:
             return {"computed_now": made}
         result = {"images": len(dataset.ids), "computed_now": made, **bbam_summary(maps_dir, dataset.ids)}
         write_json(summary, result)
+        if result["objects"] and result["no_proposal_share"] > NO_PROPOSAL_WARNING:
+            log.warning("BBAM kept no proposal for %.0f%% of the %d objects: their masks are all zero and "
+                        "their pseudo labels will be filled boxes; the detector calls jittered boxes "
+                        "background or misplaces them (train it longer: bbam_detector.steps)",
+                        100 * result["no_proposal_share"], result["objects"])
         return result
 
     return Stage(BBAM_MAPS, run=run, clear=remover(maps_dir, summary), needs=(BBAM_DETECTOR,),
