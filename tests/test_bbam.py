@@ -193,7 +193,7 @@ def test_the_detector_terms_give_a_nonzero_mask_gradient_from_the_box_initialisa
     assert float(loss.detach()) > 0 and float(gradient.abs().sum()) > 0
     # with an all-ones mask the detector terms are exactly 0 (why the reference starts from boxes)
     ones = torch.ones_like(problem.mask, requires_grad=True)
-    assert float(bbam_losses(detector, tensor, size, [problem], [ones], config)) == pytest.approx(0.0, abs=1e-6)
+    assert float(bbam_losses(detector, tensor, size, [problem], [ones], config).detach()) == pytest.approx(0.0, abs=1e-6)
     assert all(p.grad is None for p in detector.parameters())
 
 
