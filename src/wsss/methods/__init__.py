@@ -8,7 +8,7 @@ from wsss.methods.base import (Context, DataConfig, Method, RefineDefaults, Runt
                                method_sections, quick_settings, register, registered_methods)
 
 # Built-in methods, registered on import (order: the demo's and the recipe sections').
-from wsss.methods import cam, advcam, rib, wood, bana  # noqa: E402,F401  isort: skip
+from wsss.methods import cam, advcam, rib, wood, bana, bbam  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "Context",

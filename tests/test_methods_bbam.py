@@ -1,0 +1,87 @@
+"""BBAM in the pipeline: the detector and attribution-map stages, fingerprints, a tiny run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import make_voc, write_xml
+
+from wsss.methods import Context
+from wsss.pipeline.recipes import build_stages, check_inputs, load_recipe
+from wsss.pipeline.runner import fingerprint
+from wsss.stores.maps import MapStore
+
+BBAM = "methods=[bbam]"
+
+
+def _stages(*overrides: str) -> dict:
+    recipe = load_recipe("synth/demo", ["data.root=/nowhere", BBAM, *overrides])
+    return {stage.name: stage for stage in build_stages(Context(recipe, Path("work")))}
+
+
+def _print(stage) -> str:
+    return fingerprint(stage.depends_on)
+
+
+def test_bbam_trains_its_detector_then_writes_its_maps() -> None:
+    stages = _stages("fully_supervised=false")
+    assert list(stages) == ["bbam.detector", "bbam.maps"]
+    assert stages["bbam.detector"].main_only and stages["bbam.detector"].needs == ()
+    assert not stages["bbam.maps"].main_only and stages["bbam.maps"].needs == ("bbam.detector",)
+
+
+def test_each_bbam_section_reaches_the_fingerprints_of_its_stages_only() -> None:
+    base = _stages()
+    detector = _stages("bbam_detector.steps=7")
+    assert _print(detector["bbam.detector"]) != _print(base["bbam.detector"])
+    assert _print(detector["bbam.maps"]) == _print(base["bbam.maps"])  # chained by the runner
+    attribution = _stages("bbam.steps=7")
+    assert _print(attribution["bbam.maps"]) != _print(base["bbam.maps"])
+    assert _print(attribution["bbam.detector"]) == _print(base["bbam.detector"])
+    assert _print(_stages("bbam.objects_per_batch=2")["bbam.maps"]) == _print(base["bbam.maps"])  # run-only
+    assert _print(_stages("scale=image")["bbam.maps"]) != _print(base["bbam.maps"])  # the mask stride
+
+
+def test_bad_bbam_settings_fail_when_the_recipe_loads() -> None:
+    from wsss.errors import ConfigError
+
+    for bad in ("bbam.jitter=0.5", "bbam.iou_thresholds=[1.2]", "bbam.tv_beta=0.5", "bbam_detector.schedule=cos",
+                "bbam_detector.anchor_sizes=[8, 16]", "bbam_detector.max_size=200"):
+        with pytest.raises(ConfigError):
+            load_recipe("synth/demo", ["data.root=/nowhere", BBAM, bad])
+
+
+def test_bbam_finds_a_bad_box_before_the_first_stage(tmp_path: Path) -> None:
+    voc = make_voc(tmp_path / "voc", ids=["a", "b"], classes=["background", "x", "y"], size=(24, 28))
+    write_xml(voc.root / "Annotations" / "b.xml", "b", voc.sizes["b"], [(1, 5, 5, 5, 20)], voc.classes)  # xmin = xmax
+    recipe = load_recipe("synth/demo", [f"data.root={voc.root}", "data.val_split=train", BBAM])
+    ctx = Context(recipe, tmp_path / "work")
+    problems = [str(p) for p in check_inputs(ctx, build_stages(ctx))]
+    lines = [p for p in problems if "BBAM's detector" in p]
+    assert len(lines) == 1 and "'b'" in lines[0] and "empty" in lines[0] and "\n" not in lines[0]
+
+
+def test_run_bbam_end_to_end_on_a_tiny_generated_set(tmp_path: Path) -> None:
+    from wsss.cli import main
+    from wsss.data.synth import SynthConfig, generate
+    from wsss.io import read_json
+
+    root = tmp_path / "data"
+    generate(root, SynthConfig(seed=3, train=8, val=4, ood=2, size=64, classes=3))
+    work = tmp_path / "work"
+    settings = [f"data.root={root}", BBAM, "fully_supervised=false", "runtime.device=cpu", "runtime.progress=false",
+                "scale=image", "bbam_detector.steps=2", "bbam_detector.batch_size=4", "bbam_detector.milestones=[1]",
+                "bbam_detector.warmup_steps=1", "bbam.steps=2", "bbam.proposals=50"]
+    args = ["run", "synth/demo", "--work", str(work)]
+    for setting in settings:
+        args += ["--set", setting]
+    assert main(args) == 0
+    summary = read_json(work / "maps" / "bbam_summary.json")
+    store = MapStore(work / "maps" / "bbam")
+    assert summary["images"] == 8 and len(store.ids()) == 8
+    total = sum(len(store.load(image_id).keys) for image_id in store.ids())
+    assert summary["objects"] == total > 0 and 0.0 <= summary["no_proposal_share"] <= 1.0
+    maps = store.load(store.ids()[0])
+    assert maps.boxes is not None and maps.proposals is not None and maps.high_res.shape[1:] == (64, 64)
+    assert main(args) == 0  # a rerun finds every stage done
