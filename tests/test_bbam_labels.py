@@ -117,8 +117,9 @@ def test_no_attribution_falls_back_to_the_filled_box_or_fails():
 
 def test_bad_maps_and_boxes_are_one_line_errors():
     image = _image()
-    with pytest.raises(DataError, match="covers no pixel"):
-        object_mask(image, np.ones((SIZE, SIZE)), np.array([10, 10, 10, 20], np.float32), 0.85)
+    for box in ([10, 10, 10, 20], [10.2, 10, 10.2, 20], [10, 12, 20, 12]):  # xmin = xmax, ymin = ymax
+        with pytest.raises(DataError, match="has no area"):
+            object_mask(image, np.ones((SIZE, SIZE)), np.array(box, np.float32), 0.85)
     with pytest.raises(DataError, match="image is"):
         object_mask(image, np.ones((SIZE, 8)), np.array([0, 0, 4, 4], np.float32), 0.85)
     class_maps = LocalizationMaps(keys=np.array([1]), strided=None, high_res=np.ones((1, SIZE, SIZE)))

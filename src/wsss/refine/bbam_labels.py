@@ -235,7 +235,8 @@ def object_mask(
         where: file named in errors.
 
     Raises:
-        DataError: the map is not the image's size or not finite, or the box covers no pixel.
+        DataError: the map is not the image's size or not finite, or the box has no area
+            (``x1 <= x0`` or ``y1 <= y0``, VOC's ``xmin = xmax`` included).
     """
     height, width = image.shape[:2]
     attribution = np.asarray(attribution, dtype=np.float64)
@@ -247,8 +248,8 @@ def object_mask(
         raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
     region = box_pixels(box, height, width)
     area = int(region.sum())
-    if area == 0:
-        raise DataError(f"box ({', '.join(f'{float(v):g}' for v in box)}) covers no pixel", where)
+    if area == 0 or not (float(box[2]) > float(box[0]) and float(box[3]) > float(box[1])):
+        raise DataError(f"box ({', '.join(f'{float(v):g}' for v in box)}) has no area (covers no pixel)", where)
     if not has_attribution(attribution, region):
         return _box_fill(image, region, area, crf, scale, where)
 
