@@ -211,7 +211,8 @@ class _Dataset:
         return self.images[image_id]
 
 
-def test_make_bbam_labels_resumes_with_identical_results_and_gathers_aligned_instances(tmp_path):
+def _write_maps(tmp_path) -> dict[str, np.ndarray]:
+    """Three shifted copies of :func:`_three_objects` and an image without boxes; their images."""
     image, maps, _ = _three_objects()
     store = MapStore(tmp_path / "maps")
     images = {}
@@ -224,13 +225,18 @@ def test_make_bbam_labels_resumes_with_identical_results_and_gathers_aligned_ins
     store.save("empty", LocalizationMaps(np.zeros(0, np.int64), None, np.zeros((0, SIZE, SIZE)),
                                          np.zeros((0, 4), np.float32)))
     images["empty"] = image
+    return images
+
+
+def test_make_bbam_labels_resumes_with_identical_results_and_gathers_aligned_instances(tmp_path):
+    images = _write_maps(tmp_path)
 
     def run(folder, dataset):
         return make_bbam_labels(dataset, tmp_path / "maps", folder / "semantic", folder / "per_image",
                                 folder / "instances.json")
 
     straight = run(tmp_path / "straight", _Dataset(images))
-    assert straight["images"] == 4 and straight["sources"] == {"bbam": 6, "failed": 3}
+    assert straight == {"images": 4, "total": 4, "objects": 9, "failed": 3}
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "killed", _Dataset(images, fail_on="img2"))
     resumed = run(tmp_path / "killed", _Dataset(images))
@@ -251,3 +257,15 @@ def test_make_bbam_labels_resumes_with_identical_results_and_gathers_aligned_ins
             assert not (found.masks[row] & ~box_pixels(found.boxes[row], SIZE, SIZE)).any()
     assert len(loaded["empty"]) == 0
     assert not MaskStore(tmp_path / "straight" / "semantic").load("empty").any()
+
+
+def test_worker_processes_write_the_same_files(tmp_path):
+    images = _write_maps(tmp_path)
+    for folder, workers in (("serial", 0), ("parallel", 1)):  # one worker process: pickling and spawn
+        make_bbam_labels(_Dataset(images), tmp_path / "maps", tmp_path / folder / "semantic",
+                         tmp_path / folder / "per_image", tmp_path / folder / "instances.json", workers=workers)
+    assert ((tmp_path / "serial" / "instances.json").read_bytes()
+            == (tmp_path / "parallel" / "instances.json").read_bytes())
+    for image_id in images:
+        assert ((tmp_path / "serial" / "semantic" / f"{image_id}.png").read_bytes()
+                == (tmp_path / "parallel" / "semantic" / f"{image_id}.png").read_bytes())

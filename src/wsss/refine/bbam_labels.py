@@ -73,10 +73,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -84,8 +83,8 @@ from scipy import ndimage
 from wsss.config import REFERENCE_IMAGE_SIZE, check_scale
 from wsss.errors import DataError
 from wsss.io import IGNORE_INDEX
-from wsss.refine.crf import CrfParams, dense_crf
-from wsss.runtime import barrier, dist_info_from_env, run_per_image
+from wsss.refine.crf import CrfParams, crf_params, dense_crf
+from wsss.runtime import DistInfo, barrier, dist_info_from_env, run_per_image_parallel
 from wsss.stores.instances import ImageInstances, InstanceStore
 from wsss.stores.maps import LocalizationMaps, MapStore
 from wsss.stores.masks import MaskStore
@@ -380,6 +379,32 @@ def _instance_file(folder: Path, image_id: str) -> Path:
     return folder / f"{image_id}.json"
 
 
+@dataclass
+class _BbamLabelWork:
+    """One image's job, picklable so that worker processes can run it."""
+
+    dataset: Any
+    maps: MapStore
+    semantic: MaskStore
+    instance_dir: Path
+    classes: list[str]
+    thresholds: tuple[float, float]
+    crf: CrfParams
+    scale: str
+
+    def is_done(self, image_id: str) -> bool:
+        return self.semantic.has(image_id) and _instance_file(self.instance_dir, image_id).is_file()
+
+    def __call__(self, image_id: str) -> None:
+        image = self.dataset.load_image(image_id)
+        labels = bbam_labels(image, self.maps.load(image_id), image_id=image_id, thresholds=self.thresholds,
+                             crf=self.crf, scale=self.scale, where=self.maps.path(image_id))
+        if hasattr(self.dataset, "image_path"):
+            labels.instances.file_name = Path(self.dataset.image_path(image_id)).name
+        InstanceStore(_instance_file(self.instance_dir, image_id)).save([labels.instances], self.classes)
+        self.semantic.save(image_id, labels.semantic)
+
+
 def make_bbam_labels(
     dataset,
     maps_dir: str | os.PathLike,
@@ -391,8 +416,10 @@ def make_bbam_labels(
     thresholds: tuple[float, float] = (THRESHOLD_OBJECT, THRESHOLD_POSSIBLE),
     crf: CrfParams | str = CRF_PRESET,
     scale: str = "reference",
+    workers: int = 0,
+    dist: DistInfo | None = None,
     progress: bool = False,
-) -> dict[str, object]:
+) -> dict[str, int]:
     """:func:`bbam_labels` for every image of ``dataset``, resumable and sharded by rank.
 
     Per image, the semantic map goes to ``semantic_dir/<id>.png`` (:class:`MaskStore`) and the
@@ -402,65 +429,64 @@ def make_bbam_labels(
     JSON for Mask R-CNN training, in ``ids`` order.
 
     Args:
-        dataset: ``ids``, ``classes``, ``palette``, ``load_image``.
+        dataset: ``ids``, ``classes``, ``palette``, ``load_image`` (and ``image_path``, for the
+            instances' file names).
         maps_dir: BBAM's per-box maps (:class:`MapStore`).
         semantic_dir, instance_dir: the per-image outputs.
         instances_path: the gathered instance file (None: not gathered).
         ids: the images (default: all of the dataset's).
         thresholds, crf, scale: see :func:`bbam_labels`.
+        workers: worker processes for the CRFs (0: this process; the dataset must pickle otherwise).
+        dist: this process's rank (default: from the environment).
         progress: a progress bar.
 
     Returns:
-        ``{"images": computed now, "total": len(ids), "sources": {source: objects computed now}}``.
+        ``{"images": computed now, "total": len(ids)}``, and when gathered ``"objects"`` (all
+        images') and ``"failed"`` (objects whose mask is empty).
 
     Raises:
         DataError: a missing or bad map file (naming it), see :func:`bbam_labels`.
     """
     ids = list(dataset.ids if ids is None else ids)
     classes = list(dataset.classes)
-    maps = MapStore(maps_dir)
-    semantic = MaskStore(semantic_dir, getattr(dataset, "palette", None))
-    instance_dir = Path(instance_dir)
-    sources: Counter[str] = Counter()
-
-    def done(image_id: str) -> bool:
-        return semantic.has(image_id) and _instance_file(instance_dir, image_id).is_file()
-
-    def work(image_id: str) -> None:
-        image = dataset.load_image(image_id)
-        labels = bbam_labels(image, maps.load(image_id), image_id=image_id, thresholds=thresholds, crf=crf,
-                             scale=scale, where=maps.path(image_id))
-        if hasattr(dataset, "image_path"):
-            labels.instances.file_name = Path(dataset.image_path(image_id)).name
-        InstanceStore(_instance_file(instance_dir, image_id)).save([labels.instances], classes)
-        semantic.save(image_id, labels.semantic)
-        sources.update(labels.sources)
-
-    computed = run_per_image(ids, work, done, desc="bbam labels", progress=progress)
+    work = _BbamLabelWork(
+        dataset=dataset, maps=MapStore(maps_dir), semantic=MaskStore(semantic_dir, getattr(dataset, "palette", None)),
+        instance_dir=Path(instance_dir), classes=classes, thresholds=tuple(thresholds), crf=crf_params(crf),
+        scale=check_scale(scale))
+    computed = run_per_image_parallel(ids, work, work.is_done, workers=workers, desc="bbam labels", dist=dist,
+                                      progress=progress)
+    result: dict[str, int] = {"images": computed, "total": len(ids)}
     if instances_path is not None:
         barrier()
-        if dist_info_from_env().is_main:
-            collect_instances(ids, instance_dir, instances_path, classes)
+        if (dist or dist_info_from_env()).is_main:
+            result.update(collect_instances(ids, instance_dir, instances_path, classes))
         barrier()
-    return {"images": computed, "total": len(ids), "sources": {s: sources[s] for s in SOURCES if sources[s]}}
+    return result
 
 
 def collect_instances(ids: Sequence[str], instance_dir: str | os.PathLike, instances_path: str | os.PathLike,
-                      classes: Sequence[str]) -> None:
+                      classes: Sequence[str]) -> dict[str, int]:
     """Gather the one-image instance files of ``ids`` into one COCO JSON (images in ``ids``
     order), decoding one image at a time.
+
+    Returns:
+        ``{"objects": instances written, "failed": those with an empty mask}``.
 
     Raises:
         DataError: an image's file is missing or unreadable (naming it).
     """
     instance_dir = Path(instance_dir)
+    counts = {"objects": 0, "failed": 0}
 
     def images():
         for image_id in ids:
             path = _instance_file(instance_dir, image_id)
             if not path.is_file():
                 raise DataError(f"no BBAM instances for image {image_id!r}", path)
-            found = InstanceStore(path).load(classes)
-            yield found[image_id]
+            found = InstanceStore(path).load(classes)[image_id]
+            counts["objects"] += len(found)
+            counts["failed"] += int((~found.masks.any(axis=(1, 2))).sum())
+            yield found
 
     InstanceStore(instances_path).save(images(), classes)
+    return counts
