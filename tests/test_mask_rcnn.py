@@ -106,6 +106,8 @@ def test_build_keeps_the_datas_size_and_rebuilds_from_its_config():
     model = _tiny()
     assert isinstance(model.roi_heads, IgnoreMaskRoIHeads)
     assert model.transform.min_size == (MODEL_SIZE,) and model.transform.max_size == MODEL_SIZE
+    kept = _tiny(min_size=None, max_size=None)  # the default: every image at its own size
+    assert kept.transform([torch.zeros(3, SIZE, SIZE + 8)])[0].image_sizes == [(SIZE, SIZE + 8)]
     again = rebuild_mask_rcnn(model.wsss_config)
     again.load_state_dict(model.state_dict())
     model.eval()

@@ -8,12 +8,12 @@ import torch
 
 from wsss.errors import ConfigError, DataError
 from wsss.models.mask_rcnn import IGNORE_BIT, OBJECT_BIT, predict_instances
+from wsss.models.rcnn import scaled_anchor_sizes
 from wsss.stores.instances import ImageInstances, InstanceStore
 from wsss.training.mask_rcnn import (
     InstanceDataset,
     MaskRcnnConfig,
     load_mask_rcnn,
-    scaled_anchor_sizes,
     train_mask_rcnn,
 )
 
@@ -98,7 +98,8 @@ def test_train_saves_a_model_that_loads_and_predicts_the_same(tmp_path):
     loaded = InstanceStore(tmp_path / "instances.json").load(CLASSES)  # the store's mapping, as a stage reads it
     result = train_mask_rcnn(images, loaded, CONFIG, out=tmp_path / "model.pt")
     assert len(result.history) == 4 and all(np.isfinite(h["loss_mask"]) for h in result.history)
-    assert result.model.transform.min_size == (SIZE,) and result.model.transform.max_size == SIZE
+    assert result.model.transform.keep_size  # images at their own size by default
+    assert result.model.transform([torch.zeros(3, SIZE, SIZE + 8)])[0].image_sizes == [(SIZE, SIZE + 8)]
     model, classes = load_mask_rcnn(tmp_path / "model.pt")
     assert classes == CLASSES
     model.eval()
@@ -134,6 +135,8 @@ def test_settings_and_sizes():
     assert scaled_anchor_sizes(128) == (5, 10, 20, 41, 82)
     with pytest.raises(ConfigError, match="anchor_sizes"):
         MaskRcnnConfig(anchor_sizes=(8, 16)).validate()
+    with pytest.raises(ConfigError, match="max_size needs min_size"):
+        MaskRcnnConfig(max_size=100).validate()
     images, instances = _data(1)
     with pytest.raises(ConfigError, match="fewer than one batch"):
         train_mask_rcnn(images, instances, CONFIG, classes=CLASSES)

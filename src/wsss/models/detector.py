@@ -7,17 +7,11 @@ the same structure (7 x 7 multi-scale RoIAlign over FPN levels ``0``-``3``, a tw
 a predictor giving ``K`` class logits and ``4 K`` class-specific box deltas, a box coder with
 weights (10, 10, 5, 5)), on a backbone of :mod:`wsss.models.backbones` at output stride 32.
 
-Sizes: torchvision's transform resizes every image to a short side of 800 (at most 1333 long),
-which turns a 128-px image into an 800-px one. Here ``min_size=None`` (the default) keeps every
-image at its own size; an integer restores torchvision's resizing (the reference: 800 at test).
-
-Anchors: torchvision's sizes 32 ... 512 per FPN level are for 800-px inputs;
-:func:`scaled_anchor_sizes` shrinks them in proportion to the data's short side.
-
-BatchNorm: a backbone initialised from a weight file gets frozen BatchNorm and a frozen stem and
-``layer1`` (torchvision's ``FrozenBatchNorm2d``; maskrcnn-benchmark ``FREEZE_CONV_BODY_AT: 2``);
-one trained from scratch trains all of it, BatchNorm included. Either way the detector runs in
-eval mode for attribution, where every image of a batch is independent of the others.
+Sizes, anchors, the FPN body and frozen BatchNorm are those of :mod:`wsss.models.rcnn`, which
+the Mask R-CNN shares: images keep their own size unless ``min_size`` is set, anchors are
+torchvision's scaled to the data (:func:`~wsss.models.rcnn.scaled_anchor_sizes`), and a backbone
+from a weight file gets frozen BatchNorm, stem and ``layer1``. The detector runs in eval mode
+for attribution, where every image of a batch is independent of the others.
 
 For BBAM the detector runs as :func:`box_outputs`: backbone, RoIAlign, box head and predictor on
 *fixed* proposals, without the transform, the RPN or NMS.
@@ -36,79 +30,28 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from wsss.errors import ConfigError, DataError
-from wsss.models.backbones import create_backbone
+from wsss.errors import DataError
+from wsss.models.rcnn import (
+    ANCHOR_SIZES,
+    RcnnTransform,
+    anchor_generator,
+    check_rcnn_sizes,
+    fpn_backbone,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DETECTOR_ANCHOR_SIZES",
-    "DetectorTransform",
     "box_outputs",
     "build_detector",
     "check_detection_boxes",
     "head_outputs",
     "load_detector_weights",
-    "scaled_anchor_sizes",
 ]
-
-DETECTOR_ANCHOR_SIZES = (32, 64, 128, 256, 512)
-"""torchvision's anchor sizes per FPN level (``faster_rcnn.py`` ``_default_anchorgen``), for a
-short side of 800 (:data:`DETECTOR_REFERENCE_SHORT_SIDE`)."""
-DETECTOR_REFERENCE_SHORT_SIDE = 800  # torchvision's default min_size; BBAM's test min-size (``_test.yaml``)
-TORCHVISION_MAX_SIZE = 1333  # torchvision's default max_size (faster_rcnn.py)
-ASPECT_RATIOS = (0.5, 1.0, 2.0)  # torchvision and maskrcnn-benchmark
-
-
-class DetectorTransform(GeneralizedRCNNTransform):
-    """torchvision's detection transform (normalise, resize, pad to a multiple of 32), with
-    ``min_size=None`` meaning *no resize*: every image keeps its own size."""
-
-    def __init__(self, min_size: int | None, max_size: int | None, image_mean: Sequence[float],
-                 image_std: Sequence[float]) -> None:
-        if min_size is not None and max_size is None:
-            max_size = TORCHVISION_MAX_SIZE
-        super().__init__(min_size if min_size is not None else 0,
-                         max_size if max_size is not None else 0, list(image_mean), list(image_std))
-        self.keep_size = min_size is None
-
-    def resize(self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None):
-        if self.keep_size:
-            return image, target
-        return super().resize(image, target)
-
-
-def scaled_anchor_sizes(short_side: float, sizes: Sequence[int] = DETECTOR_ANCHOR_SIZES) -> tuple[int, ...]:
-    """torchvision's anchor sizes scaled by ``short_side / 800`` (at least 4 px each): the anchors
-    cover the same share of the image as torchvision's do on its 800-px inputs."""
-    factor = float(short_side) / DETECTOR_REFERENCE_SHORT_SIDE
-    return tuple(max(4, int(round(size * factor))) for size in sizes)
-
-
-def _freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """``module`` with every ``BatchNorm2d`` replaced by a ``FrozenBatchNorm2d`` of its statistics."""
-    if isinstance(module, nn.BatchNorm2d):
-        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
-        frozen.weight.copy_(module.weight.detach())
-        frozen.bias.copy_(module.bias.detach())
-        frozen.running_mean.copy_(module.running_mean)
-        frozen.running_var.copy_(module.running_var)
-        return frozen
-    for name, child in module.named_children():
-        replaced = _freeze_batchnorm(child)
-        if replaced is not child:
-            setattr(module, name, replaced)
-    return module
-
 
 def build_detector(
     backbone: str,
@@ -119,7 +62,7 @@ def build_detector(
     representation_size: int = 1024,
     min_size: int | None = None,
     max_size: int | None = None,
-    anchor_sizes: Sequence[int] = DETECTOR_ANCHOR_SIZES,
+    anchor_sizes: Sequence[int] = ANCHOR_SIZES,
     frozen: bool | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
@@ -142,25 +85,13 @@ def build_detector(
         The detector in training mode, with ``wsss_config`` (the arguments, without ``weights``)
         to rebuild it.
     """
-    if num_classes < 2:
-        raise ConfigError(f"a detector needs at least one foreground class, got num_classes={num_classes}")
-    if len(anchor_sizes) != 5:
-        raise ConfigError(f"anchor_sizes needs one size per FPN level (5), got {list(anchor_sizes)}")
-    if min_size is None and max_size is not None:
-        raise ConfigError("max_size needs min_size (min_size=None keeps every image at its own size)")
+    check_rcnn_sizes("a detector", num_classes, min_size, max_size, anchor_sizes)
     frozen = weights is not None if frozen is None else bool(frozen)
-    trunk = create_backbone(backbone, output_stride=32, weights=weights)
-    if frozen:
-        _freeze_batchnorm(trunk)
-        for module in (trunk.conv1, trunk.bn1, trunk.layer1):
-            module.requires_grad_(False)
-    fpn = BackboneWithFPN(trunk, {f"layer{i}": str(i - 1) for i in range(1, 5)}, list(trunk.stage_channels),
-                          fpn_channels)
-    anchors = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), (ASPECT_RATIOS,) * len(anchor_sizes))
+    body = fpn_backbone(backbone, weights=weights, fpn_channels=fpn_channels, frozen=frozen)
     head = TwoMLPHead(fpn_channels * 7 * 7, representation_size)
-    detector = FasterRCNN(fpn, rpn_anchor_generator=anchors, box_head=head,
+    detector = FasterRCNN(body, rpn_anchor_generator=anchor_generator(anchor_sizes), box_head=head,
                           box_predictor=FastRCNNPredictor(representation_size, num_classes))
-    detector.transform = DetectorTransform(min_size, max_size, mean, std)
+    detector.transform = RcnnTransform(min_size, max_size, mean, std)
     detector.wsss_config = {
         "backbone": backbone, "num_classes": int(num_classes), "fpn_channels": int(fpn_channels),
         "representation_size": int(representation_size), "min_size": min_size, "max_size": max_size,

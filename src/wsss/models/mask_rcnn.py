@@ -21,12 +21,14 @@ wholly inside the ignore region gets no gradient, and what an ignored pixel is m
 matters.
 
 :class:`IgnoreMaskRoIHeads` is torchvision's ``RoIHeads`` whose training pass computes this loss
-(its inference is torchvision's, unchanged). :func:`build_mask_rcnn` assembles the model on a
-backbone of :mod:`wsss.models.backbones` (output stride 32, ``layer1``-``layer4`` into an FPN).
+(its inference is torchvision's, unchanged). :func:`build_mask_rcnn` assembles the model as
+BBAM's detector is assembled (:mod:`wsss.models.rcnn`: the FPN body on a registered backbone,
+frozen BatchNorm for a pretrained one, anchors scaled to the data, images at their own size
+unless ``min_size`` is set).
 
 Example:
-    >>> model = build_mask_rcnn("resnet18_w16", num_classes=4, min_size=128, max_size=128,
-    ...                         anchor_sizes=(8, 16, 32, 64, 128), fpn_channels=32)
+    >>> model = build_mask_rcnn("resnet18_w16", num_classes=4, anchor_sizes=(8, 16, 32, 64, 128),
+    ...                         fpn_channels=32)
     >>> losses = model([image01], [{"boxes": b, "labels": c, "masks": encode_targets(m, ignore)}])
     >>> found = predict_instances(model.eval(), [image01])[0]       # boxes, classes, scores, masks
 """
@@ -40,22 +42,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.ops import roi_align
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from wsss.errors import ConfigError
-from wsss.models.backbones import create_backbone
+from wsss.models.rcnn import ANCHOR_SIZES, RcnnTransform, anchor_generator, check_rcnn_sizes, fpn_backbone
 
 __all__ = [
-    "ANCHOR_SIZES",
     "Detections",
     "IGNORE_BIT",
     "IgnoreMaskRoIHeads",
@@ -69,8 +65,6 @@ __all__ = [
 
 OBJECT_BIT = 1
 IGNORE_BIT = 2
-ANCHOR_SIZES = (32, 64, 128, 256, 512)  # torchvision's, for an 800-px short side (BBAM's VOC: 21 ... 332)
-ASPECT_RATIOS = (0.5, 1.0, 2.0)  # torchvision and maskrcnn-benchmark
 MASK_THRESHOLD = 0.5  # torchvision / maskrcnn-benchmark: a pasted mask probability above 0.5 is the object
 
 
@@ -166,26 +160,12 @@ class IgnoreMaskRoIHeads(RoIHeads):
         return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_mask": loss_mask}
 
 
-def _freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """``module`` with every ``BatchNorm2d`` replaced by a ``FrozenBatchNorm2d`` of its statistics."""
-    if isinstance(module, nn.BatchNorm2d):
-        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            getattr(frozen, name).copy_(getattr(module, name).detach())
-        return frozen
-    for name, child in module.named_children():
-        replaced = _freeze_batchnorm(child)
-        if replaced is not child:
-            setattr(module, name, replaced)
-    return module
-
-
 def build_mask_rcnn(
     backbone: str,
     num_classes: int,
     *,
-    min_size: int,
-    max_size: int,
+    min_size: int | None = None,
+    max_size: int | None = None,
     weights: str | os.PathLike | None = None,
     fpn_channels: int = 256,
     representation_size: int = 1024,
@@ -201,8 +181,9 @@ def build_mask_rcnn(
         backbone: a name from :func:`wsss.models.backbones.list_backbones`, built at output stride
             32; ``layer1``-``layer4`` feed the FPN (levels ``0``-``3``, plus ``pool``).
         num_classes: K + 1, background included.
-        min_size, max_size: the transform's resize (short side, longest side); set them to the
-            data's size (torchvision's 800 / 1333 turn a 128-px image into an 800-px one).
+        min_size, max_size: the transform's resize (short side, longest side); ``None`` (the
+            default): every image keeps its own size (torchvision's 800 / 1333 would turn a
+            128-px image into an 800-px one).
         weights: a local backbone weight file (torchvision format); ``None``: random.
         fpn_channels: FPN channels (torchvision, maskrcnn-benchmark: 256).
         representation_size: the box head's MLP width (both: 1024).
@@ -217,34 +198,23 @@ def build_mask_rcnn(
         that rebuild it.
 
     Raises:
-        ConfigError: fewer than two classes, not five anchor sizes, sizes below 1.
+        ConfigError: fewer than two classes, not five anchor sizes, sizes below 1, ``max_size``
+            without ``min_size``.
     """
-    if num_classes < 2:
-        raise ConfigError(f"Mask R-CNN needs at least one foreground class, got num_classes={num_classes}")
-    if len(anchor_sizes) != 5:
-        raise ConfigError(f"anchor_sizes needs one size per FPN level (5), got {list(anchor_sizes)}")
-    if int(min_size) < 1 or int(max_size) < int(min_size):
-        raise ConfigError(f"need 1 <= min_size <= max_size, got {min_size} and {max_size}")
+    check_rcnn_sizes("Mask R-CNN", num_classes, min_size, max_size, anchor_sizes)
     frozen = weights is not None if frozen is None else bool(frozen)
-    trunk = create_backbone(backbone, output_stride=32, weights=weights)
-    if frozen:
-        _freeze_batchnorm(trunk)
-        for module in (trunk.conv1, trunk.bn1, trunk.layer1):
-            module.requires_grad_(False)
-    body = BackboneWithFPN(trunk, {f"layer{i}": str(i - 1) for i in range(1, 5)}, list(trunk.stage_channels),
-                           fpn_channels)
-    anchors = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), (ASPECT_RATIOS,) * len(anchor_sizes))
+    body = fpn_backbone(backbone, weights=weights, fpn_channels=fpn_channels, frozen=frozen)
     model = MaskRCNN(
-        body, min_size=int(min_size), max_size=int(max_size), image_mean=list(mean), image_std=list(std),
-        rpn_anchor_generator=anchors,
+        body, rpn_anchor_generator=anchor_generator(anchor_sizes),
         box_head=TwoMLPHead(fpn_channels * 7 * 7, representation_size),
         box_predictor=FastRCNNPredictor(representation_size, num_classes),
         mask_head=MaskRCNNHeads(fpn_channels, (mask_channels,) * 4, 1),
         mask_predictor=MaskRCNNPredictor(mask_channels, mask_channels, num_classes),
     )
     model.roi_heads = IgnoreMaskRoIHeads.from_heads(model.roi_heads)
+    model.transform = RcnnTransform(min_size, max_size, mean, std)
     model.wsss_config = {
-        "backbone": backbone, "num_classes": int(num_classes), "min_size": int(min_size), "max_size": int(max_size),
+        "backbone": backbone, "num_classes": int(num_classes), "min_size": min_size, "max_size": max_size,
         "fpn_channels": int(fpn_channels), "representation_size": int(representation_size),
         "mask_channels": int(mask_channels), "anchor_sizes": [int(s) for s in anchor_sizes], "frozen": frozen,
         "mean": list(mean), "std": list(std),

@@ -12,7 +12,7 @@ and maskrcnn-benchmark's ``config/defaults.py``), commented with the place. Depa
 * Images keep their own size by default (``min_size: null``); the reference trains at a short
   side of 480-800 and tests at 800. ``min_size`` restores a fixed resize.
 * Anchors default to torchvision's 32-512 scaled by the data's median short side / 800
-  (:func:`wsss.models.detector.scaled_anchor_sizes`), so a 128-px benchmark gets 5-80 px anchors.
+  (:func:`wsss.models.rcnn.scaled_anchor_sizes`), so a 128-px benchmark gets 5-80 px anchors.
 * Augmentation is a horizontal flip (the reference's only one besides the multi-scale resize).
 
 Example:
@@ -39,13 +39,8 @@ from wsss.config import Settings, check_ranges, result_settings, run_only_field,
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss.errors import ConfigError, DataError
 from wsss.io import atomic_write
-from wsss.models.detector import (
-    DETECTOR_ANCHOR_SIZES,
-    build_detector,
-    check_detection_boxes,
-    load_detector_weights,
-    scaled_anchor_sizes,
-)
+from wsss.models.detector import build_detector, check_detection_boxes, load_detector_weights
+from wsss.models.rcnn import ANCHOR_SIZES, scaled_anchor_sizes
 from wsss.runtime import resolve_device, seed_everything
 from wsss.training.engine import CheckpointSpec, ShuffledLoader, TrainingEngine, poly_sgd
 
@@ -115,9 +110,9 @@ class DetectorConfig(Settings):
                      at_most={"warmup_factor": 1})
         if self.schedule not in ("step", "poly"):
             raise ConfigError(f"bbam_detector.schedule must be 'step' or 'poly', got {self.schedule!r}")
-        if self.anchor_sizes is not None and (len(self.anchor_sizes) != len(DETECTOR_ANCHOR_SIZES)
+        if self.anchor_sizes is not None and (len(self.anchor_sizes) != len(ANCHOR_SIZES)
                                               or min(self.anchor_sizes) < 1):
-            raise ConfigError(f"bbam_detector.anchor_sizes needs {len(DETECTOR_ANCHOR_SIZES)} positive sizes "
+            raise ConfigError(f"bbam_detector.anchor_sizes needs {len(ANCHOR_SIZES)} positive sizes "
                               f"(one per FPN level), got {list(self.anchor_sizes)}")
         if self.max_size is not None and self.min_size is None:
             raise ConfigError("bbam_detector.max_size needs min_size (min_size: null keeps each image's size)")

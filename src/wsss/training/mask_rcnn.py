@@ -13,10 +13,12 @@ Defaults are BBAM's Mask R-CNN recipe on VOC (``configs/pascal_voc/BBAM_VOC_aug_
 Departures:
 
 * Sizes: the reference trains at a short side of 416-512 (at most 800) and tests at 512 on VOC;
-  here ``min_size`` / ``max_size`` default to the data's own size (the largest short and long
-  sides of the training images), one scale, so a 128-px benchmark is not blown up to 800 px.
+  here every image keeps its own size by default (``min_size: null``, as BBAM's detector,
+  :mod:`wsss.models.rcnn`), so a 128-px benchmark is not blown up to 800 px; ``min_size`` /
+  ``max_size`` restore a fixed resize.
 * Anchors: ``anchor_sizes`` default to torchvision's (32 ... 512, for an 800-px short side)
-  scaled by the data's short side / 800 (the supplement: 21 ... 332 on VOC at 512-800).
+  scaled by the data's median short side / 800 (``min_size`` when set; the supplement: 21 ... 332
+  on VOC at 512-800), :func:`wsss.models.rcnn.scaled_anchor_sizes`.
 * Augmentation: a horizontal flip (maskrcnn-benchmark's default), drawn from the global torch RNG
   so that the engine's resume replays it.
 * The mask loss: BBAM's seed-growing loss (``mask_head/loss.py`` L193-256) is replaced by the
@@ -45,7 +47,8 @@ from torchvision.models.detection import MaskRCNN
 from wsss.config import Settings, check_ranges, result_settings, run_only_field, to_dict
 from wsss.errors import ConfigError, DataError
 from wsss.io import atomic_write
-from wsss.models.mask_rcnn import ANCHOR_SIZES, build_mask_rcnn, encode_targets, rebuild_mask_rcnn
+from wsss.models.mask_rcnn import build_mask_rcnn, encode_targets, rebuild_mask_rcnn
+from wsss.models.rcnn import ANCHOR_SIZES, scaled_anchor_sizes
 from wsss.runtime import resolve_device, seed_everything
 from wsss.stores.instances import ImageInstances
 from wsss.training.engine import CheckpointSpec, ShuffledLoader, TrainingEngine, poly_sgd
@@ -57,13 +60,11 @@ __all__ = [
     "MaskRcnnConfig",
     "MaskRcnnTrainResult",
     "load_mask_rcnn",
-    "scaled_anchor_sizes",
     "train_mask_rcnn",
 ]
 
 CHECKPOINT_FORMAT = "wsss-mask-rcnn-checkpoint"
 MODEL_FORMAT = "wsss.mask_rcnn"
-ANCHOR_REFERENCE_SHORT_SIDE = 800  # torchvision's min_size, for which its anchor sizes are set
 
 
 @dataclass
@@ -78,8 +79,8 @@ class MaskRcnnConfig(Settings):
     representation_size: int = 1024  # FPN2MLPFeatureExtractor MLP_HEAD_DIM
     mask_channels: int = 256  # MaskRCNNFPNFeatureExtractor CONV_LAYERS (256, 256, 256, 256)
     anchor_sizes: tuple[int, ...] | None = None  # None: torchvision's scaled to the data (module docstring)
-    min_size: int | None = None  # None: the data's; BBAM: train 416-512, test 512
-    max_size: int | None = None  # None: the data's; BBAM: 800
+    min_size: int | None = None  # None: each image at its own size; BBAM: train 416-512, test 512
+    max_size: int | None = None  # only with min_size (None then: 1333); BBAM: 800
     lr: float = 0.008  # BBAM yaml SOLVER.BASE_LR
     bias_lr_factor: float = 2.0  # maskrcnn-benchmark SOLVER.BIAS_LR_FACTOR
     momentum: float = 0.9  # maskrcnn-benchmark SOLVER.MOMENTUM
@@ -100,18 +101,14 @@ class MaskRcnnConfig(Settings):
                                "max_size": 1, "bias_lr_factor": 0, "momentum": 0, "weight_decay": 0, "steps": 1,
                                "warmup_steps": 0, "warmup_factor": 0, "batch_size": 1, "seed": 0,
                                "checkpoint_every": 1})
-        if self.anchor_sizes is not None and (len(self.anchor_sizes) != 5 or min(self.anchor_sizes) < 1):
-            raise ConfigError(f"mask_rcnn.anchor_sizes needs five positive sizes, one per FPN level, "
-                              f"got {list(self.anchor_sizes)}")
+        if self.anchor_sizes is not None and (len(self.anchor_sizes) != len(ANCHOR_SIZES)
+                                              or min(self.anchor_sizes) < 1):
+            raise ConfigError(f"mask_rcnn.anchor_sizes needs {len(ANCHOR_SIZES)} positive sizes, one per FPN "
+                              f"level, got {list(self.anchor_sizes)}")
+        if self.max_size is not None and self.min_size is None:
+            raise ConfigError("mask_rcnn.max_size needs min_size (min_size: null keeps each image's size)")
         if self.min_size is not None and self.max_size is not None and self.max_size < self.min_size:
             raise ConfigError(f"mask_rcnn.max_size ({self.max_size}) is below min_size ({self.min_size})")
-
-
-def scaled_anchor_sizes(short_side: float, sizes: Sequence[int] = ANCHOR_SIZES) -> tuple[int, ...]:
-    """torchvision's anchor sizes times ``short_side / 800`` (at least 4 px each): the anchors cover
-    the share of the image that torchvision's cover at its 800-px short side."""
-    factor = float(short_side) / ANCHOR_REFERENCE_SHORT_SIDE
-    return tuple(max(4, int(round(size * factor))) for size in sizes)
 
 
 def _ignore_of(instances: ImageInstances) -> np.ndarray | None:
@@ -230,16 +227,18 @@ def train_mask_rcnn(
     ids = list(instances if ids is None else ids)
     if len(ids) < config.batch_size:
         raise ConfigError(f"the training set has {len(ids)} images, fewer than one batch of {config.batch_size}")
-    sizes = [instances[image_id].image_size for image_id in ids] if (
-        config.min_size is None or config.max_size is None or config.anchor_sizes is None) else []
-    min_size = config.min_size if config.min_size is not None else max(min(size) for size in sizes)
-    max_size = config.max_size if config.max_size is not None else max(max(max(size) for size in sizes), min_size)
-    anchors = config.anchor_sizes if config.anchor_sizes is not None else scaled_anchor_sizes(min_size)
-    model = build_mask_rcnn(config.backbone, len(classes), min_size=min_size, max_size=max_size,
+    anchors = config.anchor_sizes
+    if anchors is None:
+        side = config.min_size if config.min_size is not None else float(
+            np.median([min(instances[image_id].image_size) for image_id in ids]))
+        anchors = scaled_anchor_sizes(side)
+    model = build_mask_rcnn(config.backbone, len(classes), min_size=config.min_size, max_size=config.max_size,
                             weights=config.weights, fpn_channels=config.fpn_channels,
                             representation_size=config.representation_size, mask_channels=config.mask_channels,
                             anchor_sizes=anchors).to(device)
-    log.info("Mask R-CNN on %s: images at %d-%d px, anchors %s", config.backbone, min_size, max_size, list(anchors))
+    log.info("Mask R-CNN on %s: images %s, anchors %s", config.backbone,
+             "at their own size" if config.min_size is None else f"at {config.min_size}-{model.transform.max_size} px",
+             list(anchors))
     dataset = InstanceDataset(images, instances, ids, hflip=config.hflip)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, collate_fn=_as_lists,
                         num_workers=0, generator=torch.Generator().manual_seed(config.seed))
