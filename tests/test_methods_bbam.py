@@ -25,10 +25,31 @@ def _print(stage) -> str:
 
 
 def test_bbam_trains_its_detector_then_writes_its_maps() -> None:
-    stages = _stages("fully_supervised=false")
+    stages = _stages("until=seeds")
     assert list(stages) == ["bbam.detector", "bbam.maps"]
     assert stages["bbam.detector"].main_only and stages["bbam.detector"].needs == ()
     assert not stages["bbam.maps"].main_only and stages["bbam.maps"].needs == ("bbam.detector",)
+
+
+def test_the_bbam_chain_runs_from_the_maps_to_deeplab_and_mask_rcnn(tmp_path: Path) -> None:
+    assert list(_stages("until=pseudo")) == ["bbam.detector", "bbam.maps", "bbam.labels", "bbam.pseudo_eval"]
+    # without ground-truth instances (no data here) the Mask R-CNN stages are left out
+    assert list(_stages("fully_supervised=false"))[4:] == ["bbam.seg", "bbam.predict", "bbam.final_eval"]
+    from wsss.data.synth import SynthConfig, generate
+
+    generate(tmp_path / "data", SynthConfig(seed=1, train=2, val=2, ood=0, size=48, classes=2))
+    recipe = load_recipe("synth/demo", [f"data.root={tmp_path / 'data'}", BBAM])
+    stages = {stage.name: stage for stage in build_stages(Context(recipe, tmp_path / "work"))}
+    assert list(stages)[7:] == ["bbam.mask_rcnn", "bbam.instance_eval", "instances_fully_supervised.mask_rcnn",
+                                "instances_fully_supervised.instance_eval", "fully_supervised.seg",
+                                "fully_supervised.predict", "fully_supervised.final_eval"]
+    assert stages["bbam.labels"].needs == ("bbam.maps",) and stages["bbam.seg"].needs == ("bbam.labels",)
+    assert stages["bbam.mask_rcnn"].needs == ("bbam.labels",)
+    assert stages["instances_fully_supervised.mask_rcnn"].needs == ()
+    base = _stages()
+    assert _print(_stages("bbam_labels.object_threshold=0.8")["bbam.labels"]) != _print(base["bbam.labels"])
+    assert _print(_stages("bbam_labels.workers=2")["bbam.labels"]) == _print(base["bbam.labels"])  # run-only
+    assert _print(_stages("bbam_labels.object_threshold=0.8")["bbam.maps"]) == _print(base["bbam.maps"])
 
 
 def test_each_bbam_section_reaches_the_fingerprints_of_its_stages_only() -> None:
@@ -47,7 +68,8 @@ def test_bad_bbam_settings_fail_when_the_recipe_loads() -> None:
     from wsss.errors import ConfigError
 
     for bad in ("bbam.jitter=0.5", "bbam.iou_thresholds=[1.2]", "bbam.tv_beta=0.5", "bbam_detector.schedule=cos",
-                "bbam_detector.anchor_sizes=[8, 16]", "bbam_detector.max_size=200"):
+                "bbam_detector.anchor_sizes=[8, 16]", "bbam_detector.max_size=200",
+                "bbam_labels.possible_threshold=0.9", "bbam_labels.crf=none", "mask_rcnn.max_size=200"):
         with pytest.raises(ConfigError):
             load_recipe("synth/demo", ["data.root=/nowhere", BBAM, bad])
 
@@ -66,13 +88,18 @@ def test_run_bbam_end_to_end_on_a_tiny_generated_set(tmp_path: Path) -> None:
     from wsss.cli import main
     from wsss.data.synth import SynthConfig, generate
     from wsss.io import read_json
+    from wsss.stores.instances import InstanceStore
+    from wsss.stores.masks import MaskStore
 
     root = tmp_path / "data"
     generate(root, SynthConfig(seed=3, train=8, val=4, ood=2, size=64, classes=3))
     work = tmp_path / "work"
-    settings = [f"data.root={root}", BBAM, "fully_supervised=false", "runtime.device=cpu", "runtime.progress=false",
+    settings = [f"data.root={root}", BBAM, "runtime.device=cpu", "runtime.progress=false",
                 "scale=image", "bbam_detector.steps=2", "bbam_detector.batch_size=4", "bbam_detector.milestones=[1]",
-                "bbam_detector.warmup_steps=1", "bbam.steps=2", "bbam.proposals=50"]
+                "bbam_detector.warmup_steps=1", "bbam.steps=2", "bbam.proposals=50", "segmentation.epochs=1",
+                "segmentation.batch_size=4", "seg_inference.scales=[1.0]", "mask_rcnn.backbone=resnet18_w16",
+                "mask_rcnn.fpn_channels=16", "mask_rcnn.representation_size=32", "mask_rcnn.mask_channels=16",
+                "mask_rcnn.steps=2", "mask_rcnn.batch_size=4", "mask_rcnn.warmup_steps=1", "mask_rcnn.milestones=[1]"]
     args = ["run", "synth/demo", "--work", str(work)]
     for setting in settings:
         args += ["--set", setting]
@@ -84,4 +111,24 @@ def test_run_bbam_end_to_end_on_a_tiny_generated_set(tmp_path: Path) -> None:
     assert summary["objects"] == total > 0 and 0.0 <= summary["no_proposal_share"] <= 1.0
     maps = store.load(store.ids()[0])
     assert maps.boxes is not None and maps.proposals is not None and maps.high_res.shape[1:] == (64, 64)
+    # the pseudo labels: one semantic mask per image, one instance per box, the kept numbers repeated
+    labels = read_json(work / "pseudo" / "bbam_labels.json")
+    assert labels["objects"] == total and labels["no_proposal_share"] == summary["no_proposal_share"]
+    assert len(MaskStore(work / "pseudo" / "bbam").ids()) == 8
+    instances = InstanceStore(work / "pseudo" / "bbam_instances.json").load()
+    assert sum(len(instances[i]) for i in instances) == total
+    # semantic scores, and instance AP at BBAM's IoUs for BBAM's Mask R-CNN and the oracle
+    for what in ("pseudo", "final"):
+        assert read_json(work / "eval" / f"bbam_{what}.json")["results"][0]["miou"] >= 0
+    for name in ("bbam", "instances_fully_supervised"):
+        report = read_json(work / "eval" / f"{name}_instance.json")
+        assert set(report) >= {"AP25", "AP50", "AP70", "AP75", "mAP"} and report["images"] == 4
+        assert report["instances"] == sum(len(open_boxes) for open_boxes in _val_boxes(root))
     assert main(args) == 0  # a rerun finds every stage done
+
+
+def _val_boxes(root: Path) -> list:
+    from wsss.data import open_dataset
+
+    val = open_dataset(root, "val")
+    return [val.boxes(image_id)[0] for image_id in val.ids]

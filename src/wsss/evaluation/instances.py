@@ -43,6 +43,7 @@ __all__ = [
     "COCO_IOU_THRESHOLDS",
     "InstanceReport",
     "coco_results",
+    "evaluate_instance_model",
     "instance_ap",
     "write_coco_results",
 ]
@@ -228,3 +229,38 @@ def instance_ap(
                                if int(c) in classes_with_gt}
     report.coco_map = mean_over(precision[[index[t] for t in COCO_IOU_THRESHOLDS]])
     return report
+
+
+def evaluate_instance_model(model: Any, dataset: Any, *, ids: Sequence[str] | None = None,
+                            device: Any = "cpu", batch_size: int = 4,
+                            thresholds: Sequence[float] = BBAM_IOU_THRESHOLDS,
+                            progress: bool = False) -> InstanceReport:
+    """Mask AP of an instance model (a Mask R-CNN in eval mode) on a dataset's ground-truth
+    instances (:meth:`wsss.data.base.ImageDataset.ground_truth_instances`).
+
+    Args:
+        model: a torchvision Mask R-CNN (:func:`wsss.training.mask_rcnn.load_mask_rcnn`), in eval mode.
+        dataset: ``ids``, ``num_classes``, ``load_image`` and ``ground_truth_instances``.
+        ids: the images (default: all of the dataset's).
+        device: where the model runs.
+        batch_size: images per forward pass.
+        thresholds: the IoU thresholds reported.
+        progress: a progress bar.
+
+    Raises:
+        DataError: an image without ground-truth instances (naming it).
+    """
+    from tqdm import tqdm
+
+    from wsss.models.mask_rcnn import predict_instances
+
+    ids = list(dataset.ids if ids is None else ids)
+    ground_truth, predictions = {}, {}
+    for start in tqdm(range(0, len(ids), batch_size), desc="instances", disable=None if progress else True):
+        chunk = ids[start:start + batch_size]
+        found = predict_instances(model, [dataset.load_image(i) for i in chunk], device=device,
+                                  batch_size=batch_size)
+        for image_id, detections in zip(chunk, found):
+            ground_truth[image_id] = dataset.ground_truth_instances(image_id)
+            predictions[image_id] = detections
+    return instance_ap(ground_truth, predictions, num_classes=dataset.num_classes, ids=ids, thresholds=thresholds)
