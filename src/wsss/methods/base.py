@@ -31,6 +31,7 @@ from wsss.errors import ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "INSTANCE_ORACLE",
     "Context",
     "DataConfig",
     "Method",
@@ -44,6 +45,12 @@ __all__ = [
     "registered_methods",
     "remover",
 ]
+
+
+INSTANCE_ORACLE = "instances_fully_supervised"
+"""The name (stages, files, ``eval/<name>_instance.json``) of the instance network trained on
+ground-truth instances, the oracle beside a method's instance network (BBAM's Mask R-CNN), as
+``fully_supervised`` is for the semantic network."""
 
 
 @dataclass

@@ -60,7 +60,7 @@ from wsss.attribution.bbam import BbamConfig
 from wsss.config import Settings, check_ranges, result_settings, run_only_field
 from wsss.errors import ConfigError, WsssError
 from wsss.methods.bana import box_problems
-from wsss.methods.base import Context, Method, Stage, register, remover
+from wsss.methods.base import INSTANCE_ORACLE, Context, Method, Stage, register, remover
 from wsss.methods.chain import eval_stage, scale_dependency, seg_stages
 from wsss.refine.bbam_labels import CRF_PRESET, THRESHOLD_OBJECT, THRESHOLD_POSSIBLE
 from wsss.training.detector import DetectorConfig
@@ -91,8 +91,6 @@ BBAM_MAPS = "bbam.maps"
 """The stage that writes the per-object attribution maps (``maps/bbam/``)."""
 BBAM_LABELS = "bbam.labels"
 """The stage that writes the semantic and instance pseudo labels."""
-INSTANCE_ORACLE = "instances_fully_supervised"
-"""The name of the Mask R-CNN trained on ground-truth instances (its stages and files)."""
 
 
 @dataclass

@@ -5,6 +5,9 @@ Also draws ``seed_sweep.png`` (seed mIoU against the background threshold, every
 Methods without seeds (the box-supervised ``bana`` and ``boxes``, with ``--set methods=[...]``)
 get rows from their pseudo masks on, no curve or map column, and ``pseudo_masks.png`` (image,
 ground truth and the label maps each such method names, e.g. BANA's Y_crf and Y_ret).
+A method with an instance network (BBAM's Mask R-CNN, ``eval/<method>_instance.json``) also gets
+its mask AP row beside the oracle trained on ground-truth instances
+(:data:`wsss.methods.INSTANCE_ORACLE`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 
 from wsss.errors import DataError, problems_error
 from wsss.io import image_size, read_json, write_json, write_text
-from wsss.methods import Context, get_method, quick_settings
+from wsss.methods import INSTANCE_ORACLE, Context, get_method, quick_settings
 from wsss.methods.chain import QUICK_SETTINGS
 from wsss.pipeline.recipes import build_stages, check_inputs, final_summary, load_recipe, seed_summary
 from wsss.pipeline.runner import Runner
@@ -109,6 +112,35 @@ def summary_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+INSTANCE_COLUMNS = ("AP25", "AP50", "AP70", "AP75", "mAP")
+"""The instance scores the demo shows (:mod:`wsss.evaluation.instances`, in percent)."""
+
+
+def instance_summary(ctx: Context, name: str) -> dict[str, float | None] | None:
+    """The mask AP of a finished instance evaluation (``eval/<name>_instance.json``), or None."""
+    path = ctx.eval_path(name, "instance")
+    if not path.is_file():
+        return None
+    report = read_json(path)
+    return {column: report.get(column) for column in INSTANCE_COLUMNS}
+
+
+def instance_table(results: dict[str, Any]) -> str | None:
+    """Mask AP of every method with an instance network and of the oracle, or None when none ran."""
+    rows = [(method, r["instance"]) for method, r in results["methods"].items() if r.get("instance")]
+    if not rows:
+        return None
+    oracle = results["fully_supervised"].get("instance")
+    if oracle:
+        rows.append(("fully supervised (ground-truth instances)", oracle))
+    header = ["instances (mask AP, %)", *INSTANCE_COLUMNS]
+    table = [header] + [[name, *(_cell(scores.get(c)) for c in INSTANCE_COLUMNS)] for name, scores in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quick: bool = False,
              recipe: str = "synth/demo", overrides: Sequence[str] = (), seed: int = 0,
              seed_images: int | None = None) -> dict[str, Any]:
@@ -180,6 +212,9 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
         results["methods"][method] = {**summary, "pseudo_miou": final_summary(ctx, method, "pseudo"),
                                       "final_miou": final_summary(ctx, method, "final"),
                                       "seconds": round(seconds, 1)}
+        instance = instance_summary(ctx, method)
+        if instance is not None:
+            results["methods"][method]["instance"] = instance
         pseudo_rows += rows_of(method, "pseudo", method)
         final_rows += rows_of(method, "final", method)
         if not has_seeds:
@@ -194,6 +229,9 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
     results["fully_supervised"] = {"final_miou": fully,
                                    "seconds": round(sum(r.seconds for n, r in stage_results.items()
                                                         if n.startswith("fully_supervised.")), 1)}
+    oracle = instance_summary(ctx, INSTANCE_ORACLE)
+    if oracle is not None:
+        results["fully_supervised"]["instance"] = oracle
     final_rows += rows_of("fully_supervised", "final", "fully supervised")
     if fully:
         for r in results["methods"].values():
@@ -212,6 +250,9 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
     if pictures:
         mask_grid(seed_set, pictures, seed_set.ids[:8], out / "pseudo_masks.png")
     sections = [summary_table(results)]
+    instances = instance_table(results)
+    if instances is not None:
+        sections.append(instances)
     if seed_rows:
         sections.append(format_table(seed_rows, classes, title=f"Seeds on {seed_split}, per class (IoU %)"))
     if pseudo_rows:
