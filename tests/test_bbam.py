@@ -367,7 +367,7 @@ def test_detector_training_resumes_exactly(tmp_path: Path):
                        size=(32, 36))
     dataset = open_dataset(fixture.root, "train")
     config = DetectorConfig(backbone="resnet18_w16", fpn_channels=16, representation_size=32, steps=4,
-                            batch_size=2, warmup_steps=2, milestones=(3,), checkpoint_every=2)
+                            batch_size=2, warmup_steps=2, milestones=(3,), checkpoint_every=2, rois_per_image=64)
     whole = train_detector(dataset, config, out=tmp_path / "whole.pt", checkpoint_dir=tmp_path / "ck_whole")
     assert len(whole.history) == 4 and all(np.isfinite(h["loss"]) for h in whole.history)
     assert {"loss_classifier", "loss_objectness"} <= set(whole.history[0])
@@ -385,6 +385,7 @@ def test_detector_training_resumes_exactly(tmp_path: Path):
         assert torch.equal(a, b), name
     # torchvision's 32..512 x (33.5 / 800), the median short side, at least 4 px
     assert first.wsss_config["anchor_sizes"] == [4, 4, 5, 11, 21]
+    assert first.roi_heads.fg_bg_sampler.batch_size_per_image == 64  # rois_per_image survives the file
     with pytest.raises(DataError, match="not a wsss detector"):
         torch.save({"format": "other"}, tmp_path / "bad.pt")
         load_detector(tmp_path / "bad.pt")

@@ -60,6 +60,7 @@ def build_detector(
     weights: str | os.PathLike | None = None,
     fpn_channels: int = 256,
     representation_size: int = 1024,
+    rois_per_image: int = 512,
     min_size: int | None = None,
     max_size: int | None = None,
     anchor_sizes: Sequence[int] = ANCHOR_SIZES,
@@ -76,6 +77,8 @@ def build_detector(
         weights: a local backbone weight file (torchvision format); ``None``: random.
         fpn_channels: FPN channels (maskrcnn-benchmark and torchvision: 256).
         representation_size: the box head's MLP width (both: 1024).
+        rois_per_image: RoIs sampled per training image for the box head, a quarter at most
+            positive (both: 512).
         min_size, max_size: the transform's resize; ``None``: images keep their size.
         anchor_sizes: one anchor size per FPN level (five), aspect ratios 0.5, 1, 2.
         frozen: frozen BatchNorm, stem and ``layer1``; ``None``: when ``weights`` is given.
@@ -90,11 +93,12 @@ def build_detector(
     body = fpn_backbone(backbone, weights=weights, fpn_channels=fpn_channels, frozen=frozen)
     head = TwoMLPHead(fpn_channels * 7 * 7, representation_size)
     detector = FasterRCNN(body, rpn_anchor_generator=anchor_generator(anchor_sizes), box_head=head,
-                          box_predictor=FastRCNNPredictor(representation_size, num_classes))
+                          box_predictor=FastRCNNPredictor(representation_size, num_classes),
+                          box_batch_size_per_image=int(rois_per_image))
     detector.transform = RcnnTransform(min_size, max_size, mean, std)
     detector.wsss_config = {
         "backbone": backbone, "num_classes": int(num_classes), "fpn_channels": int(fpn_channels),
-        "representation_size": int(representation_size), "min_size": min_size, "max_size": max_size,
+        "representation_size": int(representation_size), "rois_per_image": int(rois_per_image), "min_size": min_size, "max_size": max_size,
         "anchor_sizes": [int(s) for s in anchor_sizes], "frozen": frozen, "mean": list(mean), "std": list(std),
     }
     return detector

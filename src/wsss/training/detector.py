@@ -83,6 +83,7 @@ class DetectorConfig(Settings):
     detector_weights: str | None = None  # wsss: a whole torchvision Faster R-CNN state dict to start from
     fpn_channels: int = 256  # maskrcnn-benchmark MODEL.RESNETS.BACKBONE_OUT_CHANNELS
     representation_size: int = 1024  # maskrcnn-benchmark MODEL.ROI_BOX_HEAD.MLP_HEAD_DIM
+    rois_per_image: int = 512  # maskrcnn-benchmark MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE (torchvision's too)
     min_size: int | None = None  # wsss: each image at its own size; reference INPUT.MIN_SIZE_TEST 800
     max_size: int | None = None  # only with min_size; None then: 1333 (reference INPUT.MAX_SIZE_TEST)
     anchor_sizes: tuple[int, ...] | None = None  # None: torchvision's 32..512 x (data's short side / 800)
@@ -103,7 +104,7 @@ class DetectorConfig(Settings):
 
     def validate(self) -> None:
         check_ranges(self, "bbam_detector", positive=("lr",),
-                     at_least={"fpn_channels": 1, "representation_size": 1, "min_size": 1, "max_size": 1,
+                     at_least={"fpn_channels": 1, "representation_size": 1, "rois_per_image": 1, "min_size": 1, "max_size": 1,
                                "momentum": 0, "weight_decay": 0, "steps": 1, "warmup_steps": 0,
                                "warmup_factor": 0, "poly_power": 0, "batch_size": 1, "seed": 0,
                                "checkpoint_every": 1},
@@ -193,6 +194,7 @@ def detector_from_config(config: DetectorConfig, num_classes: int, short_side: f
         anchors = scaled_anchor_sizes(side)
     detector = build_detector(config.backbone, num_classes, weights=config.weights,
                               fpn_channels=config.fpn_channels, representation_size=config.representation_size,
+                              rois_per_image=config.rois_per_image,
                               min_size=config.min_size, max_size=config.max_size, anchor_sizes=anchors,
                               frozen=config.weights is not None or config.detector_weights is not None)
     if config.detector_weights is not None:
