@@ -139,10 +139,12 @@ class Context:
         irn/<method>.pt               IRN (boundary + displacement), trained on them
         edges/<method>/<id>.npz       boundary maps at stride 4
         pseudo/<method>/<id>.png      random-walk pseudo masks                  -> pseudo
-                                      (boxes: filled boxes; bana: Y_crf, and Y_ret in pseudo/bana_ret/)
+                                      (boxes: filled boxes; bana: Y_crf, and Y_ret in pseudo/bana_ret/;
+                                      bbam: semantic masks, and pseudo/bbam_instances.json)
         seg/<method>/model.pt         DeepLab trained on the pseudo masks (and checkpoints)
         predictions/<method>/<id>.png its predictions on the val split         -> final
         eval/<method>_{seed,pseudo,final}.json
+        mask_rcnn_<name>.pt           Mask R-CNN (bbam, instances_fully_supervised) -> eval/<name>_instance.json
     """
 
     recipe: Any
