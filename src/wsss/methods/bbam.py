@@ -26,7 +26,10 @@ Semantic and Instance Segmentation", CVPR 2021; reference ``jbeomlee93/BBAM``)::
   the band as each instance's ignore region); sharded and resumable. Its summary
   (``pseudo/bbam_labels.json``) repeats the maps' kept-proposal numbers beside the objects whose
   mask failed.
-* ``bbam.pseudo_eval``: the semantic pseudo masks scored like every method's (``eval/bbam_pseudo.json``).
+* ``bbam.pseudo_eval``: the semantic pseudo masks scored like every method's, their 255 pixels as
+  background (the first result, the demo's column), and again with those pixels left out (the
+  second, with the labelled coverage): the band is ignored, not background, when DeepLab trains
+  (``eval/bbam_pseudo.json``).
 * ``bbam.seg`` / ``predict`` / ``final_eval``: the recipe's ``segmentation`` network on the
   semantic masks (255 ignored), as the image-level methods.
 * ``bbam.mask_rcnn``: Mask R-CNN (:func:`wsss.training.mask_rcnn.train_mask_rcnn`, section
@@ -153,7 +156,8 @@ class BbamMethod(Method):
             return stages
         semantic = ctx.pseudo_dir(self.name)
         stages += [bbam_labels_stage(ctx),
-                   eval_stage(ctx, self.name, "pseudo", BBAM_LABELS, semantic, recipe.data.seed_split)]
+                   eval_stage(ctx, self.name, "pseudo", BBAM_LABELS, semantic, recipe.data.seed_split,
+                              also_excluding_unlabelled=True)]
         if recipe.until == "final":
             stages += seg_stages(ctx, self.name, semantic, (BBAM_LABELS,))
             stages += instance_stages(ctx)

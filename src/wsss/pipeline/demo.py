@@ -201,7 +201,12 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
         path = ctx.eval_path(method, what)
         if not path.is_file():
             return []
-        return [_scores_from_json(r, classes, label) for r in read_json(path)["results"]]
+        results = read_json(path)["results"]
+        if len(results) == 1:
+            return [_scores_from_json(results[0], classes, label)]
+        # several protocols (BBAM's pseudo masks: 255 as background, 255 left out): named by theirs
+        return [_scores_from_json(r, classes, f"{label}, {r['protocol'].partition('(')[2].rstrip(')') or r['protocol']}")
+                for r in results]
 
     for method in config.methods:
         # box-supervised methods (bana, boxes) have no seeds: their rows start at the pseudo masks
