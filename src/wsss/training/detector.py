@@ -36,7 +36,6 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.models.detection import FasterRCNN
 
 from wsss.config import Settings, check_ranges, result_settings, run_only_field, to_dict
-from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss.errors import ConfigError, DataError
 from wsss.io import atomic_write
 from wsss.models.detector import build_detector, check_detection_boxes, load_detector_weights
