@@ -246,3 +246,13 @@ def test_a_split_file_selects_ids(coco_files):
         COCODataset(annotation_file, image_dir, split=annotation_file.parent / "bad.txt")
     with pytest.raises(DataError, match="train: split file not found"):
         COCODataset(annotation_file, image_dir, split="train")
+
+
+def test_ground_truth_instances_leave_crowds_to_the_ignore_region(coco):
+    assert coco.has_instances
+    found = coco.ground_truth_instances("000000000009")
+    every = coco.instances("000000000009")
+    assert len(found) == int((~every.is_crowd).sum()) == 2 and found.image_id == "000000000009"
+    np.testing.assert_array_equal(found.ignore, every.masks[every.is_crowd].any(axis=0))
+    assert found.ignore[9:11].all() and found.file_name == coco.image_path("000000000009").name
+    assert coco.ground_truth_instances("000000000025").ignore is None

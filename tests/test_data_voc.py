@@ -365,3 +365,28 @@ def test_check_data_command_success(tmp_path, capsys):
     assert len(out) == 1
     assert out[0].startswith("ok: ") and "split train: 4 images, 4 masks, 4 with image labels" in out[0]
     assert "8 boxes in 4 XML files, 20 classes" in out[0]
+
+
+def test_ground_truth_instances_from_segmentation_object(voc_fixture, voc_dataset):
+    image_id = voc_fixture.ids[0]
+    height, width = voc_dataset.image_size(image_id)
+    assert not voc_dataset.has_instances
+    with pytest.raises(DataError, match="no instance mask"):
+        voc_dataset.ground_truth_instances(image_id)
+    semantic = np.zeros((height, width), np.uint8)
+    objects = np.zeros((height, width), np.uint8)
+    semantic[2:6, 3:9], objects[2:6, 3:9] = 5, 1     # instance 1: class 5, rows 2-5, columns 3-8
+    semantic[8:12, 1:4], objects[8:12, 1:4] = 7, 3   # instance 3 (no instance 2): class 7
+    semantic[8, 1] = 5                               # one stray pixel: the majority class wins
+    objects[0, :] = 255                              # VOC's void band: ignored
+    write_palette_png(voc_fixture.root / "SegmentationClass" / f"{image_id}.png", semantic)
+    write_palette_png(voc_fixture.root / "SegmentationObject" / f"{image_id}.png", objects)
+    found = voc_dataset.ground_truth_instances(image_id)
+    assert found.classes.tolist() == [5, 7] and found.image_size == (height, width)
+    np.testing.assert_array_equal(found.boxes, [[3, 2, 9, 6], [1, 8, 4, 12]])
+    np.testing.assert_array_equal(found.masks[1], objects == 3)
+    assert found.ignore is not None and found.ignore[0].all() and found.ignore.sum() == width
+    objects[14:16, 10:12] = 2  # an instance over background only has no class
+    write_palette_png(voc_fixture.root / "SegmentationObject" / f"{image_id}.png", objects)
+    with pytest.raises(DataError, match="instance 2 has no foreground class"):
+        voc_dataset.ground_truth_instances(image_id)

@@ -95,3 +95,24 @@ def test_cli_help_lists_every_command() -> None:
     for name in COMMANDS:  # every command builds its own parser
         sub = subprocess.run([sys.executable, "-m", "wsss", name, "--help"], capture_output=True, text=True)
         assert sub.returncode == 0, (name, sub.stderr)
+
+
+def test_instance_rows_show_each_method_with_an_instance_network_beside_the_oracle(tmp_path: Path) -> None:
+    from wsss.io import write_json
+    from wsss.methods import INSTANCE_ORACLE, Context
+    from wsss.pipeline.demo import instance_summary, instance_table
+    from wsss.pipeline.recipes import load_recipe
+
+    ctx = Context(load_recipe("synth/demo", ["data.root=/nowhere"]), tmp_path)
+    assert instance_summary(ctx, "bbam") is None
+    write_json(ctx.eval_path("bbam", "instance"), {"AP25": 61.5, "AP50": 40.25, "AP70": 12.0, "AP75": None,
+                                                   "mAP": 15.5, "images": 4})
+    write_json(ctx.eval_path(INSTANCE_ORACLE, "instance"), {"AP25": 80.0, "AP50": 70.0, "AP70": 50.0,
+                                                           "AP75": 45.0, "mAP": 40.0})
+    results = {"methods": {"cam": {}, "bbam": {"instance": instance_summary(ctx, "bbam")}},
+               "fully_supervised": {"instance": instance_summary(ctx, INSTANCE_ORACLE)}}
+    lines = instance_table(results).splitlines()
+    assert lines[0].split()[-5:] == ["AP25", "AP50", "AP70", "AP75", "mAP"]
+    assert lines[2].split() == ["bbam", "61.5", "40.2", "12.0", "-", "15.5"]  # the cam row has no instances
+    assert lines[3].startswith("fully supervised") and lines[3].split()[-1] == "40.0" and len(lines) == 4
+    assert instance_table({"methods": {"cam": {}}, "fully_supervised": {}}) is None

@@ -88,11 +88,11 @@ def test_wood_needs_ood_images_and_bad_settings_fail_before_training(tmp_path: P
 
 
 def test_an_unknown_method_is_an_error_listing_the_registered_ones() -> None:
-    registered = "cam, advcam, rib, wood, advcam_wood, bana, boxes"
+    registered = "cam, advcam, rib, wood, advcam_wood, bana, boxes, bbam"
     with pytest.raises(ConfigError, match=rf"unknown method 'camm'; registered: {registered}"):
         load_recipe("synth/demo", ["methods=[camm]"])
     with pytest.raises(ConfigError, match="unknown method"):
-        get_method("bbam")
+        get_method("bbam_plus")
 
 
 def test_a_registered_method_adds_its_section_and_stages() -> None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from wsss.errors import DataError
 from wsss.io import image_size, read_image
+from wsss.stores.instances import ImageInstances
 
 
 class ImageDataset(abc.ABC):
@@ -100,3 +101,19 @@ class ImageDataset(abc.ABC):
     @abc.abstractmethod
     def has_masks(self) -> bool:
         """Whether every id has a semantic mask."""
+
+    # ------------------------------------------------------------------ ground-truth instances
+    @property
+    def has_instances(self) -> bool:
+        """Whether every id has ground-truth instance masks (:meth:`ground_truth_instances`)."""
+        return False
+
+    def ground_truth_instances(self, image_id: str) -> ImageInstances:
+        """The image's ground-truth instances: boxes, classes, bool masks, and as ``ignore`` the
+        pixels no score should count (COCO's crowd regions, VOC's void band).
+
+        Raises:
+            DataError: the dataset has no instance masks for the id, or they are malformed.
+        """
+        raise DataError(f"no ground-truth instances for id {image_id!r}: this dataset has no instance masks",
+                        self._listed_in())

@@ -35,7 +35,7 @@ from wsss.data.base import ImageDataset
 from wsss.data.voc import read_split_file
 from wsss.errors import DataError, problems_error
 from wsss.io import IGNORE_INDEX, PathLike, image_size, read_image, read_json, voc_palette
-from wsss.stores.instances import check_coco_document, coco_box, decode_rle, segmentation_rle
+from wsss.stores.instances import ImageInstances, check_coco_document, coco_box, decode_rle, segmentation_rle
 
 logger = logging.getLogger(__name__)
 
@@ -254,6 +254,20 @@ class COCODataset(ImageDataset):
             is_crowd=np.asarray([bool(a.get("iscrowd", 0)) for a in annotations], dtype=bool),
             annotation_ids=np.asarray([a["id"] for a in annotations], dtype=np.int64),
         )
+
+    @property
+    def has_instances(self) -> bool:
+        """Every annotation has a segmentation (:attr:`has_masks`)."""
+        return self.has_masks
+
+    def ground_truth_instances(self, image_id: str | int) -> ImageInstances:
+        """The non-crowd annotations as instances and the crowd regions as the image's ``ignore``."""
+        found = self.instances(image_id)
+        crowd = found.is_crowd
+        ignore = found.masks[crowd].any(axis=0) if crowd.any() else None
+        name = self._id_of_image[self.coco_id(image_id)]
+        return ImageInstances(name, found.boxes[~crowd], found.classes[~crowd], found.masks[~crowd], ignore=ignore,
+                              file_name=str(self.image_info(image_id)["file_name"]))
 
     def load_mask(self, image_id: str | int) -> np.ndarray:
         """The semantic label map ``uint8`` (H, W): 0 background, ``1..K``, crowd -> 255.

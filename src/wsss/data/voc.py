@@ -36,6 +36,7 @@ from wsss.data.base import ImageDataset
 from wsss.data.labels import LABEL_FILE_NAME, ImageLabelFile, read_image_labels
 from wsss.errors import ConfigError, DataError, problems_error
 from wsss.io import IGNORE_INDEX, PathLike, read_label_png, voc_palette
+from wsss.stores.instances import ImageInstances
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ BACKGROUND_NAMES = ("background", "_background_", "__background__")  # VOC, labe
 IMAGE_FOLDER = "JPEGImages"
 MASK_FOLDERS = ("SegmentationClass", "SegmentationClassAug")
 ANNOTATION_FOLDER = "Annotations"
+OBJECT_FOLDER = "SegmentationObject"  # instance masks: 0 background, 1..N instances, 255 void
 SPLIT_FOLDERS = ("ImageSets/Segmentation", "ImageSets/SegmentationAug", "ImageSets/Main")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp")
 LABEL_SOURCES = ("auto", "masks", "xml", "file")
@@ -503,6 +505,53 @@ class VOCDataset(ImageDataset):
                 path,
             )
         return foreground.astype(np.int64)
+
+    # ------------------------------------------------------------------ instances
+    def object_path(self, image_id: str) -> Path:
+        """``SegmentationObject/<id>.png`` (it may not exist)."""
+        return self.root / OBJECT_FOLDER / f"{image_id}.png"
+
+    @property
+    def has_instances(self) -> bool:
+        """Whether every id has an instance mask (``SegmentationObject``) and a class mask."""
+        return all(self.object_path(i).is_file() and self.mask_path(i) is not None for i in self.ids)
+
+    def ground_truth_instances(self, image_id: str) -> ImageInstances:
+        """The instances of ``SegmentationObject/<id>.png`` with their classes from the class mask.
+
+        Each value 1..N of the instance PNG is one instance (ordered by value; values absent from
+        the PNG are no instance); its class is the class mask's most frequent foreground value on
+        its pixels and its box the tight box of its pixels (``x1 = last column + 1``). The void
+        value 255 of either PNG is the image's ``ignore`` (VOC's boundary band; none on the
+        generated benchmark).
+
+        Raises:
+            DataError: no instance PNG, a size other than the image's, or an instance with no
+                foreground class under it (naming the file).
+        """
+        path = self.object_path(image_id)
+        if not path.is_file():
+            raise DataError(f"no instance mask for id {image_id!r}", path)
+        objects = read_label_png(path)
+        semantic = self.load_mask(image_id)
+        if objects.shape != semantic.shape:
+            raise DataError(f"instance mask is {objects.shape[1]}x{objects.shape[0]} but the image is "
+                            f"{semantic.shape[1]}x{semantic.shape[0]}", path)
+        values = [int(v) for v in np.unique(objects) if v not in (0, IGNORE_INDEX)]
+        masks = np.stack([objects == v for v in values]) if values else np.zeros((0, *objects.shape), bool)
+        classes, boxes = [], []
+        for value, mask in zip(values, masks):
+            under = semantic[mask]
+            counts = np.bincount(under[(under != 0) & (under != IGNORE_INDEX)], minlength=self.num_classes)
+            if not counts.any():
+                raise DataError(f"instance {value} has no foreground class under it in the class mask", path)
+            classes.append(int(np.argmax(counts)))
+            rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+            boxes.append([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
+        void = (objects == IGNORE_INDEX) | (semantic == IGNORE_INDEX)
+        return ImageInstances(image_id, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int64),
+                              masks, ignore=void if void.any() else None,
+                              file_name=self.image_path(image_id).name)
 
     # ------------------------------------------------------------------ image-level labels
     def image_labels(self, image_id: str) -> np.ndarray:

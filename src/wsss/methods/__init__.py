@@ -4,13 +4,14 @@ Importing this package registers the built-in methods. Adding a method is one mo
 :class:`~wsss.methods.base.Method` subclass under ``@register``, plus its import below.
 """
 
-from wsss.methods.base import (Context, DataConfig, Method, RefineDefaults, RuntimeConfig, Stage, Work, get_method,
-                               method_sections, quick_settings, register, registered_methods)
+from wsss.methods.base import (INSTANCE_ORACLE, Context, DataConfig, Method, RefineDefaults, RuntimeConfig, Stage,
+                               Work, get_method, method_sections, quick_settings, register, registered_methods)
 
 # Built-in methods, registered on import (order: the demo's and the recipe sections').
-from wsss.methods import cam, advcam, rib, wood, bana  # noqa: E402,F401  isort: skip
+from wsss.methods import cam, advcam, rib, wood, bana, bbam  # noqa: E402,F401  isort: skip
 
 __all__ = [
+    "INSTANCE_ORACLE",
     "Context",
     "DataConfig",
     "Method",

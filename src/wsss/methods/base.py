@@ -31,6 +31,7 @@ from wsss.errors import ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "INSTANCE_ORACLE",
     "Context",
     "DataConfig",
     "Method",
@@ -69,6 +70,12 @@ class Work:
 def count(n: int | float) -> str:
     """``n`` with thousands separators (``10,582``)."""
     return f"{int(n):,}"
+
+
+INSTANCE_ORACLE = "instances_fully_supervised"
+"""The name (stages, files, ``eval/<name>_instance.json``) of the instance network trained on
+ground-truth instances, the oracle beside a method's instance network (BBAM's Mask R-CNN), as
+``fully_supervised`` is for the semantic network."""
 
 
 @dataclass
@@ -163,10 +170,12 @@ class Context:
         irn/<method>.pt               IRN (boundary + displacement), trained on them
         edges/<method>/<id>.npz       boundary maps at stride 4
         pseudo/<method>/<id>.png      random-walk pseudo masks                  -> pseudo
-                                      (boxes: filled boxes; bana: Y_crf, and Y_ret in pseudo/bana_ret/)
+                                      (boxes: filled boxes; bana: Y_crf, and Y_ret in pseudo/bana_ret/;
+                                      bbam: semantic masks, and pseudo/bbam_instances.json)
         seg/<method>/model.pt         DeepLab trained on the pseudo masks (and checkpoints)
         predictions/<method>/<id>.png its predictions on the val split         -> final
         eval/<method>_{seed,pseudo,final}.json
+        mask_rcnn_<name>.pt           Mask R-CNN (bbam, instances_fully_supervised) -> eval/<name>_instance.json
     """
 
     recipe: Any

@@ -221,8 +221,15 @@ def classifier_maps_stage(ctx: Context, method: str, make: Callable[[Any, Any, P
                  work=None if work is None else lambda: work(ctx.dataset(recipe.data.seed_split)))
 
 
-def eval_stage(ctx: Context, method: str, what: str, needs: str, predictions: Path, split: str) -> Stage:
-    """Score ``predictions`` (a map store or label PNGs) on ``split``: seed, pseudo or final."""
+def eval_stage(ctx: Context, method: str, what: str, needs: str, predictions: Path, split: str,
+               also_excluding_unlabelled: bool = False) -> Stage:
+    """Score ``predictions`` (a map store or label PNGs) on ``split``: seed, pseudo or final.
+
+    Label PNGs are scored with their 255 pixels as background (IRN's protocol, every method's
+    first result); ``also_excluding_unlabelled`` adds a second result that leaves them out (with
+    the labelled coverage), for pseudo masks whose 255 is an ignore band the next network never
+    trains on (BBAM's).
+    """
     recipe = ctx.recipe
     path = ctx.eval_path(method, what)
 
@@ -233,8 +240,11 @@ def eval_stage(ctx: Context, method: str, what: str, needs: str, predictions: Pa
         if what == "seed":
             options = dict(sweep=recipe.seed_eval.sweep, threshold=recipe.seed_eval.fixed_threshold,
                            label_free=None if recipe.seed_eval.label_free == "none" else recipe.seed_eval.label_free)
-        report = evaluate_predictions(ctx.dataset(split), predictions, progress=recipe.runtime.progress,
-                                      **options)
+        dataset = ctx.dataset(split)
+        report = evaluate_predictions(dataset, predictions, progress=recipe.runtime.progress, **options)
+        if also_excluding_unlabelled:
+            report.results.extend(evaluate_predictions(dataset, predictions, unlabelled="exclude",
+                                                       progress=recipe.runtime.progress).results)
         write_report(report, path)
 
     def work() -> Work:
@@ -248,7 +258,8 @@ def eval_stage(ctx: Context, method: str, what: str, needs: str, predictions: Pa
         return Work(images, "label maps against the masks")
 
     return Stage(f"{method}.{what}_eval", run=run, clear=remover(path), needs=(needs,),
-                 depends_on={"split": split, "seed_eval": recipe.seed_eval if what == "seed" else None},
+                 depends_on={"split": split, "seed_eval": recipe.seed_eval if what == "seed" else None,
+                             **({"unlabelled": ["background", "exclude"]} if also_excluding_unlabelled else {})},
                  main_only=True, work=work)
 
 

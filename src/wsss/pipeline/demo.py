@@ -6,6 +6,9 @@ Also writes the run's report (``report.html``, ``report.md``: :mod:`wsss.pipelin
 Methods without seeds (the box-supervised ``bana`` and ``boxes``, with ``--set methods=[...]``)
 get rows from their pseudo masks on, no curve or map column, and ``pseudo_masks.png`` (image,
 ground truth and the label maps each such method names, e.g. BANA's Y_crf and Y_ret).
+A method with an instance network (BBAM's Mask R-CNN, ``eval/<method>_instance.json``) also gets
+its mask AP row beside the oracle trained on ground-truth instances
+(:data:`wsss.methods.INSTANCE_ORACLE`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from wsss.methods import Context, get_method, quick_settings
 from wsss.methods.chain import QUICK_SETTINGS
 from wsss.pipeline.recipes import build_stages, check_inputs, load_recipe
 from wsss.pipeline.report import build_report
-from wsss.pipeline.results import collect_results, format_results, scores_of
+from wsss.pipeline.results import collect_results, format_results, instance_table, scores_of
 from wsss.pipeline.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -155,6 +158,9 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
     if pictures:
         mask_grid(seed_set, pictures, seed_set.ids[:8], out / "pseudo_masks.png")
     sections = [format_results(results)]
+    instances = instance_table(results)
+    if instances is not None:
+        sections.append(instances)
     if seed_rows:
         sections.append(format_table(seed_rows, classes, title=f"Seeds on {seed_split}, per class (IoU %)"))
     if pseudo_rows:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from wsss.io import read_json
-from wsss.methods import Context, get_method, registered_methods
+from wsss.methods import INSTANCE_ORACLE, Context, get_method, registered_methods
 from wsss.pipeline.recipes import final_summary, seed_summary
 from wsss.pipeline.runner import read_marker
 
@@ -86,14 +86,50 @@ def collect_results(ctx: Context, methods: Sequence[str] | None = None) -> dict[
         results["methods"][method] = {**summary, "pseudo_miou": final_summary(ctx, method, "pseudo"),
                                       "final_miou": final_summary(ctx, method, "final"),
                                       "seconds": _seconds(ctx, _method_stages(ctx, method))}
+    for method in methods:
+        instance = instance_summary(ctx, method)
+        if instance is not None:
+            results["methods"][method]["instance"] = instance
     fully = final_summary(ctx, "fully_supervised", "final")
     results["fully_supervised"] = {"final_miou": fully, "seconds": _seconds(
         ctx, [f"fully_supervised.{s}" for s in ("seg", "predict", "final_eval")])}
+    oracle = instance_summary(ctx, INSTANCE_ORACLE)
+    if oracle is not None:
+        results["fully_supervised"]["instance"] = oracle
     for row in results["methods"].values():
         final = row["final_miou"]
         row["final_fraction_of_fully_supervised"] = (round(100.0 * final / fully, 1)
                                                      if final is not None and fully else None)
     return results
+
+
+INSTANCE_COLUMNS = ("AP25", "AP50", "AP70", "AP75", "mAP")
+"""The instance scores the results show (:mod:`wsss.evaluation.instances`, in percent)."""
+
+
+def instance_summary(ctx: Context, name: str) -> dict[str, float | None] | None:
+    """The mask AP of a finished instance evaluation (``eval/<name>_instance.json``), or None."""
+    path = ctx.eval_path(name, "instance")
+    if not path.is_file():
+        return None
+    report = read_json(path)
+    return {column: report.get(column) for column in INSTANCE_COLUMNS}
+
+
+def instance_table(results: dict[str, Any]) -> str | None:
+    """Mask AP of every method with an instance network and of the oracle, or None when none ran."""
+    rows = [(method, r["instance"]) for method, r in results["methods"].items() if r.get("instance")]
+    if not rows:
+        return None
+    oracle = results["fully_supervised"].get("instance")
+    if oracle:
+        rows.append(("fully supervised (ground-truth instances)", oracle))
+    header = ["instances (mask AP, %)", *INSTANCE_COLUMNS]
+    table = [header] + [[name, *(_cell(scores.get(c)) for c in INSTANCE_COLUMNS)] for name, scores in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def _cell(value: float | None, threshold: float | None = None) -> str:
@@ -150,6 +186,9 @@ def scores_of(ctx: Context, method: str, what: str, label: str | None = None) ->
     scores = []
     for result in report["results"]:
         name = label
+        if what != "seed" and len(report["results"]) > 1:
+            # several protocols (BBAM's pseudo masks: 255 as background, 255 left out): named by theirs
+            name = f"{label}, {result['protocol'].partition('(')[2].rstrip(')') or result['protocol']}"
         if what == "seed":
             protocol = result["protocol"]
             kind = ("oracle" if result.get("threshold_uses_ground_truth") else

@@ -8,6 +8,8 @@ Arrays in a file:
     strided   float16 (C, h, w)    maps at stride 4: h = ceil(H / 4), w = ceil(W / 4)
     high_res  float16 (C, H, W)    maps at full image resolution
     boxes     float32 (C, 4)       optional: one box x0, y0, x1, y1 (pixels) per channel
+    proposals int64 (C,)           optional, with boxes: BBAM's kept proposals per box (0: none
+                                   kept, the map is all zero)
 Maps are non-negative and normalised per class to a maximum of about 1.
 
 Class maps (CAM and kin) have no ``boxes`` and one channel per class, so their keys are unique.
@@ -43,6 +45,8 @@ class LocalizationMaps:
         high_res: (C, H, W) maps at image resolution.
         boxes: optional float32 (C, 4) ``x0, y0, x1, y1`` in pixels, the box of each channel,
             inside the image.
+        proposals: optional int64 (C,), only with ``boxes``: how many proposals BBAM kept to
+            explain each box (0: none, and the map is all zero).
 
     Raises:
         ValueError: shapes that disagree, repeated keys without boxes, boxes outside the image.
@@ -52,6 +56,7 @@ class LocalizationMaps:
     strided: np.ndarray | None
     high_res: np.ndarray
     boxes: np.ndarray | None = None
+    proposals: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.keys = np.asarray(self.keys, dtype=np.int64).reshape(-1)
@@ -77,6 +82,11 @@ class LocalizationMaps:
             problem = box_problem(self.boxes, *self.image_size)
             if problem is not None:
                 raise ValueError(problem)
+        if self.proposals is not None:
+            self.proposals = np.asarray(self.proposals, dtype=np.int64).reshape(-1)
+            if self.boxes is None or self.proposals.shape != (len(self.keys),) or (self.proposals < 0).any():
+                raise ValueError(f"proposals must be {len(self.keys)} counts >= 0, one per box (with boxes), "
+                                 f"got {self.proposals.tolist()}")
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -90,6 +100,8 @@ class LocalizationMaps:
             arrays["strided"] = self.strided.astype(np.float16)
         if self.boxes is not None:
             arrays["boxes"] = self.boxes
+        if self.proposals is not None:
+            arrays["proposals"] = self.proposals
         return npz_bytes(arrays)
 
 
@@ -113,7 +125,8 @@ def load_maps(path: PathLike) -> LocalizationMaps:
         if array is not None and not np.isfinite(array).all():
             raise DataError(f"map '{name}' contains NaN or infinite values", path)
     try:
-        return LocalizationMaps(keys=data["keys"], strided=strided, high_res=high_res, boxes=data.get("boxes"))
+        return LocalizationMaps(keys=data["keys"], strided=strided, high_res=high_res, boxes=data.get("boxes"),
+                                proposals=data.get("proposals"))
     except ValueError as exc:
         raise DataError(f"inconsistent map file ({exc})", path) from None
 
