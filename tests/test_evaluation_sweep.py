@@ -287,3 +287,22 @@ def test_plot_sweep_writes_a_png_with_several_curves(tmp_path):
     with pytest.raises(ValueError):
         plot_sweep({"bad": ([0.1, 0.2], [0.3])}, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_the_edges_rule_needs_the_images(tmp_path):
+    rng = np.random.default_rng(9)
+    masks, maps = random_dataset(rng, count=2)
+    store = MapStore(tmp_path / "cam")
+    for image_id, m in maps.items():
+        store.save(image_id, m)
+
+    class MasksOnly:
+        def __init__(self):
+            self.ids, self.classes, self.num_classes = list(masks), list(CLASSES), len(CLASSES)
+
+        def load_mask(self, image_id):
+            return masks[image_id]
+
+    with pytest.raises(ConfigError, match="edges label-free rule reads the images"):
+        evaluate_maps(MasksOnly(), store, progress=False)
+    assert evaluate_maps(MasksOnly(), store, label_free="li", progress=False).label_free is not None

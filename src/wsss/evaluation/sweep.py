@@ -416,6 +416,9 @@ def evaluate_maps(
     store = store if isinstance(store, MapStore) else MapStore(store)
     if label_free is not None and label_free not in LABEL_FREE_METHODS:
         raise ConfigError(f"label-free method must be one of {LABEL_FREE_METHODS} or none, got {label_free!r}")
+    if label_free == "edges" and not callable(getattr(dataset, "load_image", None)):
+        raise ConfigError("the edges label-free rule reads the images: the dataset has no load_image; "
+                          "choose a histogram rule (li, otsu, triangle) or none")
     sweep = parse_thresholds(thresholds) if thresholds is not None else np.zeros(0)
     fixed = None if fixed_threshold is None else _threshold_value(fixed_threshold)
     if sweep.size == 0 and fixed is None and label_free is None:
