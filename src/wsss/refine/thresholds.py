@@ -1,11 +1,12 @@
-"""Label-free thresholds: a background threshold chosen from a histogram of scores, no masks.
+"""Label-free thresholds: a background threshold chosen from the images and maps, no masks.
 
 Seeds and pseudo masks both come from maps normalised to a maximum of 1 and a background
 threshold t: a pixel is foreground where its best class score exceeds t. The papers choose t
 on the ground truth they then score (AdvCAM's sweep) or fix it for PASCAL VOC (IRN's 0.15 for
 seeds, 0.25 for the walk). On other data neither is available or right, so t can be chosen
-from the scores alone: the histogram of every pixel's best foreground score over a split, a
-pass over the maps that never reads a mask.
+without masks: from where the thresholded maps' contours lie in the images, or from the
+histogram of every pixel's best foreground score over a split. Either is one pass over the
+images and maps that never reads a mask.
 
 Rules. ``edges`` (:class:`EdgeAlignment`) also reads the images: the lowest threshold at which
 the masks' contours follow the image's edges best. The others read only the histogram and
