@@ -100,7 +100,7 @@ def test_cli_help_lists_every_command() -> None:
 def test_instance_rows_show_each_method_with_an_instance_network_beside_the_oracle(tmp_path: Path) -> None:
     from wsss.io import write_json
     from wsss.methods import INSTANCE_ORACLE, Context
-    from wsss.pipeline.demo import instance_summary, instance_table
+    from wsss.pipeline.results import instance_summary, instance_table
     from wsss.pipeline.recipes import load_recipe
 
     ctx = Context(load_recipe("synth/demo", ["data.root=/nowhere"]), tmp_path)

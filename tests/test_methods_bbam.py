@@ -61,7 +61,7 @@ def test_each_bbam_section_reaches_the_fingerprints_of_its_stages_only() -> None
     assert _print(attribution["bbam.maps"]) != _print(base["bbam.maps"])
     assert _print(attribution["bbam.detector"]) == _print(base["bbam.detector"])
     assert _print(_stages("bbam.objects_per_batch=2")["bbam.maps"]) == _print(base["bbam.maps"])  # run-only
-    assert _print(_stages("scale=image")["bbam.maps"]) != _print(base["bbam.maps"])  # the mask stride
+    assert _print(_stages("scale=reference")["bbam.maps"]) != _print(base["bbam.maps"])  # the mask stride (the demo recipe: image)
 
 
 def test_bad_bbam_settings_fail_when_the_recipe_loads() -> None:
