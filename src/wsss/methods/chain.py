@@ -95,7 +95,7 @@ class RandomWalkConfig:
     """IRN's random walk (``make_sem_seg_labels``). None: the method's reference value."""
 
     cam_power: float | None = None  # np_power: IRN/W-OoD 1.0, RIB 1.3, AdvCAM 1.5
-    # sem_seg_bg_thres: IRN 0.25, RIB 0.27, AdvCAM+W-OoD 0.22; or a label-free rule (li, otsu,
+    # sem_seg_bg_thres: IRN 0.25, RIB 0.27, AdvCAM+W-OoD 0.22; or a label-free rule (edges, li, otsu,
     # triangle: wsss.refine.thresholds) choosing it from the walked scores, no mask
     bg_threshold: float | str | None = None
     beta: float = BETA
