@@ -31,7 +31,6 @@ from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import numpy as np
 import torch
-from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset
 from torchvision.models.detection import FasterRCNN
 
@@ -41,7 +40,7 @@ from wsss.io import atomic_write
 from wsss.models.detector import build_detector, check_detection_boxes, load_detector_weights
 from wsss.models.rcnn import ANCHOR_SIZES, scaled_anchor_sizes
 from wsss.runtime import resolve_device, seed_everything
-from wsss.training.engine import CheckpointSpec, ShuffledLoader, TrainingEngine, poly_sgd
+from wsss.training.engine import CheckpointSpec, ShuffledLoader, TrainingEngine, bias_groups, poly_sgd, warmup_multistep
 
 log = logging.getLogger(__name__)
 
@@ -201,21 +200,6 @@ def detector_from_config(config: DetectorConfig, num_classes: int, short_side: f
     return detector
 
 
-def _schedule(optimizer: torch.optim.Optimizer, config: DetectorConfig, poly: LambdaLR) -> LambdaLR:
-    """Linear warm-up from ``warmup_factor`` over ``warmup_steps``, then x0.1 at each milestone
-    (maskrcnn-benchmark's ``WarmupMultiStepLR``) or the engine's poly decay."""
-    milestones = tuple(int(m) for m in config.milestones)
-    warmup, factor = int(config.warmup_steps), float(config.warmup_factor)
-    poly_lambda = poly.lr_lambdas[0]
-
-    def multiplier(step: int) -> float:
-        warm = factor + (1.0 - factor) * step / warmup if step < warmup else 1.0
-        decay = 0.1 ** sum(step >= m for m in milestones) if config.schedule == "step" else poly_lambda(step)
-        return warm * decay
-
-    return LambdaLR(optimizer, multiplier)
-
-
 def train_detector(
     source: BoxSource,
     config: DetectorConfig | None = None,
@@ -253,14 +237,13 @@ def train_detector(
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
                         collate_fn=collate_detection, num_workers=0,
                         generator=torch.Generator().manual_seed(config.seed))
-    weights = [p for name, p in model.named_parameters() if not name.endswith("bias")]
-    biases = [p for name, p in model.named_parameters() if name.endswith("bias")]
     # maskrcnn-benchmark SOLVER.BIAS_LR_FACTOR 2, WEIGHT_DECAY_BIAS 0
-    groups = [{"params": weights}, {"params": biases, "lr_mult": 2.0, "weight_decay_mult": 0.0}]
-    optimizer, poly = poly_sgd(groups, config.lr, total_steps=config.steps,
+    optimizer, poly = poly_sgd(bias_groups(model, 2.0), config.lr, total_steps=config.steps,
                                power=config.poly_power, weight_decay=config.weight_decay,
                                momentum=config.momentum)
-    scheduler = _schedule(optimizer, config, poly)
+    # Linear warm-up, then x0.1 at each milestone (maskrcnn-benchmark's WarmupMultiStepLR) or poly decay.
+    scheduler = warmup_multistep(optimizer, config.milestones, config.warmup_steps, config.warmup_factor,
+                                 decay=None if config.schedule == "step" else poly.lr_lambdas[0])
     saved = {"classes": classes, "detector": model.wsss_config}
     spec = None if checkpoint_dir is None else CheckpointSpec(
         Path(checkpoint_dir), CHECKPOINT_FORMAT, "detector training checkpoint", every=config.checkpoint_every,

@@ -74,6 +74,7 @@ __all__ = [
     "ShuffledLoader",
     "StepOutput",
     "TrainingEngine",
+    "bias_groups",
     "numpy_mean",
     "poly_sgd",
     "read_checkpoint",
@@ -81,6 +82,7 @@ __all__ = [
     "save_checkpoint",
     "sequential_mean",
     "set_rng_state",
+    "warmup_multistep",
     "write_curve",
 ]
 
@@ -144,6 +146,31 @@ def poly_sgd(
         if decay is not None:
             param_group["weight_decay"] = decay
     return optimizer, poly_lr_scheduler(optimizer, total_steps, power)
+
+
+def bias_groups(model: nn.Module, bias_lr_factor: float) -> list[dict[str, Any]]:
+    """maskrcnn-benchmark's parameter groups for :func:`poly_sgd`: weights at the base rate and
+    decay, biases at ``bias_lr_factor`` times the rate without decay (``BIAS_LR_FACTOR``,
+    ``WEIGHT_DECAY_BIAS`` 0)."""
+    named = list(model.named_parameters())
+    weights = [p for name, p in named if not name.endswith("bias")]
+    biases = [p for name, p in named if name.endswith("bias")]
+    return [{"params": weights}, {"params": biases, "lr_mult": bias_lr_factor, "weight_decay_mult": 0.0}]
+
+
+def warmup_multistep(optimizer: torch.optim.Optimizer, milestones: Sequence[int], warmup_steps: int,
+                     warmup_factor: float, decay: Callable[[int], float] | None = None) -> LambdaLR:
+    """maskrcnn-benchmark's ``WarmupMultiStepLR``: the rate rises linearly from
+    ``warmup_factor`` to 1 over ``warmup_steps`` updates, then falls x0.1 at each milestone; or,
+    with ``decay`` (e.g. a poly schedule's multiplier), the warm-up times ``decay(step)``."""
+    milestones = tuple(int(m) for m in milestones)
+    warmup, factor = int(warmup_steps), float(warmup_factor)
+
+    def multiplier(step: int) -> float:
+        warm = factor + (1.0 - factor) * step / warmup if step < warmup else 1.0
+        return warm * (0.1 ** sum(step >= m for m in milestones) if decay is None else decay(step))
+
+    return LambdaLR(optimizer, multiplier)
 
 
 # --------------------------------------------------------------------------------- files

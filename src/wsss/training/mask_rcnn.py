@@ -40,7 +40,6 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset
 from torchvision.models.detection import MaskRCNN
 
@@ -51,7 +50,7 @@ from wsss.models.mask_rcnn import build_mask_rcnn, encode_targets, rebuild_mask_
 from wsss.models.rcnn import ANCHOR_SIZES, scaled_anchor_sizes
 from wsss.runtime import resolve_device, seed_everything
 from wsss.stores.instances import ImageInstances
-from wsss.training.engine import CheckpointSpec, ShuffledLoader, TrainingEngine, poly_sgd
+from wsss.training.engine import CheckpointSpec, ShuffledLoader, TrainingEngine, bias_groups, poly_sgd, warmup_multistep
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +165,6 @@ def _as_lists(items):
     return [image for image, _ in items], [target for _, target in items]
 
 
-def _parameter_groups(model: torch.nn.Module, bias_lr_factor: float) -> list[dict[str, Any]]:
-    """maskrcnn-benchmark's groups: weights at the base rate and decay, biases at
-    ``bias_lr_factor`` times the rate without decay."""
-    weights = [p for name, p in model.named_parameters() if p.requires_grad and not name.endswith("bias")]
-    biases = [p for name, p in model.named_parameters() if p.requires_grad and name.endswith("bias")]
-    return [{"params": weights}, {"params": biases, "lr_mult": bias_lr_factor, "weight_decay_mult": 0.0}]
-
-
 @dataclass
 class MaskRcnnTrainResult:
     """The trained model, the engine's per-update history, and where it was saved."""
@@ -242,15 +233,9 @@ def train_mask_rcnn(
     dataset = InstanceDataset(images, instances, ids, hflip=config.hflip)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, collate_fn=_as_lists,
                         num_workers=0, generator=torch.Generator().manual_seed(config.seed))
-    optimizer, _ = poly_sgd(_parameter_groups(model, config.bias_lr_factor), config.lr, total_steps=config.steps,
+    optimizer, _ = poly_sgd(bias_groups(model, config.bias_lr_factor), config.lr, total_steps=config.steps,
                             weight_decay=config.weight_decay, momentum=config.momentum)
-    milestones, warmup, factor = tuple(int(m) for m in config.milestones), config.warmup_steps, config.warmup_factor
-
-    def rate(step: int) -> float:  # maskrcnn-benchmark WarmupMultiStepLR (linear warmup)
-        ramp = factor + (1 - factor) * step / warmup if step < warmup else 1.0
-        return ramp * 0.1 ** sum(step >= m for m in milestones)
-
-    scheduler = LambdaLR(optimizer, rate)
+    scheduler = warmup_multistep(optimizer, config.milestones, config.warmup_steps, config.warmup_factor)
     spec = None if checkpoint_dir is None else CheckpointSpec(
         Path(checkpoint_dir), CHECKPOINT_FORMAT, "Mask R-CNN training checkpoint", every=config.checkpoint_every,
         at_epoch_end=True, metadata={"classes": classes, "config": to_dict(config)},
