@@ -69,6 +69,7 @@ import numpy as np
 import torch
 
 from wsss.errors import ConfigError, DataError, WsssError
+from wsss.pipeline.recipes import open_run
 
 SETTINGS = ("reference", "image")
 METHODS = ("advcam", "rib")
@@ -316,23 +317,6 @@ def csv_rows(summaries: dict[str, dict[str, dict[str, Any]]]) -> list[list[Any]]
 # --------------------------------------------------------------------------- command line
 
 
-def open_work(folder: Path, recipe_file: Path | None, overrides: Sequence[str] = ()):
-    """(recipe, Context) of a demo output folder (``work/`` inside) or of a work folder."""
-    from wsss.methods import Context
-    from wsss.pipeline.recipes import load_recipe
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError("work folder not found", folder)
-    workdir = folder / "work" if (folder / "work" / "config.yaml").is_file() else folder
-    recipe_file = recipe_file or workdir / "config.yaml"
-    if not Path(recipe_file).is_file():
-        raise ConfigError(f"{recipe_file}: no recipe (give the demo's --out folder, a work folder holding "
-                          "config.yaml, or --recipe)")
-    recipe = load_recipe(recipe_file, list(overrides))
-    return recipe, Context(recipe, workdir)
-
-
 def parse_steps(text: str) -> list[int]:
     try:
         steps = [int(part) for part in text.replace(",", " ").split()]
@@ -354,7 +338,7 @@ def run(args: argparse.Namespace) -> str:
     if not args.input_scale > 0:
         raise ConfigError(f"--input-scale must be positive, got {args.input_scale}")
     torch.set_num_threads(args.threads)
-    recipe, ctx = open_work(Path(args.work), Path(args.recipe) if args.recipe else None, args.set or ())
+    recipe, ctx = open_run(args.work, args.recipe, args.set or ())
     out = ensure_writable_folder(Path(args.out) if args.out else ctx.workdir / "climb_report")
     device = resolve_device(args.device or recipe.runtime.device)
     dataset = ctx.dataset(recipe.data.seed_split)

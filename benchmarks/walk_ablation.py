@@ -64,6 +64,7 @@ import numpy as np
 import torch
 
 from wsss.errors import ConfigError, DataError, WsssError
+from wsss.pipeline.recipes import open_run
 
 DEFAULT_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DEFAULT_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
@@ -180,23 +181,6 @@ class MethodResult:
     boundary: Any  # BoundaryProbability
     seconds: float = 0.0
     rows: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)  # label -> (source, confusion)
-
-
-def open_work(folder: Path, recipe_file: Path | None):
-    """(recipe, Context) of a demo output folder (``work/`` inside) or of a work folder."""
-    from wsss.methods import Context
-    from wsss.pipeline.recipes import load_recipe
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError("work folder not found", folder)
-    workdir = folder / "work" if (folder / "work" / "config.yaml").is_file() else folder
-    recipe_file = recipe_file or workdir / "config.yaml"
-    if not Path(recipe_file).is_file():
-        raise ConfigError(f"{recipe_file}: no recipe (give the demo's --out folder, a work folder holding "
-                          "config.yaml, or --recipe)")
-    recipe = load_recipe(recipe_file)
-    return recipe, Context(recipe, workdir)
 
 
 def method_setups(ctx, names: Sequence[str] | None) -> tuple[list[MethodSetup], list[str]]:
@@ -432,7 +416,7 @@ def run(args: argparse.Namespace) -> str:
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     torch.set_num_threads(args.threads)
-    recipe, ctx = open_work(Path(args.work), Path(args.recipe) if args.recipe else None)
+    recipe, ctx = open_run(args.work, args.recipe)
     out = ensure_writable_folder(Path(args.out) if args.out else ctx.workdir / "walk_ablation")
     setups, skipped = method_setups(ctx, args.methods)
     if not setups:

@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import make_voc
+from helpers import load_benchmark, make_voc
 from torch import nn
 
 from wsss.attribution.advcam import REFERENCE_POSITIVE_WEIGHTS, reference_cells
@@ -21,19 +19,11 @@ from wsss.attribution.rib import REFERENCE_TARGET_LOGIT, RibResult
 from wsss.data.voc import VOCDataset
 from wsss.models.cam_net import CamNet, load_cam_net
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "climb_report.py"
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("climb_report", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    yield from load_benchmark("climb_report")
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,11 @@ boundary probe, precision and recall from a confusion matrix."""
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import make_voc
+from helpers import load_benchmark, make_voc
 
 from wsss.evaluation.boundaries import (
     BACKGROUND,
@@ -29,19 +26,11 @@ from wsss.refine.random_walk import propagate_to_labels, random_walk, random_wal
 from wsss.stores.edges import EdgeStore
 from wsss.stores.maps import LocalizationMaps, MapStore, strided_size
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "walk_ablation.py"
 
 
 @pytest.fixture(scope="module")
 def ablation():
-    spec = importlib.util.spec_from_file_location("walk_ablation", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    yield from load_benchmark("walk_ablation")
 
 
 def _two_objects() -> np.ndarray:

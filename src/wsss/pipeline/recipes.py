@@ -97,6 +97,28 @@ SIMILAR_PROBLEMS = 3
 """More problems of a split with the same message than this become one line counting them."""
 
 
+def open_run(folder: str | Path, recipe_file: str | Path | None = None,
+             overrides: list[str] | tuple[str, ...] = ()) -> tuple[Any, Context]:
+    """``(recipe, Context)`` of a finished or partial run: a demo's output folder (``work/``
+    inside it) or a work folder, read with the ``config.yaml`` it holds or with ``recipe_file``,
+    and ``overrides`` on top (for scripts that read a run, such as the benchmarks).
+
+    Raises:
+        DataError: ``folder`` is not a folder.
+        ConfigError: no recipe to read (one line saying what to give instead).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError("work folder not found", folder)
+    workdir = folder / "work" if (folder / "work" / "config.yaml").is_file() else folder
+    recipe_file = Path(recipe_file) if recipe_file else workdir / "config.yaml"
+    if not recipe_file.is_file():
+        raise ConfigError(f"{recipe_file}: no recipe (give the demo's --out folder, a work folder holding "
+                          "config.yaml, or --recipe)")
+    recipe = load_recipe(recipe_file, list(overrides))
+    return recipe, Context(recipe, workdir)
+
+
 def check_inputs(ctx: Context, stages: list[Stage]) -> list[WsssError]:
     """Every problem with what a run of ``stages`` needs, found before the first stage runs.
 
