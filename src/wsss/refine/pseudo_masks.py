@@ -9,8 +9,9 @@ The background threshold is a number (IRN's ``sem_seg_bg_thres``) or, label-free
 a rule of :mod:`wsss.refine.thresholds`: the threshold is then chosen on the walked scores of
 all the images (their histogram, or for ``edges`` their contours against the images' edges),
 which no mask enters. That takes two passes: the first walks each image and writes its
-statistics (``<out>/.bg_histograms/<id>.npy``, resumable like the masks), the second, once every process has finished the first, walks again and
-thresholds. The chosen value is written to ``<out>/.bg_threshold.json``.
+statistics (``<out>/.bg_statistics/<id>.npy``, resumable like the masks); the second, once every
+process has finished the first, walks again and thresholds. The chosen value is written to
+``<out>/.bg_threshold.json``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from wsss.stores.masks import MaskStore
 
 log = logging.getLogger(__name__)
 
-HISTOGRAM_DIR = ".bg_histograms"
+STATISTICS_DIR = ".bg_statistics"
 THRESHOLD_FILE = ".bg_threshold.json"
 
 
@@ -74,8 +75,8 @@ def make_pseudo_masks(
     image's stride-4 grid) are those of :func:`wsss.refine.random_walk.propagate_to_labels`.
     ``bg_threshold`` may instead name a label-free rule (``"edges"``, ``"li"``, ``"otsu"``,
     ``"triangle"``): the threshold is then chosen over all of ``ids`` from the walked scores and
-    the images alone (module docstring; :func:`chosen_bg_threshold` reads it back). Errors name the file: maps or boundary
-    map missing, maps of another size than the image, maps of classes the image is not labelled
+    the images alone (module docstring; :func:`chosen_bg_threshold` reads it back).
+    Errors name the file: maps or boundary map missing, maps of another size than the image, maps of classes the image is not labelled
     with (a map file for another image), NaN.
     """
     check_scale(scale)
@@ -127,7 +128,7 @@ def _label_free_threshold(dataset: Any, ids: list[str], scores: Any, out_dir: Pa
     """Pass 1 of a label-free background threshold: every image's statistics of its walked
     scores (resumable) -- their histogram, or for ``edges`` their contours against the image's
     edges -- summed once all processes are done; the rule's threshold on the sum."""
-    folder = out_dir / HISTOGRAM_DIR
+    folder = out_dir / STATISTICS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     shape = (2, EDGE_GRID.size) if rule == "edges" else (HISTOGRAM_BINS,)
 
