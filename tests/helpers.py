@@ -289,3 +289,42 @@ def load_benchmark(name: str):
         yield module
     finally:
         sys.modules.pop(spec.name, None)
+
+
+@dataclass(frozen=True)
+class ToyStages:
+    """A picklable maker of toy stages for the runner's worker processes (``Runner.run(jobs=...)``).
+
+    ``graph`` maps each stage to the stages it needs, in a valid order. Each stage checks that the
+    files of the stages it needs exist (it fails if it runs too early), sleeps ``seconds`` and
+    writes ``<folder>/<name>.txt`` holding its process id; the stage named ``fail`` raises a
+    one-line :class:`wsss.errors.DataError` instead.
+    """
+
+    folder: str
+    graph: tuple[tuple[str, tuple[str, ...]], ...]
+    seconds: float = 0.0
+    fail: str | None = None
+
+    def run_stage(self, name: str, needs: tuple[str, ...]) -> int:
+        import os
+        import time
+
+        from wsss.errors import DataError
+
+        missing = [need for need in needs if not (Path(self.folder) / f"{need}.txt").is_file()]
+        if missing:
+            raise RuntimeError(f"stage {name} ran before {missing}")
+        time.sleep(self.seconds)
+        if name == self.fail:
+            raise DataError("toy failure", Path(self.folder) / f"{name}.txt")
+        (Path(self.folder) / f"{name}.txt").write_text(str(os.getpid()))
+        return os.getpid()
+
+    def __call__(self) -> list:
+        from functools import partial
+
+        from wsss.methods.base import Stage
+
+        return [Stage(name, run=partial(self.run_stage, name, needs), needs=needs, depends_on={"name": name})
+                for name, needs in self.graph]

@@ -116,3 +116,29 @@ def test_instance_rows_show_each_method_with_an_instance_network_beside_the_orac
     assert lines[2].split() == ["bbam", "61.5", "40.2", "12.0", "-", "15.5"]  # the cam row has no instances
     assert lines[3].startswith("fully supervised") and lines[3].split()[-1] == "40.0" and len(lines) == 4
     assert instance_table({"methods": {"cam": {}}, "fully_supervised": {}}) is None
+
+
+@pytest.mark.slow
+def test_run_with_two_jobs_gives_the_outputs_of_one_thread(tmp_path: Path) -> None:
+    import torch
+
+    root = tmp_path / "data"
+    synth.generate(root, synth.SynthConfig(seed=2, train=24, val=8, ood=4, size=96, classes=2), progress=False)
+    args = ["--set", f"data.root={root}", "--set", "classifier.epochs=1", "--set", "classifier.crop_size=96",
+            "--set", "classifier.resize_long=[84, 108]", "--set", "irn.epochs=1", "--set", "irn.crop_size=96",
+            "--set", "advcam.iterations=3", "--set", "runtime.progress=false",
+            "--set", "methods=[cam, advcam]", "--set", "until=pseudo", "--no-report"]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert main(["run", "synth/demo", "--work", str(tmp_path / "one"), *args]) == 0
+        torch.set_num_threads(2)  # two workers of one thread each
+        assert main(["run", "synth/demo", "--work", str(tmp_path / "two"), *args, "--set", "runtime.jobs=2"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    outputs = [p.relative_to(tmp_path / "one") for p in sorted((tmp_path / "one").rglob("*"))
+               if p.is_file() and p.parts[len((tmp_path / "one").parts)] in ("maps", "ir_labels", "pseudo")]
+    assert len(outputs) >= 4 * 24  # maps, IR labels and pseudo masks of both methods
+    for path in outputs:
+        assert (tmp_path / "two" / path).read_bytes() == (tmp_path / "one" / path).read_bytes(), path
+    assert (tmp_path / "two" / "irn" / "cam.pt").is_file()

@@ -68,3 +68,37 @@ def test_runner_needs_limits_what_reruns(tmp_path: Path) -> None:
     assert calls == ["a", "b", "c", "b"]
     with pytest.raises(ValueError, match="needs"):
         runner.run([Stage("x", run=lambda: None, needs=("nope",))])
+
+
+TOY_GRAPH = (("a", ()), ("b", ("a",)), ("c", ("a",)), ("d", ("b", "c")), ("e", ()))
+
+
+def test_runner_with_jobs_runs_independent_stages_at_once_after_what_they_need(tmp_path: Path) -> None:
+    from helpers import ToyStages
+
+    make = ToyStages(str(tmp_path), TOY_GRAPH, seconds=0.5)
+    results = Runner(tmp_path / "work").run(make(), jobs=2, rebuild=make)
+    assert list(results) == ["a", "b", "c", "d", "e"]  # every stage ran (each checks its needs' files)
+    assert all(not r.skipped for r in results.values())
+    pids = {name: r.value for name, r in results.items()}
+    assert len(set(pids.values())) == 2  # two worker processes, neither of them this one
+    assert pids["b"] != pids["c"]  # b and c were ready together: both workers took one
+    # a second run skips everything without starting a worker
+    again = Runner(tmp_path / "work").run(make(), jobs=2, rebuild=make)
+    assert all(r.skipped for r in again.values())
+
+
+def test_runner_with_jobs_stops_at_a_failed_stage_and_raises_its_error(tmp_path: Path) -> None:
+    from helpers import ToyStages
+
+    from wsss.errors import DataError
+
+    make = ToyStages(str(tmp_path), TOY_GRAPH, seconds=0.2, fail="b")
+    with pytest.raises(DataError, match="toy failure"):
+        Runner(tmp_path / "work").run(make(), jobs=2, rebuild=make)
+    assert (tmp_path / "c.txt").is_file()  # c ran beside b and finished
+    assert not (tmp_path / "d.txt").exists()  # d needs b: never started
+    # the fixed stage resumes: done stages are skipped, the rest run
+    fixed = ToyStages(str(tmp_path), TOY_GRAPH)
+    results = Runner(tmp_path / "work").run(fixed(), jobs=2, rebuild=fixed)
+    assert results["a"].skipped and results["c"].skipped and not results["d"].skipped

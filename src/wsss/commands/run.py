@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from wsss.errors import problems_error
     from wsss.methods import Context
-    from wsss.pipeline.recipes import build_stages, check_inputs, load_recipe
+    from wsss.pipeline.recipes import StageFactory, build_stages, check_inputs, load_recipe
     from wsss.pipeline.results import collect_results, format_results
     from wsss.pipeline.runner import Runner
     from wsss.runtime import PIPELINE_TIMEOUT, distributed_context
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise problems_error(problems, "with the recipe's inputs (nothing was run)")
     # under torchrun: one process group for the whole run (barriers between stages, DDP training)
     with distributed_context(ctx.device, timeout=PIPELINE_TIMEOUT) as (dist, _):
-        results = Runner(ctx.workdir, recipe).run(stages)
+        results = Runner(ctx.workdir, recipe).run(stages, jobs=recipe.runtime.jobs, rebuild=StageFactory.of(ctx))
     if not dist.is_main:
         return 0
     width = max(len(name) for name in results)

@@ -136,6 +136,10 @@ class RuntimeConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     seed: int = 0
     progress: bool = True
+    # stages run at once, each in a worker process with this process's threads shared out
+    # (wsss.pipeline.runner); one machine, no torchrun. Each stage's outputs are those of a run
+    # with its worker's thread count (bit for bit with jobs 2 on 2 threads and jobs 1 on 1).
+    jobs: int = 1
 
 
 @dataclass(frozen=True)

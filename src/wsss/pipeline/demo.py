@@ -24,9 +24,10 @@ from wsss.errors import DataError, problems_error
 from wsss.io import image_size, read_json, write_json, write_text
 from wsss.methods import Context, get_method, quick_settings
 from wsss.methods.chain import QUICK_SETTINGS
-from wsss.pipeline.recipes import build_stages, check_inputs, load_recipe
+from wsss.pipeline.recipes import StageFactory, build_stages, check_inputs, load_recipe
 from wsss.pipeline.report import build_report
-from wsss.pipeline.results import collect_results, format_results, instance_table, scores_of
+from wsss.pipeline.results import (collect_results, format_results, format_timings, instance_table, scores_of,
+                                   stage_timings)
 from wsss.pipeline.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
         problems = check_inputs(ctx, stages)
         if problems:
             raise problems_error(problems, "with the demo's inputs (nothing was run)")
-        Runner(ctx.workdir, config).run(stages)
+        Runner(ctx.workdir, config).run(stages, jobs=config.runtime.jobs, rebuild=StageFactory.of(ctx))
     if not dist_info.is_main:
         return {}
 
@@ -146,6 +147,7 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
         curves[method] = (np.asarray(sweep["thresholds"]), np.asarray(sweep["miou"]) / 100.0)
     final_rows += scores_of(ctx, "fully_supervised", "final", "fully supervised")
     results["seconds"] = round(time.perf_counter() - start, 1)
+    results["stages"] = stage_timings(ctx, [stage.name for stage in stages])
 
     seed_set = ctx.dataset(config.data.seed_split)
     if curves:
@@ -172,10 +174,14 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
         sections.append(format_table(final_rows, classes, title=f"Segmentation on split '{config.data.val_split}', "
                                      "trained on the pseudo masks of the same images, per class (IoU %)"))
     text = "\n\n".join(sections)
+    timings = format_timings(results["stages"])
     write_text(out / "results.txt", text + "\n")
+    write_text(out / "timings.txt", timings + "\n")
     write_json(out / "results.json", results)
     report, _ = build_report(ctx.workdir, out)
     print(text)
+    print("\nWhere the time went (seconds of the stages, summed per kind; every stage in timings.txt):")
+    print(timings.split("\n\n")[0])
     print(f"\nreport: {report} (and report.md beside it)")
     print(f"\nwrote {out / 'results.json'} ({results['seconds']:.0f} s)")
     return results

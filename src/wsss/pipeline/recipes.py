@@ -30,7 +30,7 @@ from wsss.pipeline.runner import finished_stages
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InputReport", "Recipe", "build_stages", "check_inputs", "final_summary", "inspect_inputs", "load_recipe",
+__all__ = ["InputReport", "Recipe", "StageFactory", "build_stages", "check_inputs", "final_summary", "inspect_inputs", "load_recipe",
            "seed_summary", "stage_work"]
 
 @dataclass
@@ -66,6 +66,8 @@ def load_recipe(name: str | Path | None = None, overrides: list[str] | tuple[str
     recipe = build(Recipe, None if name is None else recipe_path(name), overrides)
     if recipe.until not in UNTIL:
         raise ConfigError(f"until must be one of {', '.join(UNTIL)}, got {recipe.until!r}")
+    if recipe.runtime.jobs < 1:
+        raise ConfigError(f"runtime.jobs must be at least 1, got {recipe.runtime.jobs}")
     methods = [get_method(name) for name in recipe.methods]
     check_finite(recipe, "recipe")
     # the shared sections a run uses (IRN's only past the seeds, DeepLab's only to the end)
@@ -352,6 +354,28 @@ def build_stages(ctx: Context) -> list[Stage]:
         for stage in seg_stages(ctx, "fully_supervised", None, ()):
             stages[stage.name] = stage
     return list(stages.values())
+
+
+@dataclass(frozen=True)
+class StageFactory:
+    """:func:`build_stages` of a recipe and work folder, picklable: how a worker process of
+    :class:`~wsss.pipeline.runner.Runner` (``jobs`` > 1) makes the stages it runs. The recipe
+    travels as a plain dictionary and is rebuilt in the worker; progress bars are off there (several
+    running at once would overwrite each other's line)."""
+
+    recipe: dict[str, Any]
+    workdir: str
+
+    @classmethod
+    def of(cls, ctx: Context) -> StageFactory:
+        from wsss.config import to_dict
+
+        return cls(to_dict(ctx.recipe), str(ctx.workdir))
+
+    def __call__(self) -> list[Stage]:
+        recipe = build(Recipe, self.recipe)
+        recipe = dataclasses.replace(recipe, runtime=dataclasses.replace(recipe.runtime, progress=False))
+        return build_stages(Context(recipe, Path(self.workdir)))
 
 
 def final_summary(ctx: Context, method: str, what: str) -> float | None:

@@ -21,8 +21,8 @@ from wsss.methods import INSTANCE_ORACLE, Context, get_method, registered_method
 from wsss.pipeline.recipes import final_summary, seed_summary
 from wsss.pipeline.runner import read_marker
 
-__all__ = ["NO_SEEDS", "PROTOCOL_NOTE", "collect_results", "format_results", "results_cells", "scores_of",
-           "text_table"]
+__all__ = ["NO_SEEDS", "PROTOCOL_NOTE", "collect_results", "format_results", "format_timings", "results_cells",
+           "scores_of", "stage_timings", "text_table"]
 
 NO_SEEDS = {"seed_miou": None, "seed_threshold": None, "seed_miou_label_free": None,
             "seed_threshold_label_free": None, "seed_miou_fixed": None, "seed_threshold_fixed": None,
@@ -199,3 +199,50 @@ def scores_of(ctx: Context, method: str, what: str, label: str | None = None) ->
                                          threshold=result.get("threshold"),
                                          threshold_uses_ground_truth=bool(result.get("threshold_uses_ground_truth"))))
     return scores
+
+
+STAGE_KINDS = {
+    "classifier": "classifiers (CAM, W-OoD, BAP)",
+    "maps": "maps (attribution)",
+    "irn": "IRN training",
+    "seg": "segmentation training",
+    "predict": "segmentation prediction",
+    "detector": "detector training",
+    "mask_rcnn": "Mask R-CNN training",
+}
+"""How :func:`format_timings` names a kind of stage (the part of a stage's name after the method);
+the kinds not listed (IR labels, walks, edges, pseudo labels, evaluations) are "other"."""
+
+
+def stage_kind(name: str) -> str:
+    """The kind of stage ``name`` in the timing table: ``classifier`` and ``wood.classifier`` are
+    classifiers, ``cam.maps`` maps, ``fully_supervised.seg`` segmentation training, and so on."""
+    return STAGE_KINDS.get(name.rpartition(".")[2], "IR labels, walks, pseudo labels, evaluations")
+
+
+def stage_timings(ctx: Context, names: Sequence[str]) -> dict[str, float]:
+    """Seconds each finished stage of ``names`` took (its marker; a stage skipped on a rerun keeps
+    its first run's seconds), in the order given; unfinished ones are left out."""
+    timings = {}
+    for name in names:
+        marker = read_marker(ctx.workdir, name)
+        if marker and marker.get("state") == "done" and marker.get("seconds") is not None:
+            timings[name] = float(marker["seconds"])
+    return timings
+
+
+def format_timings(timings: dict[str, float]) -> str:
+    """Where the time went: the seconds of each kind of stage (:func:`stage_kind`) summed over the
+    methods, their share and how many stages each sums, heaviest first, then every stage."""
+    if not timings:
+        return "no stage finished: no timings"
+    total = sum(timings.values()) or 1.0
+    kinds: dict[str, list[float]] = {}
+    for name, seconds in timings.items():
+        kinds.setdefault(stage_kind(name), []).append(seconds)
+    rows = [[kind, f"{sum(times):.0f}", f"{100.0 * sum(times) / total:.0f}%", str(len(times))]
+            for kind, times in sorted(kinds.items(), key=lambda item: -sum(item[1]))]
+    rows.append(["total", f"{sum(timings.values()):.0f}", "100%", str(len(timings))])
+    each = [[name, f"{seconds:.1f}"] for name, seconds in timings.items()]
+    return (text_table(["stage kind", "seconds", "share", "stages"], rows) + "\n\n"
+            + text_table(["stage", "seconds"], each))
