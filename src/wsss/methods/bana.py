@@ -139,8 +139,9 @@ def box_problems(ctx: Context, split: str, use: str, *, need_boxes: bool) -> lis
                                   f"{len(dataset.ids)} images have none usable; first, {image_id!r}: "
                                   f"{first}"))
     if empty:
-        problems.append(DataError(f"{use} needs at least one box per image, but {len(empty)} of the "
-                                  f"{len(dataset.ids)} images of split {split!r} have none, e.g. {empty[0]!r}"))
+        problems.append(DataError(f"image {empty[0]!r} has no box: {use} needs at least one box per image, but "
+                                  f"{len(empty)} of the {len(dataset.ids)} images of split {split!r} have none "
+                                  "(list the images with boxes in a split file)", dataset.box_file(empty[0])))
     return problems
 
 
