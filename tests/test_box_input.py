@@ -159,7 +159,7 @@ def test_thin_boxes_a_box_of_a_class_the_labels_lack_and_an_image_without_boxes_
 
     write_xml(voc / "Annotations" / f"{empty}.xml", empty, (48, 48), [], dataset.classes)
     work = tmp_path / "bbam"
-    assert _run(voc, work, "bbam", "until=pseudo") == 0
+    assert _run(voc, work, "bbam", "until=pseudo", "bbam_detector.batch_size=8") == 0  # every image, in each update
     semantic = MaskStore(work / "pseudo" / "bbam")
     assert not semantic.load(empty).any()  # no box: all background
     assert set(np.unique(semantic.load(foreign))) <= {0, 255, *labels, missing}
