@@ -253,3 +253,16 @@ def test_bana_refuses_a_coco_image_without_annotations(coco, tmp_path, capsys):
     line = _refused(capsys, tmp_path / "work", path, "bana", f"data.train_split={path}",
                     f"data.seed_split={path}", f"data.val_split={path}", "until=pseudo")
     assert line.startswith(f"wsss: error: {path}: image {Path(bare['file_name']).stem!r} has no box")
+
+
+def test_check_data_with_boxes_finds_a_coco_box_outside_its_image(coco, capsys):
+    path, document = coco
+    assert main(["check-data", "--data", str(path), "--boxes"]) == 0
+    assert capsys.readouterr().out.startswith(f"ok: {path}")
+    words = _spoil_coco_outside(document)
+    _rewrite(path, document)
+    assert main(["check-data", "--data", str(path)]) == 0  # without --boxes the boxes are not read
+    capsys.readouterr()
+    assert main(["check-data", "--data", str(path), "--boxes"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"wsss: error: {path}: annotation") and words in lines[0]

@@ -332,20 +332,21 @@ class COCODataset(ImageDataset):
         return label_map
 
     # ------------------------------------------------------------------ validation
-    def validate(self, progress: bool = False) -> COCOValidationReport:
-        """Check every image decodes at the size the JSON states and every segmentation decodes.
-        A problem does not stop the check: every image is looked at.
+    def validate(self, progress: bool = False, boxes: bool = False) -> COCOValidationReport:
+        """Check every image decodes at the size the JSON states and every segmentation decodes,
+        and with ``boxes`` that every box lies in its image (:meth:`boxes`). A problem does not
+        stop the check: every image is looked at.
 
         Raises:
             DataError: after all images, every problem found: the problem itself when there is
                 one, else one error listing them (:func:`wsss.errors.problems_error`).
         """
-        report, problems = self.find_problems(progress=progress)
+        report, problems = self.find_problems(progress=progress, boxes=boxes)
         if problems:
             raise problems_error(problems, f"in {self.annotation_file}")
         return report
 
-    def find_problems(self, progress: bool = False, decode_images: bool = True
+    def find_problems(self, progress: bool = False, decode_images: bool = True, boxes: bool = False
                       ) -> tuple[COCOValidationReport, list[DataError]]:
         """What :meth:`validate` checks, returned instead of raised: the counts and every problem.
 
@@ -353,12 +354,15 @@ class COCODataset(ImageDataset):
             progress: show a progress bar.
             decode_images: decode every image and segmentation in full; False reads only each
                 image's header and its annotations' classes.
+            boxes: also check every box against its image (:meth:`boxes`).
         """
         report = COCOValidationReport()
         problems: list[DataError] = []
         for image_id in tqdm(self.ids, desc="check-data", disable=None if progress else True):
             try:
                 self._check_image(image_id, report, decode_images)
+                if boxes:
+                    self.boxes(image_id)
             except DataError as exc:
                 problems.append(exc)
         return report, problems
