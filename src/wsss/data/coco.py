@@ -217,8 +217,8 @@ class COCODataset(ImageDataset):
         A box may stick out of the image by :data:`~wsss.data.voc.BOX_TOLERANCE` pixels (it is
         clipped), as in VOC. A box of zero width or height (``w = 0`` or ``h = 0``, or nothing
         left inside the image after clipping) is left out, with one warning per annotation: COCO
-        2017's own training file holds two (annotations 918 and 2206849), and every COCO loader
-        drops them.
+        2017's own training file holds two (annotations 918 and 2206849), and detection loaders
+        such as torchvision's reference drop them.
 
         Returns:
             ``(boxes float32 (N, 4) x0, y0, x1, y1, classes int64 (N,) in 1..K)``.

@@ -40,7 +40,7 @@ status 2) and what it uses:
   inclusive: one pixel wide); a box of a class the image's labels lack (VOC's labels come from its
   masks, the boxes from its XML: the box is the supervision);
 * left out with a warning naming the annotation: a COCO box of zero width or height (COCO 2017's
-  training file holds two, annotations 918 and 2206849), as every COCO loader does;
+  training file holds two, annotations 918 and 2206849), as detection loaders do;
 * an image without boxes: refused by ``bana`` (stage 1's loss and stage 2's labels are over boxes;
   list the images with boxes in a split file); background for ``boxes``.
 """
