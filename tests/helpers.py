@@ -328,3 +328,16 @@ class ToyStages:
 
         return [Stage(name, run=partial(self.run_stage, name, needs), needs=needs, depends_on={"name": name})
                 for name, needs in self.graph]
+
+
+def coco_from_voc(voc_root: Path | str, split: str, path: Path | str) -> dict:
+    """Write split ``split`` of a VOC-layout folder (``wsss synth``'s) as a COCO instances JSON:
+    its ground-truth instances (boxes, RLE masks), images in the folder's ``JPEGImages``.
+    Returns the document written."""
+    from wsss.data.voc import VOCDataset
+    from wsss.stores.instances import InstanceStore
+
+    dataset = VOCDataset(voc_root, split)
+    store = InstanceStore(path)
+    store.save([dataset.ground_truth_instances(image_id) for image_id in dataset.ids], dataset.classes)
+    return json.loads(Path(path).read_text())

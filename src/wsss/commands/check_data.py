@@ -1,10 +1,10 @@
 """``wsss check-data``: validate a dataset before spending GPU hours on it.
 
 Reads every image of the split in full, every mask (size against its image, values in
-``0..K`` or 255), resolves every image's labels and, with ``--boxes``, checks the XML boxes lie
-in their image. Prints one summary line on success. A problem does not stop the check: at the
-end every problem found is reported, each a line naming its file (the first 20, then how many
-more), and the CLI exits 2.
+``0..K`` or 255), resolves every image's labels and, with ``--boxes``, checks the boxes (the XML
+files', or the COCO JSON's) lie in their image. Prints one summary line on success. A problem
+does not stop the check: at the end every problem found is reported, each a line naming its file
+(the first 20, then how many more), and the CLI exits 2.
 A ``--data`` ending in ``.json`` is read as a COCO instances file instead.
 """
 
@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--split", default="train", help="split name (ImageSets/Segmentation/<name>.txt) or split file path"
     )
     parser.add_argument(
-        "--boxes", action="store_true", help="also check Annotations/<id>.xml boxes against the images"
+        "--boxes", action="store_true",
+        help="also check the boxes (Annotations/<id>.xml, or the COCO JSON's) against the images"
     )
     parser.add_argument(
         "--label-source", default="auto", help="auto, masks, xml, file, or a path to an image_labels.json"
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         from wsss.data.coco import COCODataset
 
         coco = COCODataset(args.data, image_dir=args.images)
-        report = coco.validate(progress=True)
+        report = coco.validate(progress=True, boxes=args.boxes)
         print(f"ok: {coco.annotation_file}: {report.summary()}, {coco.num_classes - 1} classes")
         return 0
 

@@ -93,6 +93,10 @@ class ImageDataset(abc.ABC):
     def boxes(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         """``(boxes float32 (N, 4) x0, y0, x1, y1 in pixels, classes int64 (N,) in 1..K)``."""
 
+    def box_file(self, image_id: str) -> Path:
+        """The file the boxes of ``image_id`` come from, named in errors (VOC: its XML; COCO: the JSON)."""
+        return self._listed_in()
+
     @abc.abstractmethod
     def load_mask(self, image_id: str) -> np.ndarray:
         """The semantic label map ``uint8`` (H, W): 0 background, ``1..K``, 255 ignore."""

@@ -32,7 +32,7 @@ from pycocotools.coco import COCO
 from tqdm import tqdm
 
 from wsss.data.base import ImageDataset
-from wsss.data.voc import read_split_file
+from wsss.data.voc import BOX_TOLERANCE, read_split_file
 from wsss.errors import DataError, problems_error
 from wsss.io import IGNORE_INDEX, PathLike, image_size, read_image, read_json, voc_palette
 from wsss.stores.instances import ImageInstances, check_coco_document, coco_box, decode_rle, segmentation_rle
@@ -141,6 +141,7 @@ class COCODataset(ImageDataset):
             self.ids.append(image_id)
         self._id_of_image = {number: name for name, number in self._image_of_id.items()}
         self._label_cache: dict[str, np.ndarray] = {}
+        self._zero_area_warned: set[Any] = set()
         self._has_masks: bool | None = None
 
         self.split = split
@@ -211,13 +212,51 @@ class COCODataset(ImageDataset):
         return labels.copy()
 
     def boxes(self, image_id: str | int, include_crowd: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """``(boxes float32 (N, 4) x0, y0, x1, y1, classes int64 (N,))``, crowd left out by default."""
+        """The image's boxes, checked against its size in the JSON, crowd left out by default.
+
+        A box may stick out of the image by :data:`~wsss.data.voc.BOX_TOLERANCE` pixels (it is
+        clipped), as in VOC. A box of zero width or height (``w = 0`` or ``h = 0``, or nothing
+        left inside the image after clipping) is left out, with one warning per annotation: COCO
+        2017's own training file holds two (annotations 918 and 2206849), and detection loaders
+        such as torchvision's reference drop them.
+
+        Returns:
+            ``(boxes float32 (N, 4) x0, y0, x1, y1, classes int64 (N,) in 1..K)``.
+
+        Raises:
+            DataError: naming the JSON, the annotation and the image: a missing or non-numeric
+                bbox, a negative width or height, or a box outside the image by more than the
+                tolerance.
+        """
+        info = self.image_info(image_id)
+        height, width = int(info["height"]), int(info["width"])
         chosen = [a for a in self._annotations(image_id) if include_crowd or not a.get("iscrowd", 0)]
-        boxes = np.zeros((len(chosen), 4), dtype=np.float32)
-        for row, annotation in enumerate(chosen):
-            boxes[row] = coco_box(annotation, self.annotation_file)
-        classes = np.asarray([self._class_of_category[a["category_id"]] for a in chosen], dtype=np.int64)
-        return boxes, classes
+        boxes, classes = [], []
+        for annotation in chosen:
+            box = self._checked_box(annotation, info["file_name"], height, width)
+            if box is not None:
+                boxes.append(box)
+                classes.append(self._class_of_category[annotation["category_id"]])
+        return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(classes, dtype=np.int64)
+
+    def _checked_box(self, annotation: dict[str, Any], file_name: str, height: int, width: int) -> np.ndarray | None:
+        """One annotation's box, clipped to the image; None for a box of zero area (warned once)."""
+        x0, y0, x1, y1 = (float(v) for v in coco_box(annotation, self.annotation_file))
+        where = f"annotation {annotation['id']} (image {file_name}) bbox {annotation['bbox']}"
+        if not np.isfinite([x0, y0, x1, y1]).all():
+            raise DataError(f"{where} is not finite", self.annotation_file)
+        if x1 < x0 or y1 < y0:
+            raise DataError(f"{where} has a negative width or height", self.annotation_file)
+        if x0 < -BOX_TOLERANCE or y0 < -BOX_TOLERANCE or x1 > width + BOX_TOLERANCE or y1 > height + BOX_TOLERANCE:
+            raise DataError(f"{where} lies outside the {width}x{height} image", self.annotation_file)
+        box = np.clip([x0, y0, x1, y1], 0, [width, height, width, height])
+        if box[2] <= box[0] or box[3] <= box[1]:
+            if annotation["id"] not in self._zero_area_warned:
+                self._zero_area_warned.add(annotation["id"])
+                logger.warning("%s: %s has zero area inside the %dx%d image: left out of the boxes",
+                               self.annotation_file, where, width, height)
+            return None
+        return box
 
     # ------------------------------------------------------------------ masks
     @property
@@ -261,12 +300,15 @@ class COCODataset(ImageDataset):
         return self.has_masks
 
     def ground_truth_instances(self, image_id: str | int) -> ImageInstances:
-        """The non-crowd annotations as instances and the crowd regions as the image's ``ignore``."""
+        """The non-crowd annotations as instances and the crowd regions as the image's ``ignore``.
+        An annotation whose box has zero width or height is left out, as :meth:`boxes` leaves it
+        out (its mask is empty: no model can find it, and Mask R-CNN cannot train on its box)."""
         found = self.instances(image_id)
         crowd = found.is_crowd
         ignore = found.masks[crowd].any(axis=0) if crowd.any() else None
+        kept = ~crowd & (found.boxes[:, 2] > found.boxes[:, 0]) & (found.boxes[:, 3] > found.boxes[:, 1])
         name = self._id_of_image[self.coco_id(image_id)]
-        return ImageInstances(name, found.boxes[~crowd], found.classes[~crowd], found.masks[~crowd], ignore=ignore,
+        return ImageInstances(name, found.boxes[kept], found.classes[kept], found.masks[kept], ignore=ignore,
                               file_name=str(self.image_info(image_id)["file_name"]))
 
     def load_mask(self, image_id: str | int) -> np.ndarray:
@@ -290,20 +332,21 @@ class COCODataset(ImageDataset):
         return label_map
 
     # ------------------------------------------------------------------ validation
-    def validate(self, progress: bool = False) -> COCOValidationReport:
-        """Check every image decodes at the size the JSON states and every segmentation decodes.
-        A problem does not stop the check: every image is looked at.
+    def validate(self, progress: bool = False, boxes: bool = False) -> COCOValidationReport:
+        """Check every image decodes at the size the JSON states and every segmentation decodes,
+        and with ``boxes`` that every box lies in its image (:meth:`boxes`). A problem does not
+        stop the check: every image is looked at.
 
         Raises:
             DataError: after all images, every problem found: the problem itself when there is
                 one, else one error listing them (:func:`wsss.errors.problems_error`).
         """
-        report, problems = self.find_problems(progress=progress)
+        report, problems = self.find_problems(progress=progress, boxes=boxes)
         if problems:
             raise problems_error(problems, f"in {self.annotation_file}")
         return report
 
-    def find_problems(self, progress: bool = False, decode_images: bool = True
+    def find_problems(self, progress: bool = False, decode_images: bool = True, boxes: bool = False
                       ) -> tuple[COCOValidationReport, list[DataError]]:
         """What :meth:`validate` checks, returned instead of raised: the counts and every problem.
 
@@ -311,12 +354,15 @@ class COCODataset(ImageDataset):
             progress: show a progress bar.
             decode_images: decode every image and segmentation in full; False reads only each
                 image's header and its annotations' classes.
+            boxes: also check every box against its image (:meth:`boxes`).
         """
         report = COCOValidationReport()
         problems: list[DataError] = []
         for image_id in tqdm(self.ids, desc="check-data", disable=None if progress else True):
             try:
                 self._check_image(image_id, report, decode_images)
+                if boxes:
+                    self.boxes(image_id)
             except DataError as exc:
                 problems.append(exc)
         return report, problems

@@ -627,6 +627,9 @@ class VOCDataset(ImageDataset):
             self._xml_cache[image_id] = parsed
         return parsed
 
+    def box_file(self, image_id: str) -> Path:
+        return self.xml_path(image_id)
+
     def boxes(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         """Boxes of ``Annotations/<id>.xml`` as 0-based pixels, checked against the image.
 

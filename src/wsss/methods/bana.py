@@ -28,8 +28,21 @@ every box filled with its class (the smaller box on top where boxes overlap,
 :mod:`wsss.refine.box_masks`) as the pseudo masks, then the recipe's ``segmentation`` unchanged
 (the image-level methods' DeepLab and loss). It trains no classifier.
 
-Both need boxes (VOC XML or COCO JSON) for every image of the splits they read; a missing XML,
-an unknown class name or a box outside its image is found before the first stage.
+Both read boxes (VOC XML or COCO JSON) for every image of the splits they use, and never image
+labels. What ``wsss run`` refuses before the first stage (one line naming the XML or JSON, exit
+status 2) and what it uses:
+
+* refused: a missing or malformed XML, an object without a box, an unknown class name (COCO: an
+  unknown category), a box with no width or height (VOC ``xmax < xmin``, or nothing left inside the
+  image, as ``xmin = xmax = 0``), a box outside its image by more than a pixel (COCO: also a
+  negative width or height);
+* used: a box within a pixel of the image (clipped); VOC's ``xmin = xmax`` (its coordinates are
+  inclusive: one pixel wide); a box of a class the image's labels lack (VOC's labels come from its
+  masks, the boxes from its XML: the box is the supervision);
+* left out with a warning naming the annotation: a COCO box of zero width or height (COCO 2017's
+  training file holds two, annotations 918 and 2206849), as detection loaders do;
+* an image without boxes: refused by ``bana`` (stage 1's loss and stage 2's labels are over boxes;
+  list the images with boxes in a split file); background for ``boxes``.
 """
 
 from __future__ import annotations
@@ -117,7 +130,8 @@ class BanaSegConfig(Settings):
 def box_problems(ctx: Context, split: str, use: str, *, need_boxes: bool) -> list[WsssError]:
     """The images of ``split`` whose boxes cannot be read (missing or malformed XML, an unknown
     class, a box empty or outside its image) and, with ``need_boxes``, those with no box at all,
-    as at most one line per kind naming the first example and its file. Reads image headers only."""
+    as at most one line per kind naming the first example and its file (the module docstring
+    lists what is refused). Reads image headers only."""
     try:
         dataset = ctx.dataset(split)
     except WsssError:
@@ -139,8 +153,9 @@ def box_problems(ctx: Context, split: str, use: str, *, need_boxes: bool) -> lis
                                   f"{len(dataset.ids)} images have none usable; first, {image_id!r}: "
                                   f"{first}"))
     if empty:
-        problems.append(DataError(f"{use} needs at least one box per image, but {len(empty)} of the "
-                                  f"{len(dataset.ids)} images of split {split!r} have none, e.g. {empty[0]!r}"))
+        problems.append(DataError(f"image {empty[0]!r} has no box: {use} needs at least one box per image, but "
+                                  f"{len(empty)} of the {len(dataset.ids)} images of split {split!r} have none "
+                                  "(list the images with boxes in a split file)", dataset.box_file(empty[0])))
     return problems
 
 

@@ -48,8 +48,10 @@ where a split has none, its stages are left out (logged), not failed mid-run.
 ``until``: ``seeds`` stops after the maps (BBAM has no seeds), ``pseudo`` after the pseudo-mask
 score.
 
-Needs boxes (VOC XML or COCO JSON) for the images of both splits; a box that is empty, outside
-its image or of an unknown class is found before the first stage.
+Needs boxes (VOC XML or COCO JSON) for the images of both splits, checked before the first stage
+as for BANA (:mod:`wsss.methods.bana` lists what is refused, clipped and left out). An image
+without boxes is used as background: the detector trains on it with no object, its map file has no
+channels, its semantic pseudo label is all background and it has no pseudo instance.
 """
 
 from __future__ import annotations
