@@ -120,3 +120,12 @@ def test_build_keeps_the_datas_size_and_rebuilds_from_its_config():
         _tiny(anchor_sizes=(8, 16))
     with pytest.raises(ValueError, match="eval mode"):
         predict_instances(model.train(), [image])
+
+
+def test_rois_per_image_sets_the_sampled_rois_and_survives_a_rebuild():
+    model = _tiny(rois_per_image=64)
+    sampler = model.roi_heads.fg_bg_sampler
+    assert sampler.batch_size_per_image == 64 and sampler.positive_fraction == 0.25
+    assert rebuild_mask_rcnn(model.wsss_config).roi_heads.fg_bg_sampler.batch_size_per_image == 64
+    old = {k: v for k, v in model.wsss_config.items() if k != "rois_per_image"}  # a checkpoint from before
+    assert rebuild_mask_rcnn(old).roi_heads.fg_bg_sampler.batch_size_per_image == 512

@@ -170,6 +170,7 @@ def build_mask_rcnn(
     fpn_channels: int = 256,
     representation_size: int = 1024,
     mask_channels: int = 256,
+    rois_per_image: int = 512,
     anchor_sizes: Sequence[int] = ANCHOR_SIZES,
     frozen: bool | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -188,6 +189,9 @@ def build_mask_rcnn(
         fpn_channels: FPN channels (torchvision, maskrcnn-benchmark: 256).
         representation_size: the box head's MLP width (both: 1024).
         mask_channels: channels of the mask head's four convolutions (both: 256).
+        rois_per_image: RoIs sampled per training image for the box head, at most a quarter
+            positive, and the positive ones for the mask head (both: 512). The mask head's four
+            convolutions on up to a quarter of them are most of a step's work on small images.
         anchor_sizes: one anchor size per FPN level (five); aspect ratios 0.5, 1, 2.
         frozen: frozen BatchNorm, stem and ``layer1`` (for a pretrained backbone, as torchvision
             and maskrcnn-benchmark); ``None``: when ``weights`` is given.
@@ -210,13 +214,14 @@ def build_mask_rcnn(
         box_predictor=FastRCNNPredictor(representation_size, num_classes),
         mask_head=MaskRCNNHeads(fpn_channels, (mask_channels,) * 4, 1),
         mask_predictor=MaskRCNNPredictor(mask_channels, mask_channels, num_classes),
+        box_batch_size_per_image=int(rois_per_image),
     )
     model.roi_heads = IgnoreMaskRoIHeads.from_heads(model.roi_heads)
     model.transform = RcnnTransform(min_size, max_size, mean, std)
     model.wsss_config = {
         "backbone": backbone, "num_classes": int(num_classes), "min_size": min_size, "max_size": max_size,
         "fpn_channels": int(fpn_channels), "representation_size": int(representation_size),
-        "mask_channels": int(mask_channels), "anchor_sizes": [int(s) for s in anchor_sizes], "frozen": frozen,
+        "mask_channels": int(mask_channels), "rois_per_image": int(rois_per_image), "anchor_sizes": [int(s) for s in anchor_sizes], "frozen": frozen,
         "mean": list(mean), "std": list(std),
     }
     return model

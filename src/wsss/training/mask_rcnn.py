@@ -77,6 +77,7 @@ class MaskRcnnConfig(Settings):
     fpn_channels: int = 256  # maskrcnn-benchmark / torchvision
     representation_size: int = 1024  # FPN2MLPFeatureExtractor MLP_HEAD_DIM
     mask_channels: int = 256  # MaskRCNNFPNFeatureExtractor CONV_LAYERS (256, 256, 256, 256)
+    rois_per_image: int = 512  # ROI_HEADS.BATCH_SIZE_PER_IMAGE (a quarter at most positive, the mask head's)
     anchor_sizes: tuple[int, ...] | None = None  # None: torchvision's scaled to the data (module docstring)
     min_size: int | None = None  # None: each image at its own size; BBAM: train 416-512, test 512
     max_size: int | None = None  # only with min_size (None then: 1333); BBAM: 800
@@ -96,8 +97,8 @@ class MaskRcnnConfig(Settings):
 
     def validate(self) -> None:
         check_ranges(self, "mask_rcnn", positive=("lr",),
-                     at_least={"fpn_channels": 1, "representation_size": 1, "mask_channels": 1, "min_size": 1,
-                               "max_size": 1, "bias_lr_factor": 0, "momentum": 0, "weight_decay": 0, "steps": 1,
+                     at_least={"fpn_channels": 1, "representation_size": 1, "mask_channels": 1, "rois_per_image": 1,
+                               "min_size": 1, "max_size": 1, "bias_lr_factor": 0, "momentum": 0, "weight_decay": 0, "steps": 1,
                                "warmup_steps": 0, "warmup_factor": 0, "batch_size": 1, "seed": 0,
                                "checkpoint_every": 1})
         if self.anchor_sizes is not None and (len(self.anchor_sizes) != len(ANCHOR_SIZES)
@@ -226,7 +227,7 @@ def train_mask_rcnn(
     model = build_mask_rcnn(config.backbone, len(classes), min_size=config.min_size, max_size=config.max_size,
                             weights=config.weights, fpn_channels=config.fpn_channels,
                             representation_size=config.representation_size, mask_channels=config.mask_channels,
-                            anchor_sizes=anchors).to(device)
+                            rois_per_image=config.rois_per_image, anchor_sizes=anchors).to(device)
     log.info("Mask R-CNN on %s: images %s, anchors %s", config.backbone,
              "at their own size" if config.min_size is None else f"at {config.min_size}-{model.transform.max_size} px",
              list(anchors))
