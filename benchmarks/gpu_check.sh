@@ -27,7 +27,7 @@ wsss=("$python" -m wsss)
 
 if ((tiny)); then
     train="${TRAIN:-8}" val="${VAL:-2}" seed_images="${SEED_IMAGES:-4}" workers="${WORKERS:-0}"
-    sizes="[96,128]"  # IRN's radius of 10 cells needs crops of at least 80 px
+    sizes="[96,128]"  # IRN's radius of 10 cells needs crops of at least 76 px
     settings=(
         --set runtime.device=cpu
         --set classifier.epochs=1 --set classifier.batch_size=4 --set classifier.crop_size=96
