@@ -359,6 +359,17 @@ def test_the_default_trains_with_irns_momentum_quirk(tmp_path: Path, monkeypatch
         IrnConfig(momentum=0.9).validate()
 
 
+def test_a_crop_too_small_for_the_radius_is_one_config_error(tmp_path: Path) -> None:
+    dataset, labels = _tiny_dataset(tmp_path, count=4)
+    small = dict(backbone="resnet18_w16", output_stride=8, dilated=None, batch_size=4, epochs=1, rescale=None,
+                 num_workers=0, mean_shift_images=4)
+    # radius 10: a source needs 9 cells on each side, 19 across at stride 4, so 76 px
+    with pytest.raises(ConfigError, match=r"^irn.crop_size 72 gives 18 label cells across \(stride 4\); radius 10 "
+                                          r"needs at least 19: crop_size >= 76$"):
+        train_irn(dataset, labels, IrnConfig(**small, radius=10, crop_size=72), progress=False)
+    train_irn(dataset, labels, IrnConfig(**small, radius=10, crop_size=76), progress=False)
+
+
 def test_the_default_pads_the_boundary_input_to_512_as_irn() -> None:
     assert IrnConfig().edge_pad_to == 512
     torch.manual_seed(0)

@@ -149,9 +149,49 @@ def test_invalid_configs_are_config_errors():
         dict(size=8),
         dict(train=0, val=0),
         dict(jpeg_quality=(90, 101)),
+        dict(size_range=(20, 60)),
+        dict(size_range=(80, 60)),
     ):
         with pytest.raises(ConfigError):
             small_config(**bad).validate()
+
+
+def test_size_range_draws_each_side_and_the_files_follow_it(tmp_path):
+    config = small_config(train=10, val=4, ood=3, size_range=(40, 72), object_size=(0.3, 0.6))
+    root = synth.generate(tmp_path / "varied", config, progress=False)
+    records = records_by_id(root)
+    sides = {}
+    for split, count in (("train", 10), ("val", 4), ("ood", 3)):
+        for index in range(count):
+            name = synth.image_id(split, index)
+            image = wio.read_image(root / ("ood/JPEGImages" if split == "ood" else "JPEGImages") / f"{name}.jpg")
+            side = config.image_side(split, index)
+            assert image.shape == (side, side, 3) and 40 <= side <= 72
+            sides[name] = side
+            if split == "ood":
+                continue
+            assert records[name]["size"] == side
+            labels = wio.read_label_png(root / "SegmentationClass" / f"{name}.png")
+            assert labels.shape == (side, side) and labels.max() >= 1
+            size = ET.parse(root / "Annotations" / f"{name}.xml").getroot().find("size")
+            assert (int(size.findtext("width")), int(size.findtext("height"))) == (side, side)
+            for obj in records[name]["objects"]:  # boxes inside the image's own frame
+                assert 1 <= obj["box"][0] <= obj["box"][2] <= side and 1 <= obj["box"][1] <= obj["box"][3] <= side
+    assert len(set(sides.values())) > 5  # sides vary
+    manifest = wio.read_json(root / synth.MANIFEST_NAME)
+    assert manifest["config"]["size_range"] == [40, 72]
+    assert SynthConfig.from_dict(manifest["config"]) == config
+    # the same config again: the same bytes; another range: refused as another config
+    assert snapshot(synth.generate(tmp_path / "again", config, progress=False)) == snapshot(root)
+    with pytest.raises(DataError, match="size_range"):
+        synth.generate(root, small_config(train=10, val=4, ood=3, size_range=(40, 80), object_size=(0.3, 0.6)),
+                       progress=False)
+
+
+def test_without_size_range_the_manifest_names_no_such_field(small_set):
+    assert "size_range" not in wio.read_json(small_set / synth.MANIFEST_NAME)["config"]
+    assert "size" not in synth.read_records(small_set)[0]
+    assert all(small_config().image_side("train", i) == SMALL["size"] for i in range(3))
 
 
 # ---------------------------------------------------------------------------------------------

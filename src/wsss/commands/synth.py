@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ood", type=int, default=_DEFAULTS.ood, metavar="N",
                         help="number of OoD images: contexts and clutter, no object (default: %(default)s)")
     parser.add_argument("--size", type=int, default=_DEFAULTS.size, metavar="PX",
-                        help="image side in pixels (default: %(default)s)")
+                        help="image side in pixels (default: %(default)s); --set size_range=[LOW,HIGH] draws "
+                             "each image's side instead, e.g. [320,500] for VOC's geometry")
     parser.add_argument("--classes", type=int, default=_DEFAULTS.classes, metavar="K",
                         help=f"number of foreground classes, 2..{len(synth.CLASS_NAMES)}; the first K of "
                              f"{', '.join(synth.CLASS_NAMES[:4])}, ... (default: %(default)s)")

@@ -117,6 +117,12 @@ class SynthConfig:
     """Number of OoD images (contexts and clutter, no object) for W-OoD."""
     size: int = 128
     """Image side in pixels (images are square)."""
+    size_range: tuple[int, int] | None = None
+    """Inclusive range of the image side in pixels, drawn per image (images stay square); None:
+    every image is ``size`` wide. Lengths given as fractions of ``size`` (objects, parts, clutter,
+    pattern periods) are then fractions of each image's own side, and ``size`` is used nowhere.
+    PASCAL VOC's geometry: ``(320, 500)`` with ``object_size`` ``(0.3, 0.6)`` gives objects of
+    ~100-300 px (VOC's images are 500 px on the long side, most of them not square)."""
     classes: int = 8
     """Number of foreground classes K (2..len(CLASS_NAMES)); names are CLASS_NAMES[:K]."""
 
@@ -191,6 +197,8 @@ class SynthConfig:
             raise bad("train", "must be at least 1")
         if not 32 <= self.size <= 4096:
             raise bad("size", "must be in 32..4096")
+        if self.size_range is not None and not 32 <= self.size_range[0] <= self.size_range[1] <= 4096:
+            raise bad("size_range", "must be a range 32 <= low <= high <= 4096")
         if not 2 <= self.classes <= len(CLASS_NAMES):
             raise bad("classes", f"must be in 2..{len(CLASS_NAMES)}")
         probs = np.asarray(self.objects_per_image, dtype=float)
@@ -234,8 +242,25 @@ class SynthConfig:
         return min(self.context_classes, self.classes // 2, len(CONTEXT_NAMES))
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as JSON values (tuples become lists), as stored in ``synth.json``."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """The config as JSON values (tuples become lists), as stored in ``synth.json``.
+
+        ``size_range`` is left out when None, so a set of square ``size`` images keeps the
+        ``synth.json`` it had before the field existed (and a set written then still resumes).
+        """
+        values = json.loads(json.dumps(dataclasses.asdict(self)))
+        if values["size_range"] is None:
+            del values["size_range"]
+        return values
+
+    def image_side(self, split: str, index: int) -> int:
+        """The side in pixels of image ``index`` (0-based) of ``split``: ``size``, or a draw from
+        ``size_range`` by a generator of its own (the image's other draws are those of
+        :func:`image_rng` whatever its side)."""
+        if self.size_range is None:
+            return self.size
+        rng = np.random.default_rng(np.random.SeedSequence([int(self.seed), SPLIT_CODES[split], int(index), 1]))
+        low, high = self.size_range
+        return int(rng.integers(low, high + 1))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SynthConfig":
@@ -1031,6 +1056,7 @@ def generate(root: str | Path, config: SynthConfig | None = None, progress: bool
         log.info("resuming the synth set in %s", root)
 
     drawer = SceneDrawer(config)
+    drawers = {config.size: drawer}  # one per image side (size_range): the pixel grids are per side
     class_names = [BACKGROUND_NAME] + [s.name for s in drawer.specs]
     wio.write_text(root / "classes.txt", "\n".join(class_names) + "\n")
 
@@ -1040,8 +1066,14 @@ def generate(root: str | Path, config: SynthConfig | None = None, progress: bool
     for split, index in tqdm(jobs, desc="synth", unit="img", disable=not progress):
         name = image_id(split, index)
         rng = image_rng(config.seed, split, index)
-        scene = drawer.ood_scene(rng, name) if split == "ood" else drawer.scene(rng, name)
-        written += _write_missing(_paths(root, split, name), scene, class_names, config.size)
+        side = config.image_side(split, index)
+        if side not in drawers:
+            drawers[side] = SceneDrawer(dataclasses.replace(config, size=side, size_range=None))
+        here = drawers[side]
+        scene = here.ood_scene(rng, name) if split == "ood" else here.scene(rng, name)
+        if config.size_range is not None:  # records of square `size` images stay as they were
+            scene.record["size"] = side
+        written += _write_missing(_paths(root, split, name), scene, class_names, side)
         records[split].append(scene.record)
 
     lists = root / "ImageSets" / "Segmentation"
@@ -1094,7 +1126,8 @@ def _mean(values: Sequence[float]) -> float | None:
 def measure(
     records: dict[str, list[dict[str, Any]]], specs: Sequence[ClassSpec], size: int
 ) -> dict[str, Any]:
-    """Dataset statistics from the per-image records (train and val pooled unless named)."""
+    """Dataset statistics from the per-image records (train and val pooled unless named); ``size``
+    is the side of the images whose record names none."""
     labelled = records["train"] + records["val"]
     objects = [o for r in labelled for o in r["objects"]]
     part_fraction = [o["part_area"] / o["area"] for o in objects]
@@ -1135,7 +1168,8 @@ def measure(
         "fill_ratio": _mean(fill),
         "visible_fraction": _mean([o["area"] / o["full_area"] for o in objects]),
         "occluded_or_truncated": _mean([o["area"] < o["full_area"] for o in objects]),
-        "foreground_fraction": _mean([sum(o["area"] for o in r["objects"]) / size**2 for r in labelled]),
+        "foreground_fraction": _mean([sum(o["area"] for o in r["objects"]) / r.get("size", size) ** 2
+                                      for r in labelled]),
         "object_area_px": _mean([o["area"] for o in objects]),
         "part_area_px": _mean([o["part_area"] for o in objects]),
         "context": context,

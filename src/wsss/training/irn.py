@@ -492,6 +492,10 @@ def train_irn(
         raise ConfigError(f"the training set has {len(data)} images, fewer than one batch of {config.batch_size}")
     if config.crop_size % LABEL_STRIDE:
         raise ConfigError(f"crop_size must be a multiple of {LABEL_STRIDE}, got {config.crop_size}")
+    cells, needed = config.crop_size // LABEL_STRIDE, 2 * config.radius - 1  # a source has radius - 1 cells each side
+    if cells < needed:
+        raise ConfigError(f"irn.crop_size {config.crop_size} gives {cells} label cells across (stride {LABEL_STRIDE}); "
+                          f"radius {config.radius} needs at least {needed}: crop_size >= {LABEL_STRIDE * needed}")
     data.check()
     model = build_irn(config, init_backbone_from).to(device)
     loss_fn = AffinityDisplacementLoss(config.radius)
