@@ -4,14 +4,17 @@ For the three networks the demo trains on the CPU, at the demo's batch and crop 
 ``synth/demo`` recipe: the CAM classifier and IRN on ``resnet18_w16``, 8 images of 128 px; the
 segmentation network ``deeplab_v2_resnet18_w16``, 8 crops of 128 px), it times one training
 update (forward, loss, backward, SGD step) and the segmentation network's multi-scale inference
-of one 128-px image (the recipe's scales, each with its flip), each in:
+of one 128-px image (the recipe's scales, each with its flip), each in (through
+:class:`wsss.runtime.FastPaths`, what the trainers use):
 
 * ``float32``: contiguous (NCHW) tensors, the baseline;
 * ``channels_last``: model and inputs in NHWC (``torch.channels_last``);
 * ``bf16``: the forward pass under ``torch.autocast("cpu", dtype=torch.bfloat16)``;
 * ``channels_last+bf16``: both;
-* ``compile``: ``torch.compile`` of the float32 model (left out with ``--no-compile``, or
-  reported as failed when it does not build), its build time printed apart.
+* ``compile`` (with ``--compile``): ``torch.compile`` of the float32 model (reported as failed
+  when it does not build), its build time printed apart. Left out by default: on the 2-core
+  machine it was measured building the classifier's update for 323 s, which then ran at 0.43x
+  the baseline's speed (docs/speed.md).
 
 It prints seconds per call (the median of ``--repeats`` timed calls after ``--warmup``
 untimed ones) and the ratio to the baseline. The machine's cores are shared with other
@@ -25,7 +28,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
@@ -36,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from wsss.config import recipe_section
-from wsss.runtime import seed_everything
+from wsss.runtime import FastPaths, seed_everything
 
 VARIANTS = ("float32", "channels_last", "bf16", "channels_last+bf16", "compile")
 NUM_CLASSES = 9  # the generated benchmark's 8 classes and background
@@ -50,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--recipe", default="synth/demo")
     parser.add_argument("--only", default="classifier,irn,segmentation,inference",
                         help="comma-separated cases to run")
-    parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of building)")
     return parser.parse_args(argv)
 
 
@@ -113,15 +115,10 @@ def _segmentation_case(recipe: str, batch: int) -> tuple[torch.nn.Module, Callab
 TRAINING_CASES = {"classifier": _classifier_case, "irn": _irn_case, "segmentation": _segmentation_case}
 
 
-def _autocast(bf16: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
-def _to_format(data: dict, channels_last: bool) -> dict:
-    if not channels_last:
-        return data
-    return {key: value.contiguous(memory_format=torch.channels_last) if value.ndim == 4 else value
-            for key, value in data.items()}
+def _fast_paths(variant: str) -> FastPaths:
+    """The library's settings for ``variant`` (``compile``: float32, contiguous)."""
+    return FastPaths(channels_last=variant.startswith("channels_last"),
+                     autocast="bf16" if variant.endswith("bf16") else "none")
 
 
 def _median_seconds(call: Callable[[], None], repeats: int, warmup: int) -> float:
@@ -139,11 +136,9 @@ def time_training(name: str, variant: str, args: argparse.Namespace) -> tuple[fl
     """Seconds per update of case ``name`` in ``variant``; and the compile time, for ``compile``."""
     seed_everything(0)
     model, loss_fn, data = TRAINING_CASES[name](args.recipe, 0)
-    channels_last = variant.startswith("channels_last")
-    bf16 = variant.endswith("bf16")
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    data = _to_format(data, channels_last)
+    fast = _fast_paths(variant)
+    fast.prepare(model)
+    data = {key: fast.inputs(value) for key, value in data.items()}
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     forward = model
@@ -151,15 +146,15 @@ def time_training(name: str, variant: str, args: argparse.Namespace) -> tuple[fl
     if variant == "compile":
         forward = torch.compile(model)
         start = time.perf_counter()
-        step_once(forward, loss_fn, data, optimizer, bf16)
+        step_once(forward, loss_fn, data, optimizer, fast)
         build = time.perf_counter() - start
-    return _median_seconds(lambda: step_once(forward, loss_fn, data, optimizer, bf16),
+    return _median_seconds(lambda: step_once(forward, loss_fn, data, optimizer, fast),
                            args.repeats, args.warmup), build
 
 
 def step_once(model: torch.nn.Module, loss_fn: Callable, data: dict, optimizer: torch.optim.Optimizer,
-              bf16: bool) -> None:
-    with _autocast(bf16):
+              fast: FastPaths) -> None:
+    with fast.autocast_on("cpu"):
         loss = loss_fn(model, data)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -174,18 +169,16 @@ def time_inference(variant: str, args: argparse.Namespace) -> tuple[float, float
     seed_everything(0)
     model, _, _ = _segmentation_case(args.recipe, 1)
     model.eval()
-    channels_last = variant.startswith("channels_last")
-    bf16 = variant.endswith("bf16")
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    fast = _fast_paths(variant)
+    fast.prepare(model)
     scales = recipe_section(args.recipe, "seg_inference", SegInferenceConfig).scales
     image = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
     forward = model
     build = None
 
     def call() -> None:
-        with torch.no_grad(), _autocast(bf16):
-            predict_logits(forward, image, device="cpu", scales=scales, flip=True)
+        with torch.no_grad():
+            predict_logits(forward, image, device="cpu", scales=scales, flip=True, fast_paths=fast)
 
     if variant == "compile":
         forward = torch.compile(model, dynamic=False)
@@ -199,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     cases = [c.strip() for c in args.only.split(",") if c.strip()]
-    variants = [v for v in VARIANTS if not (v == "compile" and args.no_compile)]
+    variants = [v for v in VARIANTS if v != "compile" or args.compile]
     print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats} calls after "
           f"{args.warmup} warm-up; oneDNN bf16 supported: {torch.backends.mkldnn.is_available() and _bf16_supported()}")
     print("The cores are shared with other processes: compare the ratios within this run, not the seconds "

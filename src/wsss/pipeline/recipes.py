@@ -68,6 +68,7 @@ def load_recipe(name: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(f"until must be one of {', '.join(UNTIL)}, got {recipe.until!r}")
     methods = [get_method(name) for name in recipe.methods]
     check_finite(recipe, "recipe")
+    recipe.runtime.validate()
     # the shared sections a run uses (IRN's only past the seeds, DeepLab's only to the end)
     unused = {"seeds": ("ir_labels", "irn", "random_walk", "segmentation"), "pseudo": ("segmentation",)}
     for section in SHARED_SECTIONS:
