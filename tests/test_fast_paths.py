@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_voc
+from helpers import load_benchmark, make_voc
 from test_seg_train import make_colour_voc
 from torch import nn
 
@@ -234,3 +234,16 @@ def test_inference_channels_last_matches_float32_and_bf16_is_close(tmp_path: Pat
         predict_dataset(fresh, dataset, tmp_path / name, device="cpu", progress=False, fast_paths=fast)
         written[name] = [(tmp_path / name / f"{i}.png").read_bytes() for i in dataset.ids]
     assert _channels_last(fresh) and written["float32"] == written["channels_last"]
+
+
+# ------------------------------------------------------------------ the benchmark
+def test_the_speed_benchmark_times_every_variant_through_fast_paths(capsys: pytest.CaptureFixture) -> None:
+    for bench in load_benchmark("cpu_fast_paths"):
+        assert bench._fast_paths("channels_last+bf16") == FAST
+        assert bench._fast_paths("compile") == FastPaths()
+        assert bench.main(["--only", "inference", "--repeats", "1", "--warmup", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "compare the ratios within this run" in printed
+    rows = [line.split() for line in printed.splitlines() if line.startswith("inference, 1 image")]
+    assert [row[3] for row in rows] == ["float32", "channels_last", "bf16", "channels_last+bf16"]
+    assert rows[0][5] == "1.00x" and all(float(row[4]) > 0 for row in rows)
