@@ -87,6 +87,35 @@ def test_bf16_changes_the_fingerprints_of_the_stages_that_use_it_and_channels_la
     assert bf16["cam.seg"].depends_on["autocast"] == "bf16"
 
 
+def test_the_chain_hands_the_recipes_fast_paths_to_every_trainer_and_to_inference(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wsss.segmentation.inference as inference
+    import wsss.segmentation.train as seg_train
+    import wsss.training.irn as irn
+
+    root = make_voc(tmp_path / "voc", classes=["background", "a", "b"]).root
+    recipe = load_recipe("synth/demo", [f"data.root={root}", "methods=[cam]", "data.val_split=train",
+                                        "runtime.channels_last=true", "runtime.autocast=bf16"])
+    given: dict[str, FastPaths] = {}
+
+    def record(name: str, result=None):
+        def call(*args, fast_paths=None, **kwargs):
+            given[name] = fast_paths
+            return result
+        return call
+
+    monkeypatch.setattr(classifier_module, "train_classifier",
+                        record("classifier", classifier_module.TrainResult(model=None)))
+    monkeypatch.setattr(irn, "train_irn", record("irn"))
+    monkeypatch.setattr(seg_train, "train_segmentation", record("segmentation"))
+    monkeypatch.setattr(seg_train, "load_trained_model", lambda *args, **kwargs: (nn.Identity(), {}))
+    monkeypatch.setattr(inference, "predict_dataset", record("inference"))
+    stages = {stage.name: stage for stage in build_stages(Context(recipe, tmp_path / "work"))}
+    for name in ("classifier", "cam.irn", "cam.seg", "cam.predict"):
+        stages[name].run()
+    assert given == {"classifier": FAST, "irn": FAST, "segmentation": FAST, "inference": FAST}
+
+
 # ------------------------------------------------------------------ the engine
 def test_engine_autocast_is_bfloat16_on_the_cpu_without_a_scaler() -> None:
     model = nn.Conv2d(3, 4, 3)
