@@ -14,6 +14,8 @@ Nothing here knows about a method, a model or a dataset; every trainer, method a
   work such as the dense CRF).
 * **Model mode**: :func:`eval_mode` puts a model in eval mode for a block and restores the mode
   it had, whatever happens inside.
+* **Fast paths**: :class:`FastPaths`, how a network computes (channels-last memory format,
+  bfloat16 autocast), from the recipe's ``runtime`` section to the trainers and inference.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import random
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Literal, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -40,8 +42,11 @@ from wsss.errors import ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "AUTOCAST_MODES",
     "PIPELINE_TIMEOUT",
+    "AutocastMode",
     "DistInfo",
+    "FastPaths",
     "barrier",
     "dist_info_from_env",
     "distributed_context",
@@ -84,6 +89,64 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available")
     return device
+
+
+AutocastMode = Literal["none", "bf16"]
+AUTOCAST_MODES: tuple[str, ...] = ("none", "bf16")
+
+
+@dataclass(frozen=True)
+class FastPaths:
+    """How a network computes: the memory format of its weights and inputs, the forward pass's dtype.
+
+    Both are the CPU's own fast paths (oneDNN); measured on the demo's networks in
+    ``docs/speed.md`` ("Training and inference on the CPU", ``benchmarks/cpu_fast_paths.py``).
+
+    Attributes:
+        channels_last: weights and 4-D inputs in ``torch.channels_last`` (NHWC). The same
+            computation in another order: outputs equal float32's up to rounding.
+        autocast: ``"none"`` (float32) or ``"bf16"``: forward passes under
+            ``torch.autocast(device, dtype=torch.bfloat16)`` (convolutions and matrix products in
+            bfloat16, 8 bits of mantissa; losses and weights stay float32). It changes results,
+            so the stages that use it count it in their fingerprints.
+    """
+
+    channels_last: bool = False
+    autocast: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.autocast not in AUTOCAST_MODES:
+            raise ConfigError(f"runtime.autocast must be one of {', '.join(AUTOCAST_MODES)}, got {self.autocast!r}")
+        if not isinstance(self.channels_last, bool):
+            raise ConfigError(f"runtime.channels_last must be true or false, got {self.channels_last!r}")
+
+    @property
+    def bf16(self) -> bool:
+        """Forward passes run under bfloat16 autocast."""
+        return self.autocast == "bf16"
+
+    @property
+    def dependency(self) -> dict[str, Any]:
+        """Fingerprint entries of a stage run with these paths: ``{"autocast": "bf16"}`` under
+        bfloat16, none in float32 (what such a stage computed before the setting existed); the
+        memory format changes no result beyond rounding, so it is not one."""
+        return {"autocast": self.autocast} if self.bf16 else {}
+
+    def prepare(self, model: M) -> M:
+        """``model`` (moved in place) in the memory format; unchanged when ``channels_last`` is off."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """A 4-D input batch in the memory format (other tensors as they are)."""
+        if self.channels_last and images.ndim == 4:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def autocast_on(self, device: torch.device | str) -> contextlib.AbstractContextManager:
+        """The forward pass's autocast context on ``device`` (a no-op in float32)."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 @contextlib.contextmanager

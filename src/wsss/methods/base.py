@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from wsss.errors import ConfigError
+from wsss.runtime import AutocastMode, FastPaths
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,21 @@ class RuntimeConfig:
     # (wsss.pipeline.runner); one machine, no torchrun. Each stage's outputs are those of a run
     # with its worker's thread count (bit for bit with jobs 2 on 2 threads and jobs 1 on 1).
     jobs: int = 1
+    # The CPU's fast paths for the classifier, IRN and segmentation networks (training and the
+    # segmentation network's inference; wsss.runtime.FastPaths, measured in docs/speed.md):
+    channels_last: bool = False  # NHWC weights and inputs: the same results up to rounding
+    autocast: AutocastMode = "none"  # bf16: forward passes in bfloat16 (changes results; fingerprinted)
+
+    @property
+    def fast_paths(self) -> FastPaths:
+        """``channels_last`` and ``autocast`` for the trainers and inference."""
+        return FastPaths(channels_last=self.channels_last, autocast=self.autocast)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on an invalid fast-path setting or job count."""
+        self.fast_paths  # noqa: B018  FastPaths checks its values
+        if self.jobs < 1:
+            raise ConfigError(f"runtime.jobs must be at least 1, got {self.jobs}")
 
 
 @dataclass(frozen=True)
@@ -218,6 +234,11 @@ class Context:
         from wsss.runtime import resolve_device
 
         return resolve_device(self.recipe.runtime.device)
+
+    @property
+    def fast_paths(self) -> FastPaths:
+        """The recipe's memory format and autocast for its networks (``runtime`` section)."""
+        return self.recipe.runtime.fast_paths
 
     def ood(self):
         """The recipe's OoD images (W-OoD)."""

@@ -181,7 +181,7 @@ def classifier_stage(ctx: Context) -> Stage:
         result = train_classifier(
             ctx.dataset(recipe.data.train_split), recipe.classifier, device=ctx.device,
             out=ctx.classifier_path, val_source=ctx.dataset(recipe.data.val_split),
-            progress=recipe.runtime.progress, seed=recipe.runtime.seed,
+            progress=recipe.runtime.progress, seed=recipe.runtime.seed, fast_paths=ctx.fast_paths,
         )
         return {"history": result.history, "seconds": result.seconds}
 
@@ -195,7 +195,8 @@ def classifier_stage(ctx: Context) -> Stage:
     return Stage(
         "classifier", run=run, clear=remover(ctx.classifier_path), needs=(), main_only=True, work=work,
         depends_on={"data": [recipe.data.root, recipe.data.train_split],
-                    "classifier": result_settings(recipe.classifier), "seed": recipe.runtime.seed},
+                    "classifier": result_settings(recipe.classifier), "seed": recipe.runtime.seed,
+                    **ctx.fast_paths.dependency},
     )
 
 
@@ -295,7 +296,7 @@ def _irn_stage(ctx: Context, method: str) -> Stage:
 
         train_irn(ctx.dataset(recipe.data.seed_split), ctx.ir_label_dir(method), recipe.irn,
                   device=ctx.device, out=path, init_backbone_from=None if recipe.irn.weights else ctx.classifier_path,
-                  progress=recipe.runtime.progress, seed=recipe.runtime.seed)
+                  progress=recipe.runtime.progress, seed=recipe.runtime.seed, fast_paths=ctx.fast_paths)
 
     def work() -> Work:
         config = recipe.irn
@@ -303,7 +304,8 @@ def _irn_stage(ctx: Context, method: str) -> Stage:
                              f"{config.crop_size}-px crops", "irn.batch_size")
 
     return Stage(f"{method}.irn", run=run, clear=remover(path), needs=(f"{method}.ir_labels", "classifier"),
-                 main_only=True, depends_on={"irn": result_settings(recipe.irn), "seed": recipe.runtime.seed},
+                 main_only=True, depends_on={"irn": result_settings(recipe.irn), "seed": recipe.runtime.seed,
+                                             **ctx.fast_paths.dependency},
                  work=work)
 
 
@@ -368,7 +370,7 @@ def seg_stages(ctx: Context, method: str, masks: Path | Mapping[str, Path] | Non
         from wsss.segmentation.train import train_segmentation
 
         train_segmentation(ctx.dataset(train_set), targets, settings, device=ctx.device,
-                           out_dir=seg_dir, progress=recipe.runtime.progress)
+                           out_dir=seg_dir, progress=recipe.runtime.progress, fast_paths=ctx.fast_paths)
 
     def predict() -> None:
         from wsss.segmentation.inference import predict_dataset
@@ -380,7 +382,7 @@ def seg_stages(ctx: Context, method: str, masks: Path | Mapping[str, Path] | Non
         inference = recipe.seg_inference
         predict_dataset(model.to(ctx.device), dataset, pred_dir, device=ctx.device, scales=inference.scales,
                         flip=inference.flip, merge=inference.merge, crf=inference.crf, crf_scale=recipe.scale,
-                        progress=recipe.runtime.progress)
+                        progress=recipe.runtime.progress, fast_paths=ctx.fast_paths)
 
     def train_work() -> Work:
         images = len(ctx.dataset(train_set))
@@ -403,10 +405,12 @@ def seg_stages(ctx: Context, method: str, masks: Path | Mapping[str, Path] | Non
     return [
         # every rank trains (DDP under torchrun)
         Stage(f"{method}.seg", run=train, clear=remover(seg_dir), needs=needs,
-              depends_on={"train": train_set, "segmentation": result_settings(settings)}, work=train_work),
+              depends_on={"train": train_set, "segmentation": result_settings(settings), **ctx.fast_paths.dependency},
+              work=train_work),
         Stage(f"{method}.predict", run=predict, clear=remover(pred_dir), needs=(f"{method}.seg",),
               depends_on={"val": recipe.data.val_split, "inference": recipe.seg_inference,
-                          **(scale_dependency(ctx) if recipe.seg_inference.crf else {})}, work=predict_work),
+                          **(scale_dependency(ctx) if recipe.seg_inference.crf else {}), **ctx.fast_paths.dependency},
+              work=predict_work),
         eval_stage(ctx, method, "final", f"{method}.predict", pred_dir, recipe.data.val_split),
     ]
 

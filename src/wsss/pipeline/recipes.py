@@ -66,10 +66,9 @@ def load_recipe(name: str | Path | None = None, overrides: list[str] | tuple[str
     recipe = build(Recipe, None if name is None else recipe_path(name), overrides)
     if recipe.until not in UNTIL:
         raise ConfigError(f"until must be one of {', '.join(UNTIL)}, got {recipe.until!r}")
-    if recipe.runtime.jobs < 1:
-        raise ConfigError(f"runtime.jobs must be at least 1, got {recipe.runtime.jobs}")
     methods = [get_method(name) for name in recipe.methods]
     check_finite(recipe, "recipe")
+    recipe.runtime.validate()
     # the shared sections a run uses (IRN's only past the seeds, DeepLab's only to the end)
     unused = {"seeds": ("ir_labels", "irn", "random_walk", "segmentation"), "pseudo": ("segmentation",)}
     for section in SHARED_SECTIONS:

@@ -35,7 +35,7 @@ from wsss.config import check_scale
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, scaled_size, to_chw_tensor
 from wsss.errors import ConfigError
 from wsss.io import voc_palette
-from wsss.runtime import DistInfo, eval_mode, run_per_image
+from wsss.runtime import DistInfo, FastPaths, eval_mode, run_per_image
 from wsss.stores.masks import MaskStore
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ def predict_logits(
     merge: str = "max",
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    fast_paths: FastPaths | None = None,
 ) -> torch.Tensor:
     """Merged logits (C, H, W) on ``device`` of one ``uint8`` (H, W, 3) image (see the module doc).
 
@@ -88,6 +89,9 @@ def predict_logits(
         flip: also run the horizontally flipped image.
         merge: ``"max"`` or ``"mean"`` over scales and flips.
         mean, std: normalisation; default the model's ``input_mean``/``input_std``, else ImageNet.
+        fast_paths: the inputs' memory format (give the model the same, see
+            :meth:`~wsss.runtime.FastPaths.prepare`) and the forward pass's autocast; the logits
+            are upsampled and merged in float32. Default: float32, contiguous.
     """
     if merge not in MERGE_MODES:
         raise ConfigError(f"merge must be one of {', '.join(MERGE_MODES)}, got {merge!r}")
@@ -99,6 +103,7 @@ def predict_logits(
         raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
     _check_inference_mode(model)
     device = torch.device(device)
+    fast_paths = fast_paths or FastPaths()
     mean = getattr(model, "input_mean", IMAGENET_MEAN) if mean is None else mean
     std = getattr(model, "input_std", IMAGENET_STD) if std is None else std
     height, width = image.shape[:2]
@@ -112,7 +117,8 @@ def predict_logits(
                                                                align_corners=False)
         if flip:
             x = torch.cat([x, x.flip(-1)])
-        logits = model(x)
+        with fast_paths.autocast_on(device):
+            logits = model(fast_paths.inputs(x))
         if logits.ndim != 4 or logits.shape[0] != x.shape[0]:
             raise ValueError(f"the model must return (B, C, h, w) logits, got {tuple(logits.shape)}")
         logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
@@ -142,6 +148,7 @@ def predict_probs(
     crf: str | None = None,
     crf_scale: str = "reference",
     where: str | os.PathLike | None = None,
+    fast_paths: FastPaths | None = None,
 ) -> np.ndarray:
     """Class probabilities ``float32`` (C, H, W): softmax of :func:`predict_logits`, optionally CRF-refined.
 
@@ -150,10 +157,11 @@ def predict_probs(
             settings; ``"bana"``...), or ``None`` for no CRF.
         crf_scale: ``"reference"``: the preset's pixel widths; ``"image"``: scaled to the image.
         where: file named in CRF errors.
+        fast_paths: see :func:`predict_logits`.
         Others: see :func:`predict_logits`.
     """
     logits = predict_logits(model, image, device=device, scales=scales, flip=flip, merge=merge,
-                            mean=mean, std=std)
+                            mean=mean, std=std, fast_paths=fast_paths)
     probs = torch.softmax(logits, dim=0).cpu().numpy().astype(np.float32)
     if crf is None:
         return probs
@@ -178,16 +186,18 @@ def predict(
     crf: str | None = None,
     crf_scale: str = "reference",
     where: str | os.PathLike | None = None,
+    fast_paths: FastPaths | None = None,
 ) -> np.ndarray:
     """Label map ``uint8`` (H, W): the argmax of :func:`predict_probs` (same arguments)."""
     if crf is None:  # the argmax of the softmax is that of the logits: skip the softmax
         logits = predict_logits(model, image, device=device, scales=scales, flip=flip, merge=merge,
-                                mean=mean, std=std)
+                                mean=mean, std=std, fast_paths=fast_paths)
         labels = logits.argmax(dim=0).cpu().numpy()
         num_classes = logits.shape[0]
     else:
         probs = predict_probs(model, image, device=device, scales=scales, flip=flip, merge=merge,
-                              mean=mean, std=std, crf=crf, crf_scale=crf_scale, where=where)
+                              mean=mean, std=std, crf=crf, crf_scale=crf_scale, where=where,
+                              fast_paths=fast_paths)
         labels = probs.argmax(axis=0)
         num_classes = probs.shape[0]
     if num_classes > 255:
@@ -212,12 +222,14 @@ def predict_dataset(
     palette: Sequence[int] | None = None,
     dist: DistInfo | None = None,
     progress: bool = True,
+    fast_paths: FastPaths | None = None,
 ) -> int:
     """Predict every image of ``dataset`` into ``out_dir``, a :class:`~wsss.stores.masks.MaskStore`.
 
     Resumable (images whose PNG exists are skipped; PNGs are written atomically) and sharded by
     ``RANK``/``WORLD_SIZE`` through :func:`wsss.runtime.run_per_image`. The model is put
-    in eval mode for the run and restored afterwards.
+    in eval mode for the run and restored afterwards; with channels-last ``fast_paths`` its
+    weights are moved to that memory format (in place; its outputs stay the same up to rounding).
 
     Args:
         model: the segmentation model, on ``device``.
@@ -227,6 +239,7 @@ def predict_dataset(
         palette: flat 768-int palette (default: ``dataset.palette``, else VOC's).
         dist: this process's rank (default: from the environment).
         progress: show a progress bar.
+        fast_paths: memory format and autocast (see :func:`predict_logits`).
         Others: see :func:`predict_probs`.
 
     Returns:
@@ -241,13 +254,16 @@ def predict_dataset(
     if num_classes is not None and classes is not None and len(classes) != num_classes:
         raise ConfigError(f"the dataset has {len(classes)} classes, the segmentation model {num_classes}")
     device = torch.device(device)
+    fast_paths = fast_paths or FastPaths()
+    fast_paths.prepare(model)
     log.info("predicting %d images to %s (scales %s, flip %s, merge %s, crf %s)",
              len(ids), out_dir, list(scales), flip, merge, crf)
 
     def work(image_id: str) -> None:
         where = dataset.image_path(image_id) if hasattr(dataset, "image_path") else image_id
         labels = predict(model, dataset.load_image(image_id), device=device, scales=scales, flip=flip,
-                         merge=merge, mean=mean, std=std, crf=crf, crf_scale=crf_scale, where=where)
+                         merge=merge, mean=mean, std=std, crf=crf, crf_scale=crf_scale, where=where,
+                         fast_paths=fast_paths)
         out.save(image_id, labels)
 
     with eval_mode(model):

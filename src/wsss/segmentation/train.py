@@ -61,7 +61,7 @@ from wsss.config import Settings, check_finite, dump_yaml, recipe_section, resul
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss.data.voc import VOCDataset
 from wsss.errors import ConfigError, DataError
-from wsss.runtime import DistInfo, barrier, distributed_context, resolve_device, seed_everything
+from wsss.runtime import DistInfo, FastPaths, barrier, distributed_context, resolve_device, seed_everything
 from wsss.segmentation.data import TARGET, MaskSource, MaskSpec, SegmentationTrainDataset, SegmentationTransform
 from wsss.training.engine import (
     CheckpointSpec,
@@ -394,6 +394,7 @@ def train_segmentation(
     loss_fn: LossFunction | None = None,
     callback: Callable[[int, float], None] | None = None,
     validate_masks: bool = True,
+    fast_paths: FastPaths | None = None,
 ) -> SegTrainResult:
     """Train a segmentation network on ``dataset``'s images and ``masks`` with poly-decayed SGD.
 
@@ -421,6 +422,8 @@ def train_segmentation(
         callback: called after every update (and its checkpoint) on every process with
             ``(iteration, loss)``; raising stops training (a simulated kill in tests).
         validate_masks: check every mask of every target up front (missing, values, sizes).
+        fast_paths: memory format and autocast of the updates (default float32, contiguous); the
+            loss is computed in float32. Under bfloat16 autocast ``config.amp`` is not used.
 
     Returns:
         A :class:`SegTrainResult`.
@@ -437,7 +440,8 @@ def train_segmentation(
     requested = resolve_device(device)
     with distributed_context(requested) as (info, device):
         return _train(dataset, masks, config, info, device, out_dir, progress=progress, resume=resume,
-                      model=model, loss_fn=loss_fn, callback=callback, validate_masks=validate_masks)
+                      model=model, loss_fn=loss_fn, callback=callback, validate_masks=validate_masks,
+                      fast_paths=fast_paths or FastPaths())
 
 
 def _make_loss(config: SegTrainConfig, model: nn.Module) -> LossFunction:
@@ -454,7 +458,8 @@ def _make_loss(config: SegTrainConfig, model: nn.Module) -> LossFunction:
 def _train(dataset: VOCDataset, masks: MaskSpec, config: SegTrainConfig,
            info: DistInfo, device: torch.device, out_dir: Path, *, progress: bool, resume: bool,
            model: nn.Module | None, loss_fn: LossFunction | None,
-           callback: Callable[[int, float], None] | None, validate_masks: bool) -> SegTrainResult:
+           callback: Callable[[int, float], None] | None, validate_masks: bool,
+           fast_paths: FastPaths) -> SegTrainResult:
     world, is_main = info.world_size, info.is_main
     if config.batch_size % world:
         raise ConfigError(f"segmentation training: batch_size {config.batch_size} is not divisible by "
@@ -502,7 +507,7 @@ def _train(dataset: VOCDataset, masks: MaskSpec, config: SegTrainConfig,
         else:
             log.warning("sync_bn needs CUDA: on %s each process keeps its own BatchNorm statistics",
                         device.type)
-    model = model.to(device)
+    model = fast_paths.prepare(model.to(device))
     model.train()
     optimizer, scheduler = poly_sgd(_parameter_groups(model), config.lr, total_steps=total, power=config.poly_power,
                                     weight_decay=config.weight_decay, momentum=config.momentum)
@@ -513,7 +518,7 @@ def _train(dataset: VOCDataset, masks: MaskSpec, config: SegTrainConfig,
         curve_title=f"{model_name}: {train_set.describe()}",
     )
     engine = TrainingEngine(model, optimizer, scheduler, total_steps=total, steps_per_epoch=steps_per_epoch,
-                            device=device, amp=config.amp, world_size=world, is_main=is_main,
+                            device=device, amp=config.amp, fast_paths=fast_paths, world_size=world, is_main=is_main,
                             desc="train segmentation", progress=progress, checkpoint=spec, callback=callback)
     if not resume and is_main:  # a stale model must not pass for this run's if it stops early
         (out_dir / MODEL_NAME).unlink(missing_ok=True)
@@ -543,7 +548,7 @@ def _train(dataset: VOCDataset, masks: MaskSpec, config: SegTrainConfig,
         )
 
     def step(batch: dict[str, Any]) -> torch.Tensor:
-        images = batch["image"].to(device, non_blocking=True)
+        images = fast_paths.inputs(batch["image"].to(device, non_blocking=True))
         targets = batch["mask"].to(device, non_blocking=True)
         extras = {name: batch[name].to(device, non_blocking=True) for name in needs}
         with engine.autocast():

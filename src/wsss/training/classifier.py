@@ -34,7 +34,7 @@ from wsss.data.transforms import ClassificationDataset, EvalTransform, ImageLabe
 from wsss.config import Settings, check_ranges, recipe_section, result_settings, run_only_field, to_dict
 from wsss.errors import ConfigError
 from wsss.models.cam_net import CamNet
-from wsss.runtime import eval_mode, resolve_device, seed_everything
+from wsss.runtime import FastPaths, eval_mode, resolve_device, seed_everything
 from wsss.training.engine import CheckpointSpec, ShuffledLoader, TrainingEngine, poly_sgd
 from wsss.training.schedule import check_momentum
 
@@ -259,6 +259,7 @@ def train_classifier(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = True,
     callback: Callable[[int, float], None] | None = None,
+    fast_paths: FastPaths | None = None,
 ) -> TrainResult:
     """Train a :class:`CamNet` with multilabel soft-margin loss and poly-decayed SGD.
 
@@ -276,6 +277,8 @@ def train_classifier(
         resume: continue from ``checkpoint_dir``'s checkpoint if there is one (the same
             weights as an uninterrupted run with ``num_workers=0``); ``False`` starts over.
         callback: ``callback(iteration, loss)`` after every update; raising stops training.
+        fast_paths: memory format and autocast of the training updates (default float32,
+            contiguous); validation runs in float32.
 
     Returns:
         A :class:`TrainResult`.
@@ -285,6 +288,7 @@ def train_classifier(
         config = config.replace(seed=int(seed))
     config.validate()
     device = resolve_device(device)
+    fast_paths = fast_paths or FastPaths()
     seed_everything(config.seed)
     num_classes, classes = _num_foreground_classes(source)
 
@@ -293,6 +297,7 @@ def train_classifier(
         output_stride=config.output_stride, dilated=config.dilated, weights=config.weights,
         freeze_bn=config.freeze_bn, frozen_stages=config.frozen_stages, classes=classes,
     ).to(device)
+    fast_paths.prepare(model)
 
     dataset = ClassificationDataset(
         source, TrainTransform(config.crop_size, config.resize_long, config.hflip, config.mean, config.std)
@@ -324,14 +329,14 @@ def train_classifier(
         curve_title=f"CAM classifier ({config.backbone})",
     )
     engine = TrainingEngine(model, optimizer, scheduler, total_steps=max_steps, steps_per_epoch=steps_per_epoch,
-                            device=device, amp=config.amp, desc="classifier", progress=progress,
+                            device=device, amp=config.amp, fast_paths=fast_paths, desc="classifier", progress=progress,
                             checkpoint=spec, callback=callback)
     engine.restore(resume)
     log.info("training %s (%d classes) on %d images for %d steps on %s",
              config.backbone, num_classes, len(dataset), max_steps, device)
 
     def step(batch: dict[str, Any]) -> torch.Tensor:
-        images = batch["image"].to(device, non_blocking=True)
+        images = fast_paths.inputs(batch["image"].to(device, non_blocking=True))
         labels = batch["label"].to(device, non_blocking=True)
         with engine.autocast():
             logits = model(images)

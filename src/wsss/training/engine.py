@@ -8,8 +8,10 @@ hand both to :class:`TrainingEngine`. The engine owns:
   ``step``, ``zero_grad``, backward, optimizer step, scheduler step.
 * **Optimizer**: :func:`poly_sgd`, SGD over parameter groups (learning-rate and weight-decay
   multipliers) with IRN's poly decay (:mod:`wsss.training.schedule`).
-* **Mixed precision** on CUDA only: the step wraps its forward passes in
-  :meth:`TrainingEngine.autocast`, the engine scales the loss with a ``GradScaler``.
+* **Mixed precision**: the step wraps its forward passes in :meth:`TrainingEngine.autocast`.
+  With ``amp`` on CUDA that is float16 autocast and the engine scales the loss with a
+  ``GradScaler``; with bfloat16 fast paths (:class:`wsss.runtime.FastPaths`, on any device) it
+  is bfloat16 autocast, which needs no loss scaling (float32's exponent range).
 * **History**: one record per update (``iteration``, ``loss``, ``lr`` used, the step's terms) and
   one per epoch (means, ``lr`` at its end, ``seconds``, and what ``on_epoch_end`` adds).
 * **Divergence**: a NaN or infinite loss stops training with :class:`LossNotFinite`, naming the
@@ -57,7 +59,7 @@ from tqdm import tqdm
 from wsss import io as wio
 from wsss.errors import ConfigError, DataError, WsssError
 from wsss.models.weights import load_torch_file
-from wsss.runtime import mean_over_processes
+from wsss.runtime import FastPaths, mean_over_processes
 from wsss.training.schedule import build_sgd, poly_lr_scheduler
 
 log = logging.getLogger(__name__)
@@ -496,7 +498,9 @@ class TrainingEngine:
         total_steps: updates in all (the schedule's length).
         steps_per_epoch: batches an epoch yields.
         device: where training runs (AMP only on CUDA).
-        amp: mixed precision (CUDA only; ignored elsewhere).
+        amp: float16 mixed precision (CUDA only; ignored elsewhere, and under bfloat16 fast paths).
+        fast_paths: ``fast_paths.autocast == "bf16"``: :meth:`autocast` is bfloat16 autocast on
+            ``device`` (the trainer applies the memory format to its model and inputs itself).
         world_size: processes training together; the logged loss is their mean.
         is_main: this process writes the checkpoints and shows the bar.
         epoch_keys: per-update values averaged into each epoch record, in this order.
@@ -518,6 +522,7 @@ class TrainingEngine:
         steps_per_epoch: int,
         device: torch.device,
         amp: bool = False,
+        fast_paths: FastPaths | None = None,
         world_size: int = 1,
         is_main: bool = True,
         epoch_keys: Sequence[str] = ("loss",),
@@ -532,7 +537,8 @@ class TrainingEngine:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.total_steps, self.steps_per_epoch = int(total_steps), int(steps_per_epoch)
         self.device = torch.device(device)
-        self.use_amp = bool(amp) and self.device.type == "cuda"
+        self.fast_paths = fast_paths or FastPaths()
+        self.use_amp = bool(amp) and self.device.type == "cuda" and not self.fast_paths.bf16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
         self.world_size, self.is_main = int(world_size), bool(is_main)
         self.epoch_keys, self.epoch_mean = tuple(epoch_keys), epoch_mean
@@ -552,7 +558,10 @@ class TrainingEngine:
 
     # -- setup ---------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed precision for the step's forward passes (a no-op unless AMP is on, on CUDA)."""
+        """Mixed precision for the step's forward passes: bfloat16 under bfloat16 fast paths,
+        float16 with AMP on CUDA, else a no-op."""
+        if self.fast_paths.bf16:
+            return self.fast_paths.autocast_on(self.device)
         return torch.autocast(self.device.type, enabled=self.use_amp)
 
     def track(self, name: str, get: Callable[[], Any], set: Callable[[Any], None]) -> None:

@@ -56,7 +56,7 @@ from wsss.errors import ConfigError, DataError
 from wsss.io import IGNORE_INDEX, image_size
 from wsss.models.irn import IRNet, edge_and_displacement
 from wsss.models.path_index import PathIndex, max_along_paths, pair_indices
-from wsss.runtime import DistInfo, eval_mode, resolve_device, run_per_image, seed_everything
+from wsss.runtime import DistInfo, FastPaths, eval_mode, resolve_device, run_per_image, seed_everything
 from wsss.stores.edges import EdgeStore
 from wsss.stores.maps import strided_size
 from wsss.stores.masks import MaskStore
@@ -452,6 +452,7 @@ def train_irn(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = True,
     callback: Callable[[int, float], None] | None = None,
+    fast_paths: FastPaths | None = None,
 ) -> IrnTrainResult:
     """Train IRN's boundary and displacement branches on IR labels.
 
@@ -472,6 +473,8 @@ def train_irn(
         resume: continue from ``checkpoint_dir``'s checkpoint if there is one (the same weights
             as an uninterrupted run with ``num_workers=0``); ``False`` starts over.
         callback: ``callback(iteration, loss)`` after every update; raising stops training.
+        fast_paths: memory format and autocast of the training updates (default float32,
+            contiguous); the losses and the mean displacement are computed in float32.
 
     Returns:
         An :class:`IrnTrainResult`.
@@ -485,6 +488,7 @@ def train_irn(
         config = config.replace(seed=int(seed))
     config.validate()
     device = resolve_device(device)
+    fast_paths = fast_paths or FastPaths()
     seed_everything(config.seed)
 
     data = IrnTrainingDataset(dataset, ir_label_dir, config)
@@ -497,7 +501,7 @@ def train_irn(
         raise ConfigError(f"irn.crop_size {config.crop_size} gives {cells} label cells across (stride {LABEL_STRIDE}); "
                           f"radius {config.radius} needs at least {needed}: crop_size >= {LABEL_STRIDE * needed}")
     data.check()
-    model = build_irn(config, init_backbone_from).to(device)
+    model = fast_paths.prepare(build_irn(config, init_backbone_from).to(device))
     loss_fn = AffinityDisplacementLoss(config.radius)
 
     num_workers = (os.cpu_count() or 2) // 2 if config.num_workers is None else config.num_workers
@@ -523,14 +527,14 @@ def train_irn(
     )
     # IRN averages an epoch's terms with a running sum (kept, so the history stays the same).
     engine = TrainingEngine(model, optimizer, scheduler, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                            device=device, amp=config.amp, epoch_keys=IRN_TERMS, epoch_mean=sequential_mean,
+                            device=device, amp=config.amp, fast_paths=fast_paths, epoch_keys=IRN_TERMS, epoch_mean=sequential_mean,
                             desc="irn", progress=progress, checkpoint=spec, callback=callback)
     engine.restore(resume)
     log.info("training IRN (%s) on %d images for %d steps on %s", model.backbone.name, len(data),
              total_steps, device)
 
     def step(batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        images = batch["image"].to(device, non_blocking=True)
+        images = fast_paths.inputs(batch["image"].to(device, non_blocking=True))
         labels = batch["label"].to(device, non_blocking=True)
         with engine.autocast():
             edge, displacement = model(images)
