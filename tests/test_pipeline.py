@@ -102,3 +102,12 @@ def test_runner_with_jobs_stops_at_a_failed_stage_and_raises_its_error(tmp_path:
     fixed = ToyStages(str(tmp_path), TOY_GRAPH)
     results = Runner(tmp_path / "work").run(fixed(), jobs=2, rebuild=fixed)
     assert results["a"].skipped and results["c"].skipped and not results["d"].skipped
+
+
+def test_runtime_jobs_below_one_is_refused() -> None:
+    from wsss.errors import ConfigError
+    from wsss.pipeline.recipes import load_recipe
+
+    assert load_recipe("synth/demo", ["runtime.jobs=2"]).runtime.jobs == 2
+    with pytest.raises(ConfigError, match="runtime.jobs must be at least 1"):
+        load_recipe("synth/demo", ["runtime.jobs=0"])
