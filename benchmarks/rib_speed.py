@@ -44,6 +44,7 @@ import time
 
 import numpy as np
 import torch
+import yaml
 
 # the shared helpers of the AdvCAM benchmark (this folder is on sys.path when a script runs)
 from advcam_speed import benchmark_net, random_image, relative_difference, timed
@@ -97,6 +98,9 @@ def main() -> None:
     parser.add_argument("--num-classes", type=int, default=8, help="classes of the random network (synth: 8)")
     parser.add_argument("--checkpoint", help="a trained classifier instead of random weights")
     parser.add_argument("--skip-reference", action="store_true", help="time the fast version only")
+    parser.add_argument("--variant", action="append", default=[], metavar="FIELD=VALUE[,...]",
+                        help="also time the fast version with these RibConfig fields (repeatable), "
+                             "e.g. bfloat16=true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -108,6 +112,7 @@ def main() -> None:
                        explode_ratio=args.explode_ratio,
                        other_crop_size=crop, other_resize_long=(int(crop * 0.875), int(crop * 1.125)),
                        resample_others=not args.fixed_others)
+    variants = [(text, dataclasses.replace(config, **_fields(text))) for text in args.variant]
     pool = RandomPool(args.pool, args.size, net.num_classes, args.seed)
 
     # the disjoint-class search: per image (reference) against an index built once
@@ -127,7 +132,7 @@ def main() -> None:
     tiny = np.zeros((16, 16, 3), dtype=np.uint8)
     compute_rib(net, tiny, [1], None, dataclasses.replace(config, steps=2))
 
-    rows = []
+    rows, variant_rows = [], {text: [] for text, _ in variants}
     for image_id in pool.ids[: args.images]:
         image, keys = pool.load_image(image_id), pool.image_labels(image_id)
         drawn = OtherImageBatches(pool, index, image_id, keys, config, seed=args.seed)
@@ -145,10 +150,30 @@ def main() -> None:
                      f"ratio {loop_wall / fast_wall:4.2f}x (cpu {loop_cpu / fast_cpu:4.2f}x), "
                      f"max rel. diff {difference:.1e}")
         print(line, flush=True)
-    if rows:
-        print(f"median ratio {statistics.median(r[0] for r in rows):4.2f}x "
-              f"(cpu {statistics.median(r[1] for r in rows):4.2f}x), "
-              f"max rel. diff {max(r[2] for r in rows):.1e}")
+        for text, variant in variants:
+            other, (wall, cpu) = timed(lambda: compute_rib(net, image, keys, batches, variant), 1)
+            line = (f"  {text}: {wall:6.2f} s (cpu {cpu:6.2f}), {other.steps} steps, stop {other.stop}, "
+                    f"{fast_wall / wall:4.2f}x the default (cpu {fast_cpu / cpu:4.2f}x), "
+                    f"max rel. diff to the default {relative_difference(other.high_res, fast.high_res):.1e}")
+            if not args.skip_reference:
+                variant_rows[text].append((loop_wall / wall, loop_cpu / cpu,
+                                           relative_difference(other.high_res, loop.high_res)))
+                line += f"; {loop_wall / wall:4.2f}x the reference (cpu {loop_cpu / cpu:4.2f}x)"
+            print(line, flush=True)
+    for name, found in [("default", rows), *variant_rows.items()]:
+        if found:
+            print(f"{name}: median ratio to the reference {statistics.median(r[0] for r in found):4.2f}x "
+                  f"(cpu {statistics.median(r[1] for r in found):4.2f}x), "
+                  f"max rel. diff {max(r[2] for r in found):.1e}")
+
+
+def _fields(text: str) -> dict:
+    """``"a=1,b=true"`` -> ``{"a": 1, "b": True}`` (values read as YAML)."""
+    fields = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        fields[name.strip()] = yaml.safe_load(value)
+    return fields
 
 
 def _time_lookup(index: DisjointClassIndex, pool: RandomPool) -> float:

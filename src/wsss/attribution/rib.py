@@ -183,6 +183,9 @@ class RibConfig:
     gndrp_class_limit: int | None = None  # reference: 20 (for ccc in range(20)); later classes GAP
     # reference: the exploded step's first-scale map is kept (the published computation); False: dropped
     reference_explode_accumulation: bool = True
+    # not in the reference: the fine-tuned stages' forward and backward under bfloat16 autocast
+    # (about 2x faster on a CPU with AVX-512 BF16; changes the maps slightly: docs/speed.md)
+    bfloat16: bool = False
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on settings that cannot work."""
@@ -614,6 +617,17 @@ def _as_batches(other_images, steps: int) -> tuple[Sequence[OtherBatch | None], 
     return other_images, min(steps, len(other_images))
 
 
+def _layout(device: torch.device) -> torch.memory_format:
+    """The images' memory format: channels-last on a CPU (oneDNN's own layout), where it is
+    faster in bfloat16 and no slower in float32 (``docs/speed.md``)."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+def _autocast(device: torch.device, config: RibConfig):
+    """bfloat16 autocast for the fine-tuned stages when ``config.bfloat16``, else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bfloat16)
+
+
 def _fine_tune(tuner: RibTuner, image: np.ndarray, keys: np.ndarray, other_images, config: RibConfig,
                device: torch.device, scale: str = "reference", trace: bool = False) -> RibResult:
     """The RIB loop for checked inputs; ``tuner`` is reset first. ``scale="image"`` measures the
@@ -625,8 +639,9 @@ def _fine_tune(tuner: RibTuner, image: np.ndarray, keys: np.ndarray, other_image
     batches, steps = _as_batches(other_images, config.steps)
     loss_scale = [scale in config.loss_scales for scale in config.scales]
     # the target at every scale, through the frozen stages once for all steps
+    layout = _layout(device)
     inputs = multiscale_inputs(image, config.scales, flip=config.flip)
-    frozen = [tuner.frozen(x.to(device, dtype)) for x in inputs]
+    frozen = [tuner.frozen(x.to(device, dtype).contiguous(memory_format=layout)) for x in inputs]
     settings = scaled_settings(config)  # literal until step 0 has measured the logits
     optimizer = schedule = None  # made before the first update, once the settings are known
     accumulated: list[torch.Tensor | None] = [None] * len(frozen)
@@ -637,8 +652,8 @@ def _fine_tune(tuner: RibTuner, image: np.ndarray, keys: np.ndarray, other_image
         update = step < steps - 1  # the last step's update would never be used
         step_maps, target_logits, plain_logits = [], [], []
         for index, features in enumerate(frozen):
-            with torch.set_grad_enabled(update and loss_scale[index]):
-                raw = tuner.maps(features, channels)  # (2, C, h, w)
+            with torch.set_grad_enabled(update and loss_scale[index]), _autocast(device, config):
+                raw = tuner.maps(features, channels).to(dtype)  # (2, C, h, w)
             step_maps.append(merge_flips(F.relu(raw.detach())))
             if index == 0 and step > 0 and map_explodes(step_maps[0], config.explode_threshold,
                                                         config.explode_ratio):
@@ -670,9 +685,11 @@ def _fine_tune(tuner: RibTuner, image: np.ndarray, keys: np.ndarray, other_image
         batch = batches[step]
         if batch is not None and len(batch.images):
             if batch is not cached_batch:  # a reused batch keeps its frozen-stage features
-                cached_batch, cached_features = batch, tuner.frozen(batch.images.to(device, dtype))
+                images = batch.images.to(device, dtype).contiguous(memory_format=layout)
+                cached_batch, cached_features = batch, tuner.frozen(images)
             labels = batch.labels.to(device, dtype)
-            raw = tuner.maps(cached_features)
+            with _autocast(device, config):
+                raw = tuner.maps(cached_features).to(dtype)
             all_channels = torch.arange(raw.shape[1], device=device)
             loss = loss + rib_loss(pool_logits(raw, labels > 0.5, all_channels, config), labels)
         optimizer.zero_grad(set_to_none=True)
