@@ -390,6 +390,21 @@ def test_fewer_batches_end_the_run_as_the_reference_loader(net64: CamNet) -> Non
     assert _relative(fast.high_res, loop.high_res) < 1e-4
 
 
+def test_bfloat16_rounds_the_maps_but_takes_the_same_steps(net32: CamNet) -> None:
+    image = _image(20, 25, seed=10)
+    others = _batches(MOVING.steps, OTHER_LABELS)
+    snapshot = _snapshot(net32)
+    exact = compute_rib(net32, image, [1], others, MOVING)
+    rounded = compute_rib(net32, image, [1], others, MOVING, bfloat16=True)
+    _assert_untouched(net32, snapshot)
+    assert (rounded.steps, rounded.stop) == (exact.steps, exact.stop) == (MOVING.steps, "steps")
+    assert rounded.high_res.dtype == rounded.strided.dtype == torch.float32
+    difference = _relative(rounded.high_res, exact.high_res)
+    assert 0 < difference < 1e-2  # it ran in bfloat16 (8-bit mantissa), and only rounding differs
+    cam = compute_rib(net32, image, [1], others, MOVING, steps=1)
+    assert _relative(exact.high_res, cam.high_res) > 5 * difference  # the fine-tuning moves them far more
+
+
 # ---------------------------------------------------------------------------------------------
 # Over a dataset
 
