@@ -9,11 +9,16 @@ augmented once (:class:`wsss.attribution.rib.OtherImageBatches`) and the same te
   autograd mode, then detached), GNDRP as a loop over rows and classes, an update every step;
 * ``compute_rib`` (``wsss.attribution.rib``): frozen-stage features of the target once per image,
   working copies of the fine-tuned parameters through ``torch.func.functional_call``, vectorised
-  GNDRP, no update (nor other images, nor backward) on the step that ends the run;
+  GNDRP, channels-last images on a CPU, no update (nor other images, nor backward) on the step
+  that ends the run;
+* with ``--variant FIELD=VALUE[,...]`` (repeatable), ``compute_rib`` again with those
+  :class:`~wsss.attribution.rib.RibConfig` fields, e.g. ``--variant bfloat16=true``;
 
-and the script prints seconds per image, the ratio, and the largest difference between the two
-sets of maps (max |a - b| / max |b| over ``high_res``). It also times the disjoint-class search:
-the reference rescans the list for every image, the fast version builds an index once.
+and the script prints seconds per image (wall and process CPU), the ratios, and the largest
+difference between two sets of maps (max |a - b| / max |b| over ``high_res``): the default's
+against the reference's, each variant's against the default's and the reference's. It also
+times the disjoint-class search: the reference rescans the list for every image, the fast
+version builds an index once.
 
 The network is the synth recipe's classifier architecture (``resnet18_w16``, output stride 8)
 with random weights (class weights drawn with a positive mean so every class has a map, as after
@@ -21,16 +26,20 @@ training), or a trained checkpoint (``--checkpoint``), on the CPU in float32. Th
 cropped to the target's size (``--crop``, default ``--size``; the reference crops 512 for ~500 px
 VOC images).
 
-Where the time goes: almost all of it is the forward and backward passes of the last two stages
-on the ``B`` other images and the target's loss scales, which both versions must do. The fast
-version saves the frozen stages of the target (about an eighth of a forward pass), the last
-step's update and the Python loops, so the ratio is modest with every step taken; it grows when
-runs stop early (``--margin``) because the stopping step's update is skipped, and with
-``--fixed-others`` (one batch reused, its frozen-stage features computed once).
+Where the time goes: almost all of it (87% of the CPU time, profiled) is the convolutions of the
+last two stages, forward and backward, on the ``B`` other images and the target's loss scales,
+which both versions must do. The fast version saves the frozen stages of the target (about an
+eighth of a forward pass), the last step's update and the Python loops, so the ratio is modest
+with every step taken (1.1-1.25x); it grows when runs stop early (``--margin``) because the
+stopping step's update is skipped, and with ``--fixed-others`` (one batch reused, its frozen-stage
+features computed once). ``--variant bfloat16=true`` (those convolutions in bfloat16, AVX-512
+BF16) reaches about 2x the reference. Other processes share the machine: compare only ratios
+from the same run, and prefer the CPU ratios. The measured table, lever by lever: docs/speed.md.
 
 Examples::
 
     .venv/bin/python benchmarks/rib_speed.py --threads 1 --explode-ratio 1.0
+    .venv/bin/python benchmarks/rib_speed.py --threads 1 --explode-ratio 1.0 --variant bfloat16=true
     .venv/bin/python benchmarks/rib_speed.py --images 2 --steps 4 --batch 8
     .venv/bin/python benchmarks/rib_speed.py --margin 40
 """

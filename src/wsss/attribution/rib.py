@@ -62,11 +62,14 @@ computed once per image instead of once per step (BatchNorm is frozen, so they d
 as are the other images' when the same batch is reused (``resample_others=False``); scale 0.5
 (not in the loss) runs without autograd; the step that ends the run (last step, margin or
 explosion) makes no update, so it skips the other images and the backward pass; GNDRP is one
-vectorised expression instead of a loop over images and classes. Most of the time is still the
-forward and backward of layer3/layer4 on the ``B`` other images and the target's loss scales,
-which no exact implementation can skip (about 90% of the CPU time): on a CPU with every step
-taken this is 1.1-1.25x faster than the reference's loop, more when runs stop early
-(``benchmarks/rib_speed.py``).
+vectorised expression instead of a loop over images and classes; on a CPU the images are
+channels-last (oneDNN's layout: 2% faster in float32, 5% in bfloat16). Most of the time is still
+the convolutions of layer3/layer4, forward and backward, on the ``B`` other images and the
+target's loss scales, which no exact implementation can skip (about 87% of the CPU time): on a CPU with every step taken this is 1.1-1.25x faster than the
+reference's loop, more when runs stop early. ``bfloat16=True`` (default off, not in the
+reference) runs the fine-tuned stages' forward and backward under bfloat16 autocast: about 2x the
+reference's loop on a CPU with AVX-512 BF16, with maps within a few 1e-3 of float32's
+(``docs/speed.md``, ``benchmarks/rib_speed.py``).
 
 Learning rate and margin that follow the network's logit scale (``scale="image"``,
 ``docs/scale.md``): the loss is a sum of raw logits and the margin a bound on them, so both are in
@@ -542,6 +545,65 @@ class OtherImageBatches(SequenceABC):
 # Fine-tuning without touching the model
 
 
+class FoldedBatchNorm:
+    """A module in eval mode run with given parameters, each BatchNorm folded into the convolution
+    before it: ``conv(x, W s) + (beta - mean s)`` with ``s = gamma / sqrt(var + eps)``, the same
+    function as ``bn(conv(x, W))`` with one pass less over the features, forward and backward.
+
+    The folded weights are computed from the given parameters at every call, so gradients reach
+    ``W``, ``gamma`` and ``beta`` as through the module. A BatchNorm is folded when the module's
+    traced graph (:mod:`torch.fx`) feeds it the output of a bias-free convolution that nothing
+    else uses; a module that does not trace runs as it is.
+
+    Args:
+        module: e.g. the fine-tuned stages of a ResNet; it is not modified.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.folds: list[tuple[str, str, str, nn.BatchNorm2d]] = []  # (new conv, conv, bn names, bn)
+        self.runs = module
+        try:
+            traced = torch.fx.symbolic_trace(module)
+        except Exception:  # noqa: BLE001 - any untraceable module simply runs unfolded
+            return
+        modules = dict(module.named_modules())
+        for node in list(traced.graph.nodes):
+            norm = modules.get(node.target) if node.op == "call_module" else None
+            source = node.args[0] if node.args else None
+            if not (isinstance(norm, nn.BatchNorm2d) and norm.affine and norm.track_running_stats
+                    and isinstance(source, torch.fx.Node) and source.op == "call_module"
+                    and len(source.users) == 1):
+                continue
+            conv = modules.get(source.target)
+            if not isinstance(conv, nn.Conv2d) or conv.bias is not None or conv.padding_mode != "zeros":
+                continue
+            name = f"folded_{len(self.folds)}"
+            traced.add_submodule(name, nn.Conv2d(
+                conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True, device="meta"))
+            self.folds.append((name, source.target, node.target, norm))
+            source.target = name
+            node.replace_all_uses_with(source)
+            traced.graph.erase_node(node)
+        if self.folds:
+            traced.graph.lint()
+            traced.recompile()
+            traced.delete_all_unused_submodules()
+            self.runs = traced
+
+    def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``module`` with ``params`` (named as its own parameters) on ``x``."""
+        if not self.folds:
+            return functional_call(self.module, params, (x,))
+        params = dict(params)
+        for name, conv, norm_name, norm in self.folds:
+            scale = params.pop(f"{norm_name}.weight") * torch.rsqrt(norm.running_var + norm.eps)
+            params[f"{name}.weight"] = params.pop(f"{conv}.weight") * scale[:, None, None, None]
+            params[f"{name}.bias"] = params.pop(f"{norm_name}.bias") - norm.running_mean * scale
+        return functional_call(self.runs, params, (x,))
+
+
 class RibTuner:
     """The part of a CAM classifier RIB fine-tunes, run on working copies of its parameters.
 
@@ -563,6 +625,7 @@ class RibTuner:
         self.trainable_stages = trainable_stages
         self.frozen_part = nn.Sequential(*stages[:split])
         self.tuned_part = nn.Sequential(*stages[split:])
+        self.folded_part = FoldedBatchNorm(self.tuned_part)
         self._sources = dict(self.tuned_part.named_parameters())
         self.backbone_params = {name: p.detach().clone().requires_grad_(True)
                                 for name, p in self._sources.items()}
@@ -584,7 +647,7 @@ class RibTuner:
 
     def maps(self, features: torch.Tensor, channels: torch.Tensor | None = None) -> torch.Tensor:
         """Raw class maps from frozen-stage features, with the working parameters."""
-        features = functional_call(self.tuned_part, self.backbone_params, (features,))
+        features = self.folded_part(self.backbone_params, features)
         weight = self.classifier_weight
         if channels is not None:
             weight = weight.index_select(0, channels)
