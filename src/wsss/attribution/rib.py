@@ -62,14 +62,16 @@ computed once per image instead of once per step (BatchNorm is frozen, so they d
 as are the other images' when the same batch is reused (``resample_others=False``); scale 0.5
 (not in the loss) runs without autograd; the step that ends the run (last step, margin or
 explosion) makes no update, so it skips the other images and the backward pass; GNDRP is one
-vectorised expression instead of a loop over images and classes; on a CPU the images are
-channels-last (oneDNN's layout: 2% faster in float32, 5% in bfloat16). Most of the time is still
+vectorised expression instead of a loop over images and classes; the fine-tuned stages'
+BatchNorm is folded into their convolutions (:class:`FoldedBatchNorm`, same function and
+gradients); on a CPU the images are channels-last (oneDNN's layout). Most of the time is still
 the convolutions of layer3/layer4, forward and backward, on the ``B`` other images and the
-target's loss scales, which no exact implementation can skip (about 87% of the CPU time): on a CPU with every step taken this is 1.1-1.25x faster than the
-reference's loop, more when runs stop early. ``bfloat16=True`` (default off, not in the
-reference) runs the fine-tuned stages' forward and backward under bfloat16 autocast: about 2x the
-reference's loop on a CPU with AVX-512 BF16, with maps within a few 1e-3 of float32's
-(``docs/speed.md``, ``benchmarks/rib_speed.py``).
+target's loss scales, which no exact implementation can skip (about 87% of the CPU time): on a
+CPU with every step taken this is 1.1-1.3x faster than the reference's loop, more when runs stop
+early. ``bfloat16=True`` (default off, not in the reference) runs the fine-tuned stages' forward
+and backward under bfloat16 autocast: about 2x the reference's loop on a CPU with AVX-512 BF16,
+with maps within about 1e-2 of float32's and the same seeds (``docs/speed.md``,
+``benchmarks/rib_speed.py``).
 
 Learning rate and margin that follow the network's logit scale (``scale="image"``,
 ``docs/scale.md``): the loss is a sum of raw logits and the margin a bound on them, so both are in
@@ -130,6 +132,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DisjointClassIndex",
+    "FoldedBatchNorm",
     "OtherBatch",
     "OtherImageBatches",
     "REFERENCE_TARGET_LOGIT",
@@ -608,10 +611,10 @@ class RibTuner:
     """The part of a CAM classifier RIB fine-tunes, run on working copies of its parameters.
 
     The frozen stages (all but the last ``trainable_stages``) run as they are, without autograd;
-    the last stages and the classifier run through :func:`torch.func.functional_call` with working
-    tensors allocated once and reset in place from the model's own parameters before every image.
-    The model itself is never modified, so it is exactly as before after every image, even when
-    one fails halfway.
+    the last stages (their BatchNorm folded, :class:`FoldedBatchNorm`) and the classifier run
+    through :func:`torch.func.functional_call` with working tensors allocated once and reset in
+    place from the model's own parameters before every image. The model itself is never
+    modified, so it is exactly as before after every image, even when one fails halfway.
 
     Args:
         model: a :class:`~wsss.models.cam_net.CamNet` (``backbone.stages``, ``classifier``).
