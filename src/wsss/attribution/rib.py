@@ -568,7 +568,7 @@ class FoldedBatchNorm:
         self.runs = module
         try:
             traced = torch.fx.symbolic_trace(module)
-        except Exception:  # noqa: BLE001 - any untraceable module simply runs unfolded
+        except Exception:  # any module fx cannot trace (data-dependent control flow) runs unfolded
             return
         modules = dict(module.named_modules())
         for node in list(traced.graph.nodes):
