@@ -190,7 +190,8 @@ class RibConfig:
     # reference: the exploded step's first-scale map is kept (the published computation); False: dropped
     reference_explode_accumulation: bool = True
     # not in the reference: the fine-tuned stages' forward and backward under bfloat16 autocast
-    # (about 2x faster on a CPU with AVX-512 BF16; changes the maps slightly: docs/speed.md)
+    # (1.4-1.9x faster on a CPU with AVX-512 BF16, about 2x the reference loop; maps change by
+    # about 1e-2, seeds not measurably: docs/speed.md)
     bfloat16: bool = False
 
     def validate(self) -> None:
