@@ -9,11 +9,16 @@ augmented once (:class:`wsss.attribution.rib.OtherImageBatches`) and the same te
   autograd mode, then detached), GNDRP as a loop over rows and classes, an update every step;
 * ``compute_rib`` (``wsss.attribution.rib``): frozen-stage features of the target once per image,
   working copies of the fine-tuned parameters through ``torch.func.functional_call``, vectorised
-  GNDRP, no update (nor other images, nor backward) on the step that ends the run;
+  GNDRP, channels-last images on a CPU, no update (nor other images, nor backward) on the step
+  that ends the run;
+* with ``--variant FIELD=VALUE[,...]`` (repeatable), ``compute_rib`` again with those
+  :class:`~wsss.attribution.rib.RibConfig` fields, e.g. ``--variant bfloat16=true``;
 
-and the script prints seconds per image, the ratio, and the largest difference between the two
-sets of maps (max |a - b| / max |b| over ``high_res``). It also times the disjoint-class search:
-the reference rescans the list for every image, the fast version builds an index once.
+and the script prints seconds per image (wall and process CPU), the ratios, and the largest
+difference between two sets of maps (max |a - b| / max |b| over ``high_res``): the default's
+against the reference's, each variant's against the default's and the reference's. It also
+times the disjoint-class search: the reference rescans the list for every image, the fast
+version builds an index once.
 
 The network is the synth recipe's classifier architecture (``resnet18_w16``, output stride 8)
 with random weights (class weights drawn with a positive mean so every class has a map, as after
@@ -21,16 +26,20 @@ training), or a trained checkpoint (``--checkpoint``), on the CPU in float32. Th
 cropped to the target's size (``--crop``, default ``--size``; the reference crops 512 for ~500 px
 VOC images).
 
-Where the time goes: almost all of it is the forward and backward passes of the last two stages
-on the ``B`` other images and the target's loss scales, which both versions must do. The fast
-version saves the frozen stages of the target (about an eighth of a forward pass), the last
-step's update and the Python loops, so the ratio is modest with every step taken; it grows when
-runs stop early (``--margin``) because the stopping step's update is skipped, and with
-``--fixed-others`` (one batch reused, its frozen-stage features computed once).
+Where the time goes: almost all of it (87% of the CPU time, profiled) is the convolutions of the
+last two stages, forward and backward, on the ``B`` other images and the target's loss scales,
+which both versions must do. The fast version saves the frozen stages of the target (about an
+eighth of a forward pass), the last step's update and the Python loops, so the ratio is modest
+with every step taken (1.1-1.25x); it grows when runs stop early (``--margin``) because the
+stopping step's update is skipped, and with ``--fixed-others`` (one batch reused, its frozen-stage
+features computed once). ``--variant bfloat16=true`` (those convolutions in bfloat16, AVX-512
+BF16) reaches about 2x the reference. Other processes share the machine: compare only ratios
+from the same run, and prefer the CPU ratios. The measured table, lever by lever: docs/speed.md.
 
 Examples::
 
     .venv/bin/python benchmarks/rib_speed.py --threads 1 --explode-ratio 1.0
+    .venv/bin/python benchmarks/rib_speed.py --threads 1 --explode-ratio 1.0 --variant bfloat16=true
     .venv/bin/python benchmarks/rib_speed.py --images 2 --steps 4 --batch 8
     .venv/bin/python benchmarks/rib_speed.py --margin 40
 """
@@ -44,6 +53,7 @@ import time
 
 import numpy as np
 import torch
+import yaml
 
 # the shared helpers of the AdvCAM benchmark (this folder is on sys.path when a script runs)
 from advcam_speed import benchmark_net, random_image, relative_difference, timed
@@ -97,6 +107,9 @@ def main() -> None:
     parser.add_argument("--num-classes", type=int, default=8, help="classes of the random network (synth: 8)")
     parser.add_argument("--checkpoint", help="a trained classifier instead of random weights")
     parser.add_argument("--skip-reference", action="store_true", help="time the fast version only")
+    parser.add_argument("--variant", action="append", default=[], metavar="FIELD=VALUE[,...]",
+                        help="also time the fast version with these RibConfig fields (repeatable), "
+                             "e.g. bfloat16=true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -108,6 +121,7 @@ def main() -> None:
                        explode_ratio=args.explode_ratio,
                        other_crop_size=crop, other_resize_long=(int(crop * 0.875), int(crop * 1.125)),
                        resample_others=not args.fixed_others)
+    variants = [(text, dataclasses.replace(config, **_fields(text))) for text in args.variant]
     pool = RandomPool(args.pool, args.size, net.num_classes, args.seed)
 
     # the disjoint-class search: per image (reference) against an index built once
@@ -127,7 +141,7 @@ def main() -> None:
     tiny = np.zeros((16, 16, 3), dtype=np.uint8)
     compute_rib(net, tiny, [1], None, dataclasses.replace(config, steps=2))
 
-    rows = []
+    rows, variant_rows = [], {text: [] for text, _ in variants}
     for image_id in pool.ids[: args.images]:
         image, keys = pool.load_image(image_id), pool.image_labels(image_id)
         drawn = OtherImageBatches(pool, index, image_id, keys, config, seed=args.seed)
@@ -145,10 +159,30 @@ def main() -> None:
                      f"ratio {loop_wall / fast_wall:4.2f}x (cpu {loop_cpu / fast_cpu:4.2f}x), "
                      f"max rel. diff {difference:.1e}")
         print(line, flush=True)
-    if rows:
-        print(f"median ratio {statistics.median(r[0] for r in rows):4.2f}x "
-              f"(cpu {statistics.median(r[1] for r in rows):4.2f}x), "
-              f"max rel. diff {max(r[2] for r in rows):.1e}")
+        for text, variant in variants:
+            other, (wall, cpu) = timed(lambda: compute_rib(net, image, keys, batches, variant), 1)
+            line = (f"  {text}: {wall:6.2f} s (cpu {cpu:6.2f}), {other.steps} steps, stop {other.stop}, "
+                    f"{fast_wall / wall:4.2f}x the default (cpu {fast_cpu / cpu:4.2f}x), "
+                    f"max rel. diff to the default {relative_difference(other.high_res, fast.high_res):.1e}")
+            if not args.skip_reference:
+                variant_rows[text].append((loop_wall / wall, loop_cpu / cpu,
+                                           relative_difference(other.high_res, loop.high_res)))
+                line += f"; {loop_wall / wall:4.2f}x the reference (cpu {loop_cpu / cpu:4.2f}x)"
+            print(line, flush=True)
+    for name, found in [("default", rows), *variant_rows.items()]:
+        if found:
+            print(f"{name}: median ratio to the reference {statistics.median(r[0] for r in found):4.2f}x "
+                  f"(cpu {statistics.median(r[1] for r in found):4.2f}x), "
+                  f"max rel. diff {max(r[2] for r in found):.1e}")
+
+
+def _fields(text: str) -> dict:
+    """``"a=1,b=true"`` -> ``{"a": 1, "b": True}`` (values read as YAML)."""
+    fields = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        fields[name.strip()] = yaml.safe_load(value)
+    return fields
 
 
 def _time_lookup(index: DisjointClassIndex, pool: RandomPool) -> float:

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from wsss.attribution.cam import compute_cam, make_cams
 from wsss.attribution.rib import (
     DisjointClassIndex,
+    FoldedBatchNorm,
     OtherBatch,
     OtherImageBatches,
     RibConfig,
@@ -31,6 +33,7 @@ from wsss.attribution.rib import (
 )
 from wsss.attribution.rib_reference import reference_gndrp, reference_rib
 from wsss.errors import ConfigError, DataError
+from wsss.models.backbones import BasicBlock, Bottleneck, ResNet
 from wsss.models.cam_net import CamNet
 from wsss.runtime import DistInfo
 from wsss.stores.maps import MapStore
@@ -339,6 +342,47 @@ def test_tuner_reset_restores_the_working_parameters(net64: CamNet) -> None:
     assert all(torch.equal(a, p) for a, p in zip(before, tuner.backbone_params.values()))
 
 
+@pytest.mark.parametrize("block", [BasicBlock, Bottleneck])
+def test_folded_batchnorm_is_the_same_function_and_gradient(block) -> None:
+    torch.manual_seed(0)
+    backbone = ResNet(block, (2, 2, 2, 2), widths=(4, 4, 8, 8), output_stride=8).double().eval()
+    for module in backbone.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.1, 0.1)
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    part = nn.Sequential(backbone.layer3, backbone.layer4)
+    before = {k: v.clone() for k, v in part.state_dict().items()}
+    folded = FoldedBatchNorm(part)
+    assert len(folded.folds) == sum(isinstance(m, nn.BatchNorm2d) for m in part.modules())  # all of them
+    params = {name: p.detach().clone().requires_grad_(True) for name, p in part.named_parameters()}
+    x = torch.randn(2, 4 * block.expansion, 9, 11, dtype=torch.float64)
+    plain, fast = functional_call(part, params, (x,)), folded(params, x)
+    assert torch.allclose(fast, plain, rtol=0, atol=1e-12 * float(plain.detach().abs().max()))
+    plain_grads = torch.autograd.grad((plain * x.new_tensor(0.3)).sin().sum(), list(params.values()))
+    fast_grads = torch.autograd.grad((fast * x.new_tensor(0.3)).sin().sum(), list(params.values()))
+    for name, a, b in zip(params, plain_grads, fast_grads):
+        assert torch.allclose(b, a, rtol=1e-9, atol=1e-12), name
+    assert all(torch.equal(v, before[k]) for k, v in part.state_dict().items())  # not modified
+
+
+def test_a_module_that_does_not_trace_runs_unfolded() -> None:
+    class Branching(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(2, 3, 3, bias=False), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if x.sum() > 0 else x  # data-dependent: fx cannot trace it
+
+    module = Branching().eval()
+    folded = FoldedBatchNorm(module)
+    assert folded.folds == []
+    x = torch.rand(1, 2, 5, 5)
+    assert torch.equal(folded(dict(module.named_parameters()), x), module(x))
+
+
 # ---------------------------------------------------------------------------------------------
 # Fast = the reference's loop
 
@@ -388,6 +432,21 @@ def test_fewer_batches_end_the_run_as_the_reference_loader(net64: CamNet) -> Non
     loop = reference_rib(net64, image, [1], others, MOVING)
     assert fast.steps == loop.steps == 2
     assert _relative(fast.high_res, loop.high_res) < 1e-4
+
+
+def test_bfloat16_rounds_the_maps_but_takes_the_same_steps(net32: CamNet) -> None:
+    image = _image(20, 25, seed=10)
+    others = _batches(MOVING.steps, OTHER_LABELS)
+    snapshot = _snapshot(net32)
+    exact = compute_rib(net32, image, [1], others, MOVING)
+    rounded = compute_rib(net32, image, [1], others, MOVING, bfloat16=True)
+    _assert_untouched(net32, snapshot)
+    assert (rounded.steps, rounded.stop) == (exact.steps, exact.stop) == (MOVING.steps, "steps")
+    assert rounded.high_res.dtype == rounded.strided.dtype == torch.float32
+    difference = _relative(rounded.high_res, exact.high_res)
+    assert 0 < difference < 1e-2  # it ran in bfloat16 (8-bit mantissa), and only rounding differs
+    cam = compute_rib(net32, image, [1], others, MOVING, steps=1)
+    assert _relative(exact.high_res, cam.high_res) > 5 * difference  # the fine-tuning moves them far more
 
 
 # ---------------------------------------------------------------------------------------------

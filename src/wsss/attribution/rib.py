@@ -62,11 +62,16 @@ computed once per image instead of once per step (BatchNorm is frozen, so they d
 as are the other images' when the same batch is reused (``resample_others=False``); scale 0.5
 (not in the loss) runs without autograd; the step that ends the run (last step, margin or
 explosion) makes no update, so it skips the other images and the backward pass; GNDRP is one
-vectorised expression instead of a loop over images and classes. Most of the time is still the
-forward and backward of layer3/layer4 on the ``B`` other images and the target's loss scales,
-which no exact implementation can skip (about 90% of the CPU time): on a CPU with every step
-taken this is 1.1-1.25x faster than the reference's loop, more when runs stop early
-(``benchmarks/rib_speed.py``).
+vectorised expression instead of a loop over images and classes; the fine-tuned stages'
+BatchNorm is folded into their convolutions (:class:`FoldedBatchNorm`, same function and
+gradients); on a CPU the images are channels-last (oneDNN's layout). Most of the time is still
+the convolutions of layer3/layer4, forward and backward, on the ``B`` other images and the
+target's loss scales, which no exact implementation can skip (about 87% of the CPU time): on a
+CPU with every step taken this is 1.1-1.3x faster than the reference's loop, more when runs stop
+early. ``bfloat16=True`` (default off, not in the reference) runs the fine-tuned stages' forward
+and backward under bfloat16 autocast: about 2x the reference's loop on a CPU with AVX-512 BF16,
+with maps within about 1e-2 of float32's and the same seeds (``docs/speed.md``,
+``benchmarks/rib_speed.py``).
 
 Learning rate and margin that follow the network's logit scale (``scale="image"``,
 ``docs/scale.md``): the loss is a sum of raw logits and the margin a bound on them, so both are in
@@ -127,6 +132,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DisjointClassIndex",
+    "FoldedBatchNorm",
     "OtherBatch",
     "OtherImageBatches",
     "REFERENCE_TARGET_LOGIT",
@@ -183,6 +189,10 @@ class RibConfig:
     gndrp_class_limit: int | None = None  # reference: 20 (for ccc in range(20)); later classes GAP
     # reference: the exploded step's first-scale map is kept (the published computation); False: dropped
     reference_explode_accumulation: bool = True
+    # not in the reference: the fine-tuned stages' forward and backward under bfloat16 autocast
+    # (1.4-1.9x faster on a CPU with AVX-512 BF16, about 2x the reference loop; maps change by
+    # about 1e-2, seeds not measurably: docs/speed.md)
+    bfloat16: bool = False
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on settings that cannot work."""
@@ -539,14 +549,73 @@ class OtherImageBatches(SequenceABC):
 # Fine-tuning without touching the model
 
 
+class FoldedBatchNorm:
+    """A module in eval mode run with given parameters, each BatchNorm folded into the convolution
+    before it: ``conv(x, W s) + (beta - mean s)`` with ``s = gamma / sqrt(var + eps)``, the same
+    function as ``bn(conv(x, W))`` with one pass less over the features, forward and backward.
+
+    The folded weights are computed from the given parameters at every call, so gradients reach
+    ``W``, ``gamma`` and ``beta`` as through the module. A BatchNorm is folded when the module's
+    traced graph (:mod:`torch.fx`) feeds it the output of a bias-free convolution that nothing
+    else uses; a module that does not trace runs as it is.
+
+    Args:
+        module: e.g. the fine-tuned stages of a ResNet; it is not modified.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.folds: list[tuple[str, str, str, nn.BatchNorm2d]] = []  # (new conv, conv, bn names, bn)
+        self.runs = module
+        try:
+            traced = torch.fx.symbolic_trace(module)
+        except Exception:  # any module fx cannot trace (data-dependent control flow) runs unfolded
+            return
+        modules = dict(module.named_modules())
+        for node in list(traced.graph.nodes):
+            norm = modules.get(node.target) if node.op == "call_module" else None
+            source = node.args[0] if node.args else None
+            if not (isinstance(norm, nn.BatchNorm2d) and norm.affine and norm.track_running_stats
+                    and isinstance(source, torch.fx.Node) and source.op == "call_module"
+                    and len(source.users) == 1):
+                continue
+            conv = modules.get(source.target)
+            if not isinstance(conv, nn.Conv2d) or conv.bias is not None or conv.padding_mode != "zeros":
+                continue
+            name = f"folded_{len(self.folds)}"
+            traced.add_submodule(name, nn.Conv2d(
+                conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True, device="meta"))
+            self.folds.append((name, source.target, node.target, norm))
+            source.target = name
+            node.replace_all_uses_with(source)
+            traced.graph.erase_node(node)
+        if self.folds:
+            traced.graph.lint()
+            traced.recompile()
+            traced.delete_all_unused_submodules()
+            self.runs = traced
+
+    def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``module`` with ``params`` (named as its own parameters) on ``x``."""
+        if not self.folds:
+            return functional_call(self.module, params, (x,))
+        params = dict(params)
+        for name, conv, norm_name, norm in self.folds:
+            scale = params.pop(f"{norm_name}.weight") * torch.rsqrt(norm.running_var + norm.eps)
+            params[f"{name}.weight"] = params.pop(f"{conv}.weight") * scale[:, None, None, None]
+            params[f"{name}.bias"] = params.pop(f"{norm_name}.bias") - norm.running_mean * scale
+        return functional_call(self.runs, params, (x,))
+
+
 class RibTuner:
     """The part of a CAM classifier RIB fine-tunes, run on working copies of its parameters.
 
     The frozen stages (all but the last ``trainable_stages``) run as they are, without autograd;
-    the last stages and the classifier run through :func:`torch.func.functional_call` with working
-    tensors allocated once and reset in place from the model's own parameters before every image.
-    The model itself is never modified, so it is exactly as before after every image, even when
-    one fails halfway.
+    the last stages (their BatchNorm folded, :class:`FoldedBatchNorm`) and the classifier run
+    through :func:`torch.func.functional_call` with working tensors allocated once and reset in
+    place from the model's own parameters before every image. The model itself is never
+    modified, so it is exactly as before after every image, even when one fails halfway.
 
     Args:
         model: a :class:`~wsss.models.cam_net.CamNet` (``backbone.stages``, ``classifier``).
@@ -560,6 +629,7 @@ class RibTuner:
         self.trainable_stages = trainable_stages
         self.frozen_part = nn.Sequential(*stages[:split])
         self.tuned_part = nn.Sequential(*stages[split:])
+        self.folded_part = FoldedBatchNorm(self.tuned_part)
         self._sources = dict(self.tuned_part.named_parameters())
         self.backbone_params = {name: p.detach().clone().requires_grad_(True)
                                 for name, p in self._sources.items()}
@@ -581,7 +651,7 @@ class RibTuner:
 
     def maps(self, features: torch.Tensor, channels: torch.Tensor | None = None) -> torch.Tensor:
         """Raw class maps from frozen-stage features, with the working parameters."""
-        features = functional_call(self.tuned_part, self.backbone_params, (features,))
+        features = self.folded_part(self.backbone_params, features)
         weight = self.classifier_weight
         if channels is not None:
             weight = weight.index_select(0, channels)
@@ -614,6 +684,17 @@ def _as_batches(other_images, steps: int) -> tuple[Sequence[OtherBatch | None], 
     return other_images, min(steps, len(other_images))
 
 
+def _layout(device: torch.device) -> torch.memory_format:
+    """The images' memory format: channels-last on a CPU (oneDNN's own layout), where it is
+    faster in bfloat16 and no slower in float32 (``docs/speed.md``)."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+def _autocast(device: torch.device, config: RibConfig):
+    """bfloat16 autocast for the fine-tuned stages when ``config.bfloat16``, else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bfloat16)
+
+
 def _fine_tune(tuner: RibTuner, image: np.ndarray, keys: np.ndarray, other_images, config: RibConfig,
                device: torch.device, scale: str = "reference", trace: bool = False) -> RibResult:
     """The RIB loop for checked inputs; ``tuner`` is reset first. ``scale="image"`` measures the
@@ -625,8 +706,9 @@ def _fine_tune(tuner: RibTuner, image: np.ndarray, keys: np.ndarray, other_image
     batches, steps = _as_batches(other_images, config.steps)
     loss_scale = [scale in config.loss_scales for scale in config.scales]
     # the target at every scale, through the frozen stages once for all steps
+    layout = _layout(device)
     inputs = multiscale_inputs(image, config.scales, flip=config.flip)
-    frozen = [tuner.frozen(x.to(device, dtype)) for x in inputs]
+    frozen = [tuner.frozen(x.to(device, dtype).contiguous(memory_format=layout)) for x in inputs]
     settings = scaled_settings(config)  # literal until step 0 has measured the logits
     optimizer = schedule = None  # made before the first update, once the settings are known
     accumulated: list[torch.Tensor | None] = [None] * len(frozen)
@@ -637,8 +719,8 @@ def _fine_tune(tuner: RibTuner, image: np.ndarray, keys: np.ndarray, other_image
         update = step < steps - 1  # the last step's update would never be used
         step_maps, target_logits, plain_logits = [], [], []
         for index, features in enumerate(frozen):
-            with torch.set_grad_enabled(update and loss_scale[index]):
-                raw = tuner.maps(features, channels)  # (2, C, h, w)
+            with torch.set_grad_enabled(update and loss_scale[index]), _autocast(device, config):
+                raw = tuner.maps(features, channels).to(dtype)  # (2, C, h, w)
             step_maps.append(merge_flips(F.relu(raw.detach())))
             if index == 0 and step > 0 and map_explodes(step_maps[0], config.explode_threshold,
                                                         config.explode_ratio):
@@ -670,9 +752,11 @@ def _fine_tune(tuner: RibTuner, image: np.ndarray, keys: np.ndarray, other_image
         batch = batches[step]
         if batch is not None and len(batch.images):
             if batch is not cached_batch:  # a reused batch keeps its frozen-stage features
-                cached_batch, cached_features = batch, tuner.frozen(batch.images.to(device, dtype))
+                images = batch.images.to(device, dtype).contiguous(memory_format=layout)
+                cached_batch, cached_features = batch, tuner.frozen(images)
             labels = batch.labels.to(device, dtype)
-            raw = tuner.maps(cached_features)
+            with _autocast(device, config):
+                raw = tuner.maps(cached_features).to(dtype)
             all_channels = torch.arange(raw.shape[1], device=device)
             loss = loss + rib_loss(pool_logits(raw, labels > 0.5, all_channels, config), labels)
         optimizer.zero_grad(set_to_none=True)
