@@ -36,8 +36,9 @@ import time
 import numpy as np
 import torch
 
-from wsss.attribution.advcam import AdvCamConfig, climbing_copy, compute_advcam_batch
+from wsss.attribution.advcam import AdvCamConfig, climbing_copy, climbing_layout, compute_advcam_batch, scale_schedule
 from wsss.attribution.advcam_reference import reference_advcam
+from wsss.attribution.cam import multiscale_inputs
 from wsss.models.cam_net import CamNet, load_cam_net
 
 
@@ -100,6 +101,34 @@ def benchmark_net(checkpoint: str | None, num_classes: int, positive_classifier:
     return net
 
 
+def bare_passes(net: CamNet, images: list[tuple[np.ndarray, np.ndarray]], config: AdvCamConfig) -> None:
+    """The network passes the batched version runs, and nothing else: the same batches (every
+    class of ``config.images_per_batch`` same-size images, ``max_batch_pairs`` at a time), on the
+    same climbing copy in the same memory format, per step one forward and (except the last
+    step, whose gradient AdvCAM does not need) one backward to the input only, of a plain sum."""
+    climber = climbing_copy(net)
+    dtype = climber.classifier.weight.dtype
+    per_batch = config.images_per_batch
+    for start in range(0, len(images), per_batch):
+        group = images[start:start + per_batch]
+        schedule = scale_schedule(config)
+        inputs = [multiscale_inputs(image, [s for s, _, _ in schedule], flip=config.flip) for image, _ in group]
+        owner = [i for i, (_, keys) in enumerate(group) for _ in keys]
+        chunk = config.max_batch_pairs or len(owner)
+        for index, (_, iterations, _) in enumerate(schedule):
+            pairs = torch.stack([inputs[i][index] for i in owner]).to(dtype=dtype)
+            layout = climbing_layout(pairs.device)
+            for first in range(0, len(owner), chunk):
+                image = pairs[first:first + chunk].flatten(0, 1).contiguous(memory_format=layout)
+                for step in range(iterations):
+                    last = step == iterations - 1
+                    with torch.set_grad_enabled(not last):
+                        image = image.detach().requires_grad_(not last)
+                        logits = climber.class_maps(image)
+                    if not last:
+                        torch.autograd.grad(logits.sum(), image)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 320], help="image sizes (square)")
@@ -145,17 +174,18 @@ def main() -> None:
                 out += compute_advcam_batch(net, [i for i, _ in group], [k for _, k in group], config=config)
             return out
 
+        _, (bare_wall, bare_cpu) = timed(lambda: bare_passes(net, images, config), len(images))
         batched, (batched_wall, batched_cpu) = timed(run_batched, len(images))
-        line = (f"{size:4d} px, classes {classes}: batched {batched_wall:6.2f} s/image "
-                f"(cpu {batched_cpu:6.2f})")
+        line = (f"{size:4d} px, classes {classes}: bare passes {bare_wall:6.2f} s/image (cpu {bare_cpu:6.2f}), "
+                f"batched {batched_wall:6.2f} (cpu {batched_cpu:6.2f}), batched / bare "
+                f"{batched_wall / bare_wall:4.2f}x (cpu {batched_cpu / bare_cpu:4.2f}x)")
         if not args.skip_reference:
             reference, (reference_wall, reference_cpu) = timed(
                 lambda: [reference_advcam(net, image, keys, config=config) for image, keys in images],
                 len(images))
             differences = [relative_difference(b.high_res, r.high_res) for b, r in zip(batched, reference)]
-            line += (f", reference {reference_wall:6.2f} s/image (cpu {reference_cpu:6.2f}), "
-                     f"ratio {reference_wall / batched_wall:4.2f}x "
-                     f"(cpu {reference_cpu / batched_cpu:4.2f}x), "
+            line += (f", reference {reference_wall:6.2f} (cpu {reference_cpu:6.2f}), reference / batched "
+                     f"{reference_wall / batched_wall:4.2f}x (cpu {reference_cpu / batched_cpu:4.2f}x), "
                      f"max rel. diff {max(differences):.1e} (median {statistics.median(differences):.1e})")
         print(line, flush=True)
         if args.noise_floor and not args.skip_reference:
