@@ -1,4 +1,4 @@
-"""AdvCAM speed: the reference's per-class loop against the batched implementation.
+"""AdvCAM speed: the reference's per-class loop, the batched implementation, and the bare passes.
 
 For each image size, a few random images with 1, 2 and 3 labelled classes go through
 
@@ -7,11 +7,33 @@ For each image size, a few random images with 1, 2 and 3 labelled classes go thr
   parameter gradients -- the reference's computation;
 * ``compute_advcam_batch`` (``wsss.attribution.advcam``): all classes of ``--per-batch``
   same-size images in one batch, one forward and one input-only backward per step;
+* the bare passes (:func:`bare_passes`): the network passes the batched version runs and
+  nothing else -- the same batches on the same climbing copy (BatchNorm folded, channels-last),
+  per step one forward and one backward of a plain sum to the input (none at the last step,
+  whose gradient AdvCAM does not use): what any implementation computing these maps this way
+  must spend;
 
-and the script prints seconds per image, the ratio, and the largest difference between the two
-sets of maps (max |a - b| / max |b| over ``high_res``). The network is the synth recipe's
+and the script prints seconds per image (wall and process CPU), the ratios batched / bare,
+reference / batched and reference / bare, and the largest difference between the batched and the
+reference maps (max |a - b| / max |b| over ``high_res``). The network is the synth recipe's
 classifier architecture (``resnet18_w16``, output stride 8) with random weights, or a trained
-checkpoint (``--checkpoint``), run on the CPU in float32.
+checkpoint (``--checkpoint``), run on the CPU in float32. Only ratios measured in one run mean
+anything; on a machine shared with other processes, take the CPU-time ratios (with one thread the
+CPU time is the wall time of an idle machine).
+
+Measured (docs/speed.md, "AdvCAM"; 2 cores shared with other processes, load 5 to 12, so CPU time;
+``OMP_NUM_THREADS=1 ... --threads 1``, 3 images, classes 1, 2, 3, 3 per batch)::
+
+    size    iterations  CPU s/image: reference  batched  bare   batched/bare  reference/batched  reference/bare
+    128 px  27                       25.96      7.87   7.80   1.01          3.30               3.33
+    320 px   9                       45.91     17.45  17.00   1.03          2.63               2.70
+
+The batched version runs at its bare passes, and those run at about 84 GFLOP/s of convolution,
+where one large convolution alone reaches about 100 on this core (AVX-512); the reference spends a forward and two full backward passes
+(input and parameter gradients) per class and step, 2.5 times the batched version's arithmetic, on
+batches of two, which run less efficiently on small images. So reference / batched is about 3 on
+small images and falls towards 2.5 on large ones; the issue's 5x would need fewer operations than
+one forward and one input backward per step, i.e. other maps.
 
 In float32 the two differ by a few percent: batch size and BatchNorm folding change the
 convolutions' rounding, and AdvCAM's map is discontinuous in the image (the counts N_b of positive

@@ -25,7 +25,9 @@ in :mod:`wsss.attribution.advcam_reference`): every class of an image (and of
 ``images_per_batch`` same-size images) climbs in one batch; each step is one forward and one
 backward to the input only (on a frozen copy of the classifier with BatchNorm folded into the
 convolutions), with no hooks and no second backward; the last step's gradient, which the
-reference computes and throws away, is skipped.
+reference computes and throws away, is skipped; on the CPU the images stay channels-last from the
+first step to the last. It costs what those network passes cost, a third of the reference's time
+on small images (``benchmarks/advcam_speed.py``, ``docs/speed.md``).
 
 Scale weighting: the reference runs scale 0.5 with half the iterations (13 of 27) and means to
 weight it twice, but its weight variable (``mul_for_scale``) is never reset, so every later scale
