@@ -29,11 +29,12 @@ Measured (docs/speed.md, "AdvCAM"; 2 cores shared with other processes, load 5 t
     320 px   9                       45.91     17.45  17.00   1.03          2.63               2.70
 
 The batched version runs at its bare passes, and those run at about 84 GFLOP/s of convolution,
-where one large convolution alone reaches about 100 on this core (AVX-512); the reference spends a forward and two full backward passes
-(input and parameter gradients) per class and step, 2.5 times the batched version's arithmetic, on
-batches of two, which run less efficiently on small images. So reference / batched is about 3 on
-small images and falls towards 2.5 on large ones; the issue's 5x would need fewer operations than
-one forward and one input backward per step, i.e. other maps.
+where one large convolution alone reaches about 100 on this core (AVX-512). The reference spends
+a forward and two full backward passes (input and parameter gradients) per class and step, 2.5
+times the batched version's arithmetic, on batches of two, which run less efficiently on small
+images. So reference / batched is about 3 on small images and falls towards 2.5 on large ones;
+the issue's 5x would need fewer operations than one forward and one input backward per step,
+i.e. other maps.
 
 In float32 the two differ by a few percent: batch size and BatchNorm folding change the
 convolutions' rounding, and AdvCAM's map is discontinuous in the image (the counts N_b of positive
@@ -213,8 +214,8 @@ def main() -> None:
                 len(images))
             differences = [relative_difference(b.high_res, r.high_res) for b, r in zip(batched, reference)]
             line += (f", reference {reference_wall:6.2f} (cpu {reference_cpu:6.2f}), reference / batched "
-                     f"{reference_wall / batched_wall:4.2f}x (cpu {reference_cpu / batched_cpu:4.2f}x), reference / bare "
-                     f"{reference_wall / bare_wall:4.2f}x (cpu {reference_cpu / bare_cpu:4.2f}x), "
+                     f"{reference_wall / batched_wall:4.2f}x (cpu {reference_cpu / batched_cpu:4.2f}x), "
+                     f"reference / bare {reference_wall / bare_wall:4.2f}x (cpu {reference_cpu / bare_cpu:4.2f}x), "
                      f"max rel. diff {max(differences):.1e} (median {statistics.median(differences):.1e})")
         print(line, flush=True)
         if args.noise_floor and not args.skip_reference:
