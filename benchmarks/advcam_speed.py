@@ -1,4 +1,4 @@
-"""AdvCAM speed: the reference's per-class loop against the batched implementation.
+"""AdvCAM speed: the reference's per-class loop, the batched implementation, and the bare passes.
 
 For each image size, a few random images with 1, 2 and 3 labelled classes go through
 
@@ -7,11 +7,34 @@ For each image size, a few random images with 1, 2 and 3 labelled classes go thr
   parameter gradients -- the reference's computation;
 * ``compute_advcam_batch`` (``wsss.attribution.advcam``): all classes of ``--per-batch``
   same-size images in one batch, one forward and one input-only backward per step;
+* the bare passes (:func:`bare_passes`): the network passes the batched version runs and
+  nothing else -- the same batches on the same climbing copy (BatchNorm folded, channels-last),
+  per step one forward and one backward of a plain sum to the input (none at the last step,
+  whose gradient AdvCAM does not use): what any implementation computing these maps this way
+  must spend;
 
-and the script prints seconds per image, the ratio, and the largest difference between the two
-sets of maps (max |a - b| / max |b| over ``high_res``). The network is the synth recipe's
+and the script prints seconds per image (wall and process CPU), the ratios batched / bare,
+reference / batched and reference / bare, and the largest difference between the batched and the
+reference maps (max |a - b| / max |b| over ``high_res``). The network is the synth recipe's
 classifier architecture (``resnet18_w16``, output stride 8) with random weights, or a trained
-checkpoint (``--checkpoint``), run on the CPU in float32.
+checkpoint (``--checkpoint``), run on the CPU in float32. Only ratios measured in one run mean
+anything; on a machine shared with other processes, take the CPU-time ratios (with one thread the
+CPU time is the wall time of an idle machine).
+
+Measured (docs/speed.md, "AdvCAM"; 2 cores shared with other processes, load 5 to 12, so CPU time;
+``OMP_NUM_THREADS=1 ... --threads 1``, 3 images, classes 1, 2, 3, 3 per batch)::
+
+    size    iterations  CPU s/image: reference  batched  bare   batched/bare  reference/batched  reference/bare
+    128 px  27                       25.96      7.87   7.80   1.01          3.30               3.33
+    320 px   9                       45.91     17.45  17.00   1.03          2.63               2.70
+
+The batched version runs at its bare passes, and those run at about 84 GFLOP/s of convolution,
+where one large convolution alone reaches about 100 on this core (AVX-512). The reference spends
+a forward and two full backward passes (input and parameter gradients) per class and step, 2.5
+times the batched version's arithmetic, on batches of two, which run less efficiently on small
+images. So reference / batched is about 3 on small images and falls towards 2.5 on large ones;
+the issue's 5x would need fewer operations than one forward and one input backward per step,
+i.e. other maps.
 
 In float32 the two differ by a few percent: batch size and BatchNorm folding change the
 convolutions' rounding, and AdvCAM's map is discontinuous in the image (the counts N_b of positive
@@ -30,14 +53,16 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
 import numpy as np
 import torch
 
-from wsss.attribution.advcam import AdvCamConfig, climbing_copy, compute_advcam_batch
+from wsss.attribution.advcam import AdvCamConfig, climbing_copy, climbing_layout, compute_advcam_batch, scale_schedule
 from wsss.attribution.advcam_reference import reference_advcam
+from wsss.attribution.cam import multiscale_inputs
 from wsss.models.cam_net import CamNet, load_cam_net
 
 
@@ -100,6 +125,34 @@ def benchmark_net(checkpoint: str | None, num_classes: int, positive_classifier:
     return net
 
 
+def bare_passes(net: CamNet, images: list[tuple[np.ndarray, np.ndarray]], config: AdvCamConfig) -> None:
+    """The network passes the batched version runs, and nothing else: the same batches (every
+    class of ``config.images_per_batch`` same-size images, ``max_batch_pairs`` at a time), on the
+    same climbing copy in the same memory format, per step one forward and (except the last
+    step, whose gradient AdvCAM does not need) one backward to the input only, of a plain sum."""
+    climber = climbing_copy(net)
+    dtype = climber.classifier.weight.dtype
+    per_batch = config.images_per_batch
+    for start in range(0, len(images), per_batch):
+        group = images[start:start + per_batch]
+        schedule = scale_schedule(config)
+        inputs = [multiscale_inputs(image, [s for s, _, _ in schedule], flip=config.flip) for image, _ in group]
+        owner = [i for i, (_, keys) in enumerate(group) for _ in keys]
+        chunk = config.max_batch_pairs or len(owner)
+        for index, (_, iterations, _) in enumerate(schedule):
+            pairs = torch.stack([inputs[i][index] for i in owner]).to(dtype=dtype)
+            layout = climbing_layout(pairs.device)
+            for first in range(0, len(owner), chunk):
+                image = pairs[first:first + chunk].flatten(0, 1).contiguous(memory_format=layout)
+                for step in range(iterations):
+                    last = step == iterations - 1
+                    with torch.set_grad_enabled(not last):
+                        image = image.detach().requires_grad_(not last)
+                        logits = climber.class_maps(image)
+                    if not last:
+                        torch.autograd.grad(logits.sum(), image)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 320], help="image sizes (square)")
@@ -145,17 +198,24 @@ def main() -> None:
                 out += compute_advcam_batch(net, [i for i, _ in group], [k for _, k in group], config=config)
             return out
 
+        # warm-up: oneDNN builds its kernels for each new shape on first use; not timed
+        short = dataclasses.replace(config, iterations=2)
+        bare_passes(net, images, short)
+        compute_advcam_batch(net, [i for i, _ in images[:args.per_batch]], [k for _, k in images[:args.per_batch]],
+                             config=short)
+        _, (bare_wall, bare_cpu) = timed(lambda: bare_passes(net, images, config), len(images))
         batched, (batched_wall, batched_cpu) = timed(run_batched, len(images))
-        line = (f"{size:4d} px, classes {classes}: batched {batched_wall:6.2f} s/image "
-                f"(cpu {batched_cpu:6.2f})")
+        line = (f"{size:4d} px, classes {classes}: bare passes {bare_wall:6.2f} s/image (cpu {bare_cpu:6.2f}), "
+                f"batched {batched_wall:6.2f} (cpu {batched_cpu:6.2f}), batched / bare "
+                f"{batched_wall / bare_wall:4.2f}x (cpu {batched_cpu / bare_cpu:4.2f}x)")
         if not args.skip_reference:
             reference, (reference_wall, reference_cpu) = timed(
                 lambda: [reference_advcam(net, image, keys, config=config) for image, keys in images],
                 len(images))
             differences = [relative_difference(b.high_res, r.high_res) for b, r in zip(batched, reference)]
-            line += (f", reference {reference_wall:6.2f} s/image (cpu {reference_cpu:6.2f}), "
-                     f"ratio {reference_wall / batched_wall:4.2f}x "
-                     f"(cpu {reference_cpu / batched_cpu:4.2f}x), "
+            line += (f", reference {reference_wall:6.2f} (cpu {reference_cpu:6.2f}), reference / batched "
+                     f"{reference_wall / batched_wall:4.2f}x (cpu {reference_cpu / batched_cpu:4.2f}x), "
+                     f"reference / bare {reference_wall / bare_wall:4.2f}x (cpu {reference_cpu / bare_cpu:4.2f}x), "
                      f"max rel. diff {max(differences):.1e} (median {statistics.median(differences):.1e})")
         print(line, flush=True)
         if args.noise_floor and not args.skip_reference:

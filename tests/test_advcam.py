@@ -251,6 +251,37 @@ def test_the_callers_model_is_left_as_it_was() -> None:
     assert model.training
 
 
+class _LayoutRecorder(nn.Module):
+    """Wraps a climbing copy; records the memory format of every input the climb feeds it."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.classifier, self.layouts = net, net.classifier, []
+
+    def class_maps(self, images: torch.Tensor) -> torch.Tensor:
+        self.layouts.append("channels_last" if images.is_contiguous(memory_format=torch.channels_last)
+                            else "contiguous" if images.is_contiguous() else "other")
+        return self.net.class_maps(images)
+
+
+# float32: the two layouts round the convolutions differently and AdvCAM's jumps amplify it (~4e-3
+# after 4 steps here; see the module docstring); float64 rounds too little for that
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 2e-2)])
+def test_channels_last_climb_gives_the_contiguous_maps(dtype: torch.dtype, tolerance: float) -> None:
+    net = climbing_copy(_random_net(3, dtype))
+    pairs = torch.stack([multiscale_inputs(_image(36, 40, seed=s), (1.0,))[0] for s in (1, 2, 3)]).to(dtype)
+    channels = torch.tensor([0, 2, 1])
+    maps = {}
+    for layout, name in ((torch.channels_last, "channels_last"), (torch.contiguous_format, "contiguous")):
+        recorder = _LayoutRecorder(net)
+        maps[name] = adversarial_climb(recorder, pairs, channels, 4, memory_format=layout)
+        assert recorder.layouts == [name] * 4  # every step, no step falls back to another layout
+    assert maps["contiguous"].abs().max() > 0
+    assert _relative(maps["channels_last"], maps["contiguous"]) < tolerance
+    # the default on the CPU is channels-last, and its maps are those
+    torch.testing.assert_close(adversarial_climb(net, pairs, channels, 4), maps["channels_last"], rtol=0, atol=0)
+
+
 def test_folding_batchnorm_keeps_the_function() -> None:
     torch.manual_seed(1)
     bottleneck = ResNet(Bottleneck, (1, 1, 1, 1), widths=(8, 8, 8, 8), output_stride=16)

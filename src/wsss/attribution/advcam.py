@@ -25,7 +25,9 @@ in :mod:`wsss.attribution.advcam_reference`): every class of an image (and of
 ``images_per_batch`` same-size images) climbs in one batch; each step is one forward and one
 backward to the input only (on a frozen copy of the classifier with BatchNorm folded into the
 convolutions), with no hooks and no second backward; the last step's gradient, which the
-reference computes and throws away, is skipped.
+reference computes and throws away, is skipped; on the CPU the images stay channels-last from the
+first step to the last. It costs what those network passes cost, a third of the reference's time
+on small images (``benchmarks/advcam_speed.py``, ``docs/speed.md``).
 
 Scale weighting: the reference runs scale 0.5 with half the iterations (13 of 27) and means to
 weight it twice, but its weight variable (``mul_for_scale``) is never reset, so every later scale
@@ -96,6 +98,7 @@ __all__ = [
     "attribution_maps",
     "climb_report",
     "climbing_copy",
+    "climbing_layout",
     "compute_advcam",
     "compute_advcam_batch",
     "fold_batchnorm",
@@ -256,6 +259,12 @@ def climbing_copy(model: nn.Module) -> nn.Module:
     return net.requires_grad_(False)
 
 
+def climbing_layout(device: torch.device) -> torch.memory_format:
+    """The memory format the climb feeds the network: channels-last on the CPU, where oneDNN's
+    convolutions run 0-15% faster on it (measured, resnet18_w16, 64-640 px), else contiguous."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
 def adversarial_climb(
     model: nn.Module,
     pairs: torch.Tensor,
@@ -269,6 +278,7 @@ def adversarial_climb(
     reference: int | None = None,
     trace: list[dict[str, torch.Tensor]] | None = None,
     area_threshold: float = 0.3,
+    memory_format: torch.memory_format | None = None,
 ) -> torch.Tensor:
     """Climb n independent trajectories together and accumulate their attribution maps.
 
@@ -291,6 +301,8 @@ def adversarial_climb(
             ``area_threshold`` of its max, ``accumulated_area`` the same of ``sum_{s<=t} A_s``,
             and once ``mask_weight`` (n,) and ``strength`` (n,) (:func:`regulariser_strength`).
         area_threshold: see ``trace`` (the issue's 0.3).
+        memory_format: the layout the perturbed images are kept in, from the first step to the
+            last, so no step copies them; ``None``: :func:`climbing_layout` of their device.
 
     Returns:
         (n, h', w') the accumulated maps ``weight * sum_t A_t`` (detached).
@@ -299,17 +311,16 @@ def adversarial_climb(
     rows = torch.arange(n, device=pairs.device)
     channels = torch.as_tensor(channels, dtype=torch.long, device=pairs.device).reshape(-1)
     positive_weights = (model.classifier.weight.detach().flatten(1) > 0).sum(dim=1)[channels]
-    # oneDNN CPU convolutions: 0-15% faster on channels-last inputs (measured, resnet18_w16, 64-640 px)
-    layout = torch.channels_last if pairs.device.type == "cpu" else torch.contiguous_format
-    image = pairs.detach()
+    layout = climbing_layout(pairs.device) if memory_format is None else memory_format
+    # (n B, 3, h, w) in ``layout`` throughout: the step below keeps the layout of its inputs
+    image = pairs.detach().flatten(0, 1).contiguous(memory_format=layout)
     accumulated = initial = None
     for step in range(iterations):
         last = step == iterations - 1
         with torch.set_grad_enabled(not last):  # the last perturbed image is never used
             if not last:
                 image.requires_grad_(True)
-            logits = model.class_maps(image.flatten(0, 1).contiguous(memory_format=layout))
-            logits = logits.unflatten(0, (n, pair_size))  # (n, B, K, h', w')
+            logits = model.class_maps(image).unflatten(0, (n, pair_size))  # (n, B, K, h', w')
             regions = attribution_maps(logits, channels, positive_weights)  # A_t, (n, h', w')
         detached = regions.detach()
         if step == 0:
@@ -333,7 +344,8 @@ def adversarial_climb(
         drift = ((regions - initial).abs() * mask).sum(dim=(-2, -1))
         objective = (class_margin - lambdas * drift).sum()
         (gradient,) = torch.autograd.grad(objective, image)
-        image = climb_step(image.detach(), gradient, step_size, "image", bounds="image")
+        image = climb_step(image.detach().unflatten(0, (n, pair_size)), gradient.unflatten(0, (n, pair_size)),
+                           step_size, "image", bounds="image").flatten(0, 1)
     return accumulated
 
 
