@@ -8,8 +8,8 @@ labels (:func:`wsss.refine.bbam_labels.bbam_labels`). It prints, per schedule:
 * the seconds per object (proposal selection and optimisation; the schedules take turns on each
   image, so a machine's changing load falls on all of them alike);
 * the share of objects with no kept proposal (BBAM falls back to the box) and the mean kept;
-* the semantic pseudo-mask mIoU against the ground truth, with the pseudo masks' 255 band left
-  out, and with it taken as background;
+* the share of pixels in the pseudo masks' 255 band, and the semantic pseudo-mask mIoU against
+  the ground truth with that band left out, and with it taken as background;
 * against the full schedule: the mean IoU of the objects' masks (th 0.85), the correlation of
   the raw masks, and the share of pixels where the semantic pseudo masks agree.
 
@@ -109,12 +109,13 @@ def main() -> None:
     k = dataset.num_classes
     confusion = {name: np.zeros((k, k), np.int64) for name in schedules}
     band_as_background = {name: np.zeros((k, k), np.int64) for name in schedules}
+    band = dict.fromkeys(schedules, 0)
     seconds = dict.fromkeys(schedules, 0.0)
     kept = {name: [] for name in schedules}
     object_iou = {name: [] for name in args.short}
     correlation = {name: [] for name in args.short}
     agreement = {name: [] for name in args.short}
-    objects = 0
+    objects = pixels = 0
     for image_id in dataset.ids[:args.images]:
         image, truth = dataset.load_image(image_id), dataset.load_mask(image_id)
         boxes, classes = dataset.boxes(image_id)
@@ -127,9 +128,11 @@ def main() -> None:
             labels = bbam_labels(image, result.to_maps(), image_id=image_id, scale="image")
             found[name] = (result, labels)
             semantic = labels.semantic.astype(np.int64)
+            band[name] += int((semantic == 255).sum())
             confusion[name] += confusion_of(np.where(semantic == 255, 255, truth), semantic, k)
             band_as_background[name] += confusion_of(truth, np.where(semantic == 255, 0, semantic), k)
         objects += len(boxes)
+        pixels += truth.size
         full_result, full_labels = found[FULL]
         for name in args.short:
             result, labels = found[name]
@@ -149,6 +152,7 @@ def main() -> None:
         "objects_without_kept_proposal": {name: round(float(np.mean(np.array(v) == 0)), 3)
                                           for name, v in kept.items()},
         "mean_kept": {name: round(float(np.mean(v)), 1) for name, v in kept.items()},
+        "band_share": {name: round(value / max(pixels, 1), 3) for name, value in band.items()},
         "pseudo_miou_band_left_out": {name: round(miou(c), 1) for name, c in confusion.items()},
         "pseudo_miou_band_as_background": {name: round(miou(c), 1) for name, c in band_as_background.items()},
         "object_mask_iou_with_full": {name: round(float(np.mean(v)), 3) for name, v in object_iou.items()},
