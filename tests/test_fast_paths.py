@@ -65,7 +65,8 @@ def test_fast_paths_check_their_values_and_fingerprint_only_bf16() -> None:
 def test_recipe_keys_are_read_and_checked() -> None:
     recipe = load_recipe("synth/demo", ["runtime.channels_last=true", "runtime.autocast=bf16"])
     assert recipe.runtime.fast_paths == FAST
-    assert load_recipe("synth/demo").runtime.fast_paths == FastPaths()  # the defaults: float32, contiguous
+    assert load_recipe().runtime.fast_paths == FastPaths()  # the library's defaults: float32, contiguous
+    assert load_recipe("synth/demo").runtime.fast_paths == FastPaths(channels_last=True)  # the demo's choice
     with pytest.raises(ConfigError, match="autocast"):
         load_recipe("synth/demo", ["runtime.autocast=float16"])
     with pytest.raises(ConfigError, match="channels_last"):
