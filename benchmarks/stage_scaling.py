@@ -3,7 +3,9 @@ recipe, and seconds per update of every training, at several image sizes; and (`
 the demo's time estimated from those unit costs at several training-set sizes.
 
 For each size in ``--sizes`` (default 128, 256, 512 px) the script generates a small benchmark
-set at that size (:mod:`wsss.data.synth`; one batch of training images with 1-2 objects each),
+set at that size (:mod:`wsss.data.synth`; one batch of training images of one object each, so
+that every image costs the same at every size: AdvCAM climbs once per class in an image, BBAM
+optimises once per object; the demo model scales them by the generator's means),
 reads the demo recipe (``synth/demo``) with the demo's own crop and rescale settings scaled to the
 size (:func:`wsss.pipeline.demo.size_overrides`, what ``wsss demo --data`` does for another
 dataset), and times the functions the demo's stages call (``wsss.methods.chain``, ``cam``,
@@ -24,11 +26,15 @@ dataset), and times the functions the demo's stages call (``wsss.methods.chain``
 Only time matters, so the networks are the recipe's architectures after a few updates from random
 weights (the trainings above write the checkpoints the per-image stages read). Three stages would
 stop early on such networks; the script keeps them to their full work: RIB's margin and explode
-stops are switched off (every step runs, the recipe's upper bound), BBAM's detector is biased so
-that no proposal is called background (every object is optimised), and the walk and CRFs cost the
-same whatever the maps hold. AdvCAM, RIB and BBAM run a cut number of steps
-(``--advcam-iterations``, ``--rib-steps``, ``--bbam-steps``) and their time is extrapolated
-linearly to the recipe's (the output says so); everything else runs as the recipe sets it.
+stops are switched off (every step runs, the recipe's upper bound); BBAM's detector gets class
+scores that favour the object's class and box deltas near zero, so that jittered boxes are kept
+as a trained detector keeps them (every object is optimised, the output says how many proposals
+were kept); the walk and CRFs cost the same whatever the maps hold. AdvCAM, RIB and BBAM run a
+cut number of steps (``--advcam-iterations``, ``--rib-steps``, ``--bbam-steps``) and their time
+is extrapolated linearly to the recipe's (the output says so: AdvCAM and RIB in proportion to
+the steps, BBAM from runs of 1 and ``--bbam-steps`` steps, since its proposal selection is a
+fixed cost); everything else runs as the recipe sets it. ``--set`` overrides recipe settings
+(the test uses it to make everything cheap).
 
 The table gives seconds per image (or object, or update) at each size and the ratio of the largest
 size to the smallest. The CPUs are shared: the script prints the load average
@@ -449,7 +455,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="AdvCAM iterations run (the recipe's are extrapolated linearly)")
     parser.add_argument("--rib-steps", type=int, default=2, help="RIB steps run (extrapolated linearly)")
     parser.add_argument("--bbam-steps", type=int, default=5, help="BBAM steps run (extrapolated linearly)")
-    parser.add_argument("--warmup-updates", type=int, default=1, help="untimed updates before the timed ones (at least 1)")
+    parser.add_argument("--warmup-updates", type=int, default=1,
+                        help="untimed updates before the timed ones (at least 1)")
     parser.add_argument("--timed-updates", type=int, default=2, help="timed updates per training")
     parser.add_argument("--recipe", default="synth/demo", help="the recipe (default synth/demo)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
