@@ -356,6 +356,7 @@ class DemoCounts:
     val_images: int
     objects_per_image: float
     classes_per_image: float
+    fully_supervised: bool  # a DeepLab trained on the ground truth too
 
 
 def demo_counts(recipe_name: str = "synth/demo", overrides: Sequence[str] = ()) -> DemoCounts:
@@ -380,14 +381,16 @@ def demo_counts(recipe_name: str = "synth/demo", overrides: Sequence[str] = ()) 
         advcam_methods=sum(m in ("advcam", "advcam_wood") for m in methods),
         cam_methods=sum(m in ("cam", "wood") for m in methods), rib_methods=int("rib" in methods),
         val_images=synth.val, objects_per_image=objects,
-        classes_per_image=1.0 + synth.new_class_prob * (objects - 1.0))
+        classes_per_image=1.0 + synth.new_class_prob * (objects - 1.0),
+        fully_supervised=recipe.until == "final" and recipe.fully_supervised)
 
 
 def demo_estimate(unit: dict[str, float], counts: DemoCounts, train: int, seeds: int) -> list[tuple[str, float]]:
     """Estimated seconds of each demo stage group with ``train`` training and ``seeds`` seed images,
     from the per-unit costs ``unit`` (seconds, by row key)."""
     methods = counts.image_level_methods
-    seg_methods = len(methods) + int(counts.bap_steps > 0) + int(counts.detector_steps > 0)
+    seg_methods = (len(methods) + int(counts.bap_steps > 0) + int(counts.detector_steps > 0)
+                   + int(counts.fully_supervised))
     seg_updates = counts.seg_epochs * (seeds // counts.seg_batch)
     return [
         ("classifier training", counts.classifier_epochs * (train // counts.classifier_batch)
@@ -433,7 +436,8 @@ def demo_model_text(unit: SizeResult, train_counts: Sequence[int], recipe_name: 
     lines = [f"ESTIMATE, not a measured run: the demo's time per stage group from the unit costs measured at "
              f"{unit.size} px above and the recipe's counts (columns: training images / seed images). "
              f"Methods {', '.join(counts.image_level_methods)} each run IRN's chain; BANA and BBAM their own; "
-             f"{counts.val_images} val images are predicted per method; the one-object images' AdvCAM time "
+             f"{'the fully supervised baseline trains a DeepLab too; ' if counts.fully_supervised else ''}"
+             f"{counts.val_images} val images are predicted per DeepLab; the one-object images' AdvCAM time "
              f"x {counts.classes_per_image:.2f} classes per image, BBAM's per object x {counts.objects_per_image:.2f} "
              "objects per image (the generator's means). Not included: W-OoD's fine-tuning, Mask R-CNN, evaluations, "
              "data generation and start-up."]
@@ -465,6 +469,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="also print the demo's time estimated from the smallest size's unit costs")
     parser.add_argument("--train-counts", type=int, nargs="+", default=[500, 1000, 2000],
                         help="training-set sizes of the demo model")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the measured seconds, notes and load averages to this file")
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one)")
     args = parser.parse_args(argv)
     if min(args.images, args.timed_updates, args.warmup_updates) < 1 or not args.sizes:
@@ -497,6 +503,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for result in results:
         for note in result.notes:
             print(f"  {result.size} px: {note}")
+    if args.json is not None:
+        from wsss.io import write_json
+
+        write_json(args.json, {"sizes": [r.size for r in results], "seconds": {r.size: r.seconds for r in results},
+                               "notes": {r.size: r.notes for r in results}, "threads": args.threads,
+                               "load_before": load_before, "load_after": load_after})
     if args.demo_model:
         print()
         print(demo_model_text(results[0], args.train_counts, args.recipe, args.set))

@@ -68,5 +68,6 @@ def test_demo_estimate_counts(scaling) -> None:
     assert estimate["IRN training"] == methods * counts.irn_epochs * (200 // counts.irn_batch)
     assert estimate["random walk"] == methods * 200
     assert estimate["BBAM attribution"] == pytest.approx(200 * counts.objects_per_image)
-    assert estimate["DeepLab training"] == (methods + 2) * counts.seg_epochs * (200 // counts.seg_batch)
+    assert counts.fully_supervised  # the demo's recipe trains the baseline on the ground truth too
+    assert estimate["DeepLab training"] == (methods + 3) * counts.seg_epochs * (200 // counts.seg_batch)
     assert dict(scaling.demo_estimate(unit, counts, 2000, 200))["random walk"] == methods * 200
