@@ -44,7 +44,7 @@ between sizes are what the table is for.
 ``--demo-model`` adds the demo's stage-by-stage time estimated from the unit costs at the smallest
 size (the demo's 128 px) and the recipe's counts, at 500, 1000 and 2000 training images
 (``--train-counts``), with the seed images fixed at 200 (the demo's ``SEED_IMAGES``) and with seed
-images = 20% of the training images.
+images = 20% of the training images. ``--json`` also writes the measured seconds.
 
 Examples::
 
@@ -294,7 +294,7 @@ def measure_size(size: int, args: argparse.Namespace, work: Path) -> SizeResult:
         how = f"1 step run, time x {full_steps}"
     result.seconds["bbam"] = seconds / max(objects, 1)
     kept = bbam_summary(work / "maps" / "bbam", ids)
-    result.notes.append(f"BBAM: {how} ({objects} objects, {kept['mean_kept']:.0f} proposals kept per object on "
+    result.notes.append(f"BBAM: {how} ({objects} object(s), {kept['mean_kept']:.0f} proposals kept per object on "
                         f"average, {kept['no_proposal_share']:.0%} with none; the recipe keeps at most "
                         f"{recipe.bbam.max_proposals})")
     bbam_labels = recipe.bbam_labels
