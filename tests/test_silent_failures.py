@@ -235,7 +235,8 @@ def test_run_lists_every_problem_with_its_inputs_before_the_first_stage(voc, tmp
     work = tmp_path / "work"
     code = main(["run", "synth/demo", "--work", str(work), "--set", f"data.root={voc.root}",
                  "--set", "data.val_split=train", "--set", "classifier.weights=missing.pth",
-                 "--set", f"data.ood_list={tmp_path / 'ood.txt'}", *SMALL_BATCHES])
+                 "--set", f"data.ood_list={tmp_path / 'ood.txt'}", *SMALL_BATCHES,
+                 "--set", "methods=[cam, advcam, rib, wood, advcam_wood]"])  # the box methods' checks: test_box_input
     assert code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0] == "wsss: error: 3 problems with the recipe's inputs (nothing was run):"
