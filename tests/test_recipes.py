@@ -160,12 +160,12 @@ def test_quick_settings_come_from_the_chain_and_each_method() -> None:
 
     settings = quick_overrides()
     assert settings[:len(QUICK_SETTINGS)] == list(QUICK_SETTINGS)
-    assert len(settings) == len(set(settings))  # advcam and advcam_wood share advcam.iterations=8: once
+    assert len(settings) == len(set(settings))  # advcam and advcam_wood share advcam.iterations=4: once
     for name in registered_methods():
         assert set(get_method(name).quick) <= set(settings)
         assert all(s.split(".")[0] in get_method(name).sections for s in get_method(name).quick)
     quick = load_recipe("synth/demo", settings)
-    assert (quick.classifier.epochs, quick.advcam.iterations, quick.rib.steps, quick.wood.epochs) == (4, 8, 3, 1)
+    assert (quick.classifier.epochs, quick.advcam.iterations, quick.rib.steps, quick.wood.epochs) == (4, 4, 3, 1)
     assert quick.bana.steps == 50
 
 

@@ -52,7 +52,7 @@ class AdvCamMethod(Method):
     name = "advcam"
     description = "anti-adversarial climbing on the classifier (Lee et al., CVPR 2021)"
     sections = {"advcam": AdvCamConfig}
-    quick = ("advcam.iterations=8",)
+    quick = ("advcam.iterations=4",)
     refine = RefineDefaults(0.35, 0.15, 1.5, 0.25, "AdvCAM run_sample.py, make_sem_seg_labels.py")
 
     def stages(self, ctx: Context) -> list[Stage]:

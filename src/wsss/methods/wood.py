@@ -98,7 +98,7 @@ class AdvCamWoodMethod(_WoodBase):
     name = "advcam_wood"
     description = "AdvCAM of the W-OoD classifier (the W-OoD paper's best seeds)"
     sections = {"advcam": AdvCamConfig, "wood": WoodConfig}
-    quick = ("advcam.iterations=8", "wood.epochs=1")
+    quick = ("advcam.iterations=4", "wood.epochs=1")
     refine = RefineDefaults(0.30, 0.15, 1.5, 0.22, "W-OoD run_sample_pseudo_gt.py")
 
     def stages(self, ctx: Context) -> list[Stage]:
