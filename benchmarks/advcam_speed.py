@@ -164,6 +164,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="a trained classifier instead of random weights")
     parser.add_argument("--data", help="with --checkpoint: take labelled images from this dataset")
     parser.add_argument("--float64", action="store_true", help="run both in float64 (slow)")
+    parser.add_argument("--bfloat16", action="store_true",
+                        help="also time the batched version with bfloat16=True and compare its maps with float32's")
     parser.add_argument("--skip-reference", action="store_true", help="time the batched run only")
     parser.add_argument("--noise-floor", action="store_true",
                         help="also run the reference on a BatchNorm-folded copy (same function, other "
@@ -191,11 +193,11 @@ def main() -> None:
         classes = [len(k) for _, k in images]
         size = images[0][0].shape[0] if args.data else size
 
-        def run_batched():
+        def run_batched(settings: AdvCamConfig = config):
             out = []
             for start in range(0, len(images), args.per_batch):
                 group = images[start:start + args.per_batch]
-                out += compute_advcam_batch(net, [i for i, _ in group], [k for _, k in group], config=config)
+                out += compute_advcam_batch(net, [i for i, _ in group], [k for _, k in group], config=settings)
             return out
 
         # warm-up: oneDNN builds its kernels for each new shape on first use; not timed
@@ -203,11 +205,21 @@ def main() -> None:
         bare_passes(net, images, short)
         compute_advcam_batch(net, [i for i, _ in images[:args.per_batch]], [k for _, k in images[:args.per_batch]],
                              config=short)
+        rounded_config = dataclasses.replace(config, bfloat16=True)
+        if args.bfloat16:
+            compute_advcam_batch(net, [i for i, _ in images[:args.per_batch]],
+                                 [k for _, k in images[:args.per_batch]], config=dataclasses.replace(short, bfloat16=True))
         _, (bare_wall, bare_cpu) = timed(lambda: bare_passes(net, images, config), len(images))
         batched, (batched_wall, batched_cpu) = timed(run_batched, len(images))
         line = (f"{size:4d} px, classes {classes}: bare passes {bare_wall:6.2f} s/image (cpu {bare_cpu:6.2f}), "
                 f"batched {batched_wall:6.2f} (cpu {batched_cpu:6.2f}), batched / bare "
                 f"{batched_wall / bare_wall:4.2f}x (cpu {batched_cpu / bare_cpu:4.2f}x)")
+        if args.bfloat16:
+            rounded, (rounded_wall, rounded_cpu) = timed(lambda: run_batched(rounded_config), len(images))
+            moved = [relative_difference(r.high_res, b.high_res) for r, b in zip(rounded, batched)]
+            line += (f", bfloat16 {rounded_wall:6.2f} (cpu {rounded_cpu:6.2f}), bfloat16 / batched "
+                     f"{rounded_wall / batched_wall:4.2f}x (cpu {rounded_cpu / batched_cpu:4.2f}x), bfloat16 vs "
+                     f"batched max rel. diff {max(moved):.1e} (median {statistics.median(moved):.1e})")
         if not args.skip_reference:
             reference, (reference_wall, reference_cpu) = timed(
                 lambda: [reference_advcam(net, image, keys, config=config) for image, keys in images],
@@ -217,6 +229,9 @@ def main() -> None:
                      f"{reference_wall / batched_wall:4.2f}x (cpu {reference_cpu / batched_cpu:4.2f}x), "
                      f"reference / bare {reference_wall / bare_wall:4.2f}x (cpu {reference_cpu / bare_cpu:4.2f}x), "
                      f"max rel. diff {max(differences):.1e} (median {statistics.median(differences):.1e})")
+            if args.bfloat16:
+                line += (f", reference / bfloat16 {reference_wall / rounded_wall:4.2f}x "
+                         f"(cpu {reference_cpu / rounded_cpu:4.2f}x)")
         print(line, flush=True)
         if args.noise_floor and not args.skip_reference:
             # the reference's own computation on the same function with other rounding (BatchNorm
