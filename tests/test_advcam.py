@@ -390,6 +390,10 @@ def test_make_advcam_command_on_a_voc_folder(tmp_path: Path) -> None:
     np.testing.assert_array_equal(first.keys, fixture.labels[fixture.ids[0]])
     assert first.image_size == fixture.sizes[fixture.ids[0]]
     assert store.made_by()["reference_scale_weight"] is False  # --intended-scale-weight
+    assert store.made_by()["bfloat16"] is False
+    rounded = tmp_path / "rounded"
+    assert main([str(rounded) if a == str(out) else a for a in args] + ["--bfloat16"]) == 0
+    assert MapStore(rounded).made_by()["bfloat16"] is True  # maps of another precision: another claim
     assert main([*args[:-1], "--iterations", "0"]) == 2  # a clear error, exit status 2
 
 
