@@ -78,7 +78,9 @@ def main() -> None:
     worst = int(np.nanargmax(gap))
     print(f"  largest mIoU difference {100 * gap[worst]:.2f} at {thresholds[worst]:.2f} "
           f"(mean {100 * np.nanmean(gap):.2f}); bfloat16 / float32 CPU {seconds['bfloat16'] / seconds['float32']:.2f}x")
-    print(f"  maps, max rel. diff {np.nanmax(differences):.1e} (median {np.nanmedian(differences):.1e})")
+    worst_image = int(np.nanargmax(differences))
+    print(f"  maps, max rel. diff {np.nanmax(differences):.1e} ({ids[worst_image]}; median "
+          f"{np.nanmedian(differences):.1e}); per image: {' '.join(f'{d:.1e}' for d in differences)}")
 
 
 if __name__ == "__main__":
