@@ -28,6 +28,14 @@ Measured (docs/speed.md, "AdvCAM"; 2 cores shared with other processes, load 5 t
     128 px  27                       25.96      7.87   7.80   1.01          3.30               3.33
     320 px   9                       45.91     17.45  17.00   1.03          2.63               2.70
 
+With ``--bfloat16`` the batched version also runs with ``bfloat16=True`` (the climb's network
+passes under bfloat16 autocast), and the script prints its time, the ratios bfloat16 / batched
+and reference / bfloat16 and how far its maps are from float32's. Measured in the same way::
+
+    size    iterations  CPU s/image: reference  batched  bfloat16  bfloat16/batched  reference/bfloat16  max rel. diff
+    128 px  27                       24.62      7.64     4.30      0.56              5.73                8.0e-2
+    320 px   9                       46.79     16.50     8.91      0.54              5.25                1.0e-1
+
 The batched version runs at its bare passes, and those run at about 84 GFLOP/s of convolution,
 where one large convolution alone reaches about 100 on this core (AVX-512). The reference spends
 a forward and two full backward passes (input and parameter gradients) per class and step, 2.5
@@ -47,6 +55,7 @@ Examples::
     .venv/bin/python benchmarks/advcam_speed.py --threads 1
     .venv/bin/python benchmarks/advcam_speed.py --threads 2 --sizes 128
     .venv/bin/python benchmarks/advcam_speed.py --sizes 320 --iterations 12
+    .venv/bin/python benchmarks/advcam_speed.py --threads 1 --sizes 128 --bfloat16
     .venv/bin/python benchmarks/advcam_speed.py --checkpoint /tmp/cam_exp/b8.pt --data /tmp/synth_cam
 """
 
@@ -164,6 +173,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="a trained classifier instead of random weights")
     parser.add_argument("--data", help="with --checkpoint: take labelled images from this dataset")
     parser.add_argument("--float64", action="store_true", help="run both in float64 (slow)")
+    parser.add_argument("--bfloat16", action="store_true",
+                        help="also time the batched version with bfloat16=True and compare its maps with float32's")
     parser.add_argument("--skip-reference", action="store_true", help="time the batched run only")
     parser.add_argument("--noise-floor", action="store_true",
                         help="also run the reference on a BatchNorm-folded copy (same function, other "
@@ -191,11 +202,11 @@ def main() -> None:
         classes = [len(k) for _, k in images]
         size = images[0][0].shape[0] if args.data else size
 
-        def run_batched():
+        def run_batched(settings: AdvCamConfig = config):
             out = []
             for start in range(0, len(images), args.per_batch):
                 group = images[start:start + args.per_batch]
-                out += compute_advcam_batch(net, [i for i, _ in group], [k for _, k in group], config=config)
+                out += compute_advcam_batch(net, [i for i, _ in group], [k for _, k in group], config=settings)
             return out
 
         # warm-up: oneDNN builds its kernels for each new shape on first use; not timed
@@ -203,11 +214,21 @@ def main() -> None:
         bare_passes(net, images, short)
         compute_advcam_batch(net, [i for i, _ in images[:args.per_batch]], [k for _, k in images[:args.per_batch]],
                              config=short)
+        rounded_config = dataclasses.replace(config, bfloat16=True)
+        if args.bfloat16:
+            compute_advcam_batch(net, [i for i, _ in images[:args.per_batch]],
+                                 [k for _, k in images[:args.per_batch]], config=dataclasses.replace(short, bfloat16=True))
         _, (bare_wall, bare_cpu) = timed(lambda: bare_passes(net, images, config), len(images))
         batched, (batched_wall, batched_cpu) = timed(run_batched, len(images))
         line = (f"{size:4d} px, classes {classes}: bare passes {bare_wall:6.2f} s/image (cpu {bare_cpu:6.2f}), "
                 f"batched {batched_wall:6.2f} (cpu {batched_cpu:6.2f}), batched / bare "
                 f"{batched_wall / bare_wall:4.2f}x (cpu {batched_cpu / bare_cpu:4.2f}x)")
+        if args.bfloat16:
+            rounded, (rounded_wall, rounded_cpu) = timed(lambda: run_batched(rounded_config), len(images))
+            moved = [relative_difference(r.high_res, b.high_res) for r, b in zip(rounded, batched)]
+            line += (f", bfloat16 {rounded_wall:6.2f} (cpu {rounded_cpu:6.2f}), bfloat16 / batched "
+                     f"{rounded_wall / batched_wall:4.2f}x (cpu {rounded_cpu / batched_cpu:4.2f}x), bfloat16 vs "
+                     f"batched max rel. diff {max(moved):.1e} (median {statistics.median(moved):.1e})")
         if not args.skip_reference:
             reference, (reference_wall, reference_cpu) = timed(
                 lambda: [reference_advcam(net, image, keys, config=config) for image, keys in images],
@@ -217,6 +238,9 @@ def main() -> None:
                      f"{reference_wall / batched_wall:4.2f}x (cpu {reference_cpu / batched_cpu:4.2f}x), "
                      f"reference / bare {reference_wall / bare_wall:4.2f}x (cpu {reference_cpu / bare_cpu:4.2f}x), "
                      f"max rel. diff {max(differences):.1e} (median {statistics.median(differences):.1e})")
+            if args.bfloat16:
+                line += (f", reference / bfloat16 {reference_wall / rounded_wall:4.2f}x "
+                         f"(cpu {reference_cpu / rounded_cpu:4.2f}x)")
         print(line, flush=True)
         if args.noise_floor and not args.skip_reference:
             # the reference's own computation on the same function with other rounding (BatchNorm

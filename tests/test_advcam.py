@@ -390,6 +390,10 @@ def test_make_advcam_command_on_a_voc_folder(tmp_path: Path) -> None:
     np.testing.assert_array_equal(first.keys, fixture.labels[fixture.ids[0]])
     assert first.image_size == fixture.sizes[fixture.ids[0]]
     assert store.made_by()["reference_scale_weight"] is False  # --intended-scale-weight
+    assert store.made_by()["bfloat16"] is False
+    rounded = tmp_path / "rounded"
+    assert main([str(rounded) if a == str(out) else a for a in args] + ["--bfloat16"]) == 0
+    assert MapStore(rounded).made_by()["bfloat16"] is True  # maps of another precision: another claim
     assert main([*args[:-1], "--iterations", "0"]) == 2  # a clear error, exit status 2
 
 
@@ -525,3 +529,66 @@ def test_climb_report_traces_score_and_area_at_both_settings() -> None:
     assert ((literal.area > 0) & (literal.area <= 1)).all() and ((scaled.area > 0) & (scaled.area <= 1)).all()
     assert not np.allclose(literal.score[:, 1:], scaled.score[:, 1:])  # and another climb
     json.dumps({name: report.to_dict() for name, report in reports.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# bfloat16
+
+
+class _PassRecorder(nn.Module):
+    """Wraps a climbing copy; records the dtype of every class map the climb's forward gives."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.classifier, self.dtypes = net, net.classifier, []
+
+    def class_maps(self, images: torch.Tensor) -> torch.Tensor:
+        maps = self.net.class_maps(images)
+        self.dtypes.append(maps.dtype)
+        return maps
+
+
+def test_bfloat16_rounds_the_maps_but_climbs_the_same_steps() -> None:
+    model = _random_net(3, torch.float32)
+    snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    pairs = torch.stack([multiscale_inputs(_image(36, 40, seed=s), (1.0,))[0] for s in (1, 2)])
+    channels = torch.tensor([0, 2])
+    climber = climbing_copy(model)
+    exact, rounded = _PassRecorder(climber), _PassRecorder(climber)
+    maps = adversarial_climb(exact, pairs, channels, 6)
+    rounded_maps = adversarial_climb(rounded, pairs, channels, 6, bfloat16=True)
+    assert exact.dtypes == [torch.float32] * 6
+    assert rounded.dtypes == [torch.bfloat16] * 6  # every step's forward ran in bfloat16
+    assert rounded_maps.dtype == torch.float32  # and the accumulated maps did not
+    difference = _relative(rounded_maps, maps)
+    # bfloat16's 8-bit mantissa: about 1e-2 at step 0 (one forward pass), growing a little with
+    # the steps as AdvCAM's jumps amplify it (3e-2 here)
+    assert 0 < difference < 5e-2
+    unclimbed = adversarial_climb(climber, pairs, channels, 1) * 6
+    assert _relative(maps, unclimbed) > 3 * difference  # the climb moves the maps far more
+    # through the public functions, on the caller's model: same result, model untouched
+    image = _image(36, 40, seed=1)
+    result = compute_advcam(model, image, [1, 3], iterations=3, scales=(1.0, 0.5), bfloat16=True)
+    plain = compute_advcam(model, image, [1, 3], iterations=3, scales=(1.0, 0.5))
+    assert result.high_res.dtype == result.strided.dtype == torch.float32
+    assert 0 < _relative(result.high_res, plain.high_res) < 5e-2
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters()) and not model.training
+    assert all(torch.equal(snapshot[k], v) for k, v in model.state_dict().items())
+
+
+def test_bfloat16_is_a_checked_setting_of_the_maps_stage() -> None:
+    from wsss.methods import Context
+    from wsss.pipeline.recipes import build_stages, load_recipe
+
+    assert AdvCamConfig().bfloat16 is False  # the reference's float32 by default
+    overrides = ["methods=[cam, advcam]", "advcam.iterations=5"]
+    stages = {}
+    for extra in ([], ["advcam.bfloat16=true"]):
+        recipe = load_recipe("synth/demo", overrides + extra)
+        stages[bool(extra)] = {s.name: s for s in build_stages(Context(recipe, Path("work")))}["advcam.maps"]
+    assert stages[True].depends_on["advcam"]["bfloat16"] is True
+    assert stages[False].depends_on["advcam"]["bfloat16"] is False  # other maps: the stage reruns
+    with pytest.raises(ConfigError, match="advcam.bfloat16.*true or false"):
+        load_recipe("synth/demo", overrides + ["advcam.bfloat16=7"])

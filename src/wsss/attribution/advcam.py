@@ -27,7 +27,10 @@ backward to the input only (on a frozen copy of the classifier with BatchNorm fo
 convolutions), with no hooks and no second backward; the last step's gradient, which the
 reference computes and throws away, is skipped; on the CPU the images stay channels-last from the
 first step to the last. It costs what those network passes cost, a third of the reference's time
-on small images (``benchmarks/advcam_speed.py``, ``docs/speed.md``).
+on small images (``benchmarks/advcam_speed.py``, ``docs/speed.md``). ``bfloat16=True`` (default
+off, not in the reference) runs each step's forward and input-gradient backward under bfloat16
+autocast; the maps, their sum, the mask, the objective and the step stay float32. It changes the
+maps by a few percent (``docs/speed.md``, ``benchmarks/advcam_bfloat16_seeds.py``).
 
 Scale weighting: the reference runs scale 0.5 with half the iterations (13 of 27) and means to
 weight it twice, but its weight variable (``mul_for_scale``) is never reset, so every later scale
@@ -164,6 +167,10 @@ class AdvCamConfig:
     reference_scale_weight: bool = True
     images_per_batch: int = run_only_field(1)  # wsss: same-size images climbing together (speed only; more memory)
     max_batch_pairs: int | None = run_only_field(None)  # wsss: cap on flip pairs per forward (GPU memory); None = no cap
+    # not in the reference: the climb's forward and input-gradient backward under bfloat16
+    # autocast; maps, mask and step stay float32 (faster on a CPU with AVX-512 BF16; the maps
+    # change: docs/speed.md)
+    bfloat16: bool = False
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on settings that cannot work."""
@@ -279,6 +286,7 @@ def adversarial_climb(
     trace: list[dict[str, torch.Tensor]] | None = None,
     area_threshold: float = 0.3,
     memory_format: torch.memory_format | None = None,
+    bfloat16: bool = False,
 ) -> torch.Tensor:
     """Climb n independent trajectories together and accumulate their attribution maps.
 
@@ -303,11 +311,16 @@ def adversarial_climb(
         area_threshold: see ``trace`` (the issue's 0.3).
         memory_format: the layout the perturbed images are kept in, from the first step to the
             last, so no step copies them; ``None``: :func:`climbing_layout` of their device.
+        bfloat16: run the network's forward pass, and so its backward to the input, under
+            bfloat16 autocast; its maps are cast back to ``pairs``' dtype at once, so the
+            attribution maps, their sum, the mask, the objective and the step (and the perturbed
+            images themselves) stay in that dtype.
 
     Returns:
         (n, h', w') the accumulated maps ``weight * sum_t A_t`` (detached).
     """
     n, pair_size = pairs.shape[:2]
+    dtype = pairs.dtype
     rows = torch.arange(n, device=pairs.device)
     channels = torch.as_tensor(channels, dtype=torch.long, device=pairs.device).reshape(-1)
     positive_weights = (model.classifier.weight.detach().flatten(1) > 0).sum(dim=1)[channels]
@@ -320,7 +333,9 @@ def adversarial_climb(
         with torch.set_grad_enabled(not last):  # the last perturbed image is never used
             if not last:
                 image.requires_grad_(True)
-            logits = model.class_maps(image).unflatten(0, (n, pair_size))  # (n, B, K, h', w')
+            with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=bfloat16):
+                logits = model.class_maps(image)
+            logits = logits.to(dtype).unflatten(0, (n, pair_size))  # (n, B, K, h', w')
             regions = attribution_maps(logits, channels, positive_weights)  # A_t, (n, h', w')
         detached = regions.detach()
         if step == 0:
@@ -385,7 +400,8 @@ def _climb_images(net: nn.Module, images: Sequence[np.ndarray], keys: Sequence[n
         maps = torch.cat([
             adversarial_climb(net, pairs[start:start + chunk], channels[start:start + chunk], iterations,
                               step_size=config.step_size, mask_weight=config.mask_weight,
-                              mask_threshold=config.mask_threshold, weight=weight, reference=reference)
+                              mask_threshold=config.mask_threshold, weight=weight, reference=reference,
+                              bfloat16=config.bfloat16)
             for start in range(0, len(channels), chunk)
         ])
         for image_maps, own in zip(per_scale, maps.split([len(k) for k in keys])):
@@ -628,7 +644,8 @@ def climb_report(
         reference = None if scale == "reference" else reference_cells(input_scale)
         maps = adversarial_climb(net, pairs, channels, config.iterations, step_size=config.step_size,
                                  mask_weight=config.mask_weight, mask_threshold=config.mask_threshold,
-                                 reference=reference, trace=trace, area_threshold=area_threshold)
+                                 reference=reference, trace=trace, area_threshold=area_threshold,
+                                 bfloat16=config.bfloat16)
         positive = (net.classifier.weight.detach().flatten(1) > 0).sum(dim=1)[channels]
         reports[scale] = ClimbTrace(
             keys=keys, scale=scale, input_scale=float(input_scale), cells=int(maps.shape[-2] * maps.shape[-1]),
