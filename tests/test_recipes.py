@@ -193,3 +193,18 @@ def test_defaults_are_published_the_demo_intended_and_the_real_data_recipes_publ
             assert getattr(getattr(recipe, section), key) == published, (recipe.methods, section, key)
     # the intended momentum needs the quirk off: the demo trains with momentum 0.9
     assert (demo.classifier.momentum, demo.irn.momentum) == (0.9, 0.9)
+
+
+def test_the_demo_keeps_float32_attribution_on_a_cpu_without_native_bfloat16(monkeypatch) -> None:
+    import wsss.runtime
+    from wsss.pipeline.demo import float32_fallback
+
+    recipe = load_recipe("synth/demo", ["runtime.device=cpu"])
+    assert recipe.advcam.bfloat16 and recipe.rib.bfloat16  # the demo's choice (docs/speed.md)
+    monkeypatch.setattr(wsss.runtime, "native_bfloat16", lambda: True)
+    assert float32_fallback(recipe) == []
+    monkeypatch.setattr(wsss.runtime, "native_bfloat16", lambda: False)
+    assert float32_fallback(recipe) == ["advcam.bfloat16=false", "rib.bfloat16=false"]
+    assert float32_fallback(load_recipe("synth/demo", ["runtime.device=cpu", "advcam.bfloat16=false"])) == [
+        "rib.bfloat16=false"]
+    assert not load_recipe("synth/demo", [*float32_fallback(recipe)]).advcam.bfloat16

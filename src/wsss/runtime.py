@@ -72,6 +72,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def native_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX). Where it does not,
+    PyTorch emulates bfloat16 and a bfloat16 pass is slower than a float32 one, so the options
+    that trade precision for speed on the CPU (``advcam.bfloat16``, ``rib.bfloat16``,
+    ``runtime.autocast: bf16``) only pay where this is true."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        return any(bool(check()) for check in checks if check is not None)
+    except RuntimeError:  # a build without the CPU probes
+        return False
+
+
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """``"auto"``/``None`` -> CUDA if available else CPU; otherwise ``torch.device(name)``.
 

@@ -73,6 +73,25 @@ def prepare_data(out: Path, seed: int, quick: bool) -> tuple[Path, Path]:
     return root, root / "ood" / "ood.txt"
 
 
+BFLOAT16_OPTIONS = ("advcam.bfloat16", "rib.bfloat16")
+"""The demo recipe's bfloat16 switches for the attribution methods (docs/speed.md)."""
+
+
+def float32_fallback(config) -> list[str]:
+    """Overrides that turn the recipe's bfloat16 attribution off on a CPU without native bfloat16,
+    where it would be slower than float32 (:func:`wsss.runtime.native_bfloat16`); logged. The
+    maps' fingerprints hold the setting, so a run's maps are never a mix of the two."""
+    from wsss.runtime import native_bfloat16, resolve_device
+
+    if resolve_device(config.runtime.device).type != "cpu" or native_bfloat16():
+        return []
+    chosen = [name for name in BFLOAT16_OPTIONS if getattr(getattr(config, name.split(".")[0]), "bfloat16")]
+    if chosen:
+        log.info("this CPU has no native bfloat16 (AVX512-BF16 or AMX): %s set to false (float32 is "
+                 "faster here)", ", ".join(chosen))
+    return [f"{name}=false" for name in chosen]
+
+
 def typical_long_side(dataset, sample: int = 50) -> int:
     """Median long side of the first ``sample`` images (headers only)."""
     sides = [max(image_size(dataset.image_path(i))) for i in dataset.ids[:sample]]
@@ -109,6 +128,7 @@ def run_demo(out: Path, *, data: str | None = None, ood: str | None = None, quic
         extra = size_overrides(typical_long_side(VOCDataset(root, "train")))
     settings = [f"data.root={root}", f"runtime.seed={seed}", *extra,
                 *(quick_overrides() if quick else ()), *overrides]
+    settings = [*settings, *float32_fallback(load_recipe(recipe, settings))]
     if ood_list is not None:
         settings.append(f"data.ood_list={ood_list}")
     config = load_recipe(recipe, settings)
