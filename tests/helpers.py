@@ -296,9 +296,9 @@ class ToyStages:
     """A picklable maker of toy stages for the runner's worker processes (``Runner.run(jobs=...)``).
 
     ``graph`` maps each stage to the stages it needs, in a valid order. Each stage checks that the
-    files of the stages it needs exist (it fails if it runs too early), sleeps ``seconds`` and
-    writes ``<folder>/<name>.txt`` holding its process id; the stage named ``fail`` raises a
-    one-line :class:`wsss.errors.DataError` instead.
+    files of the stages it needs exist (it fails if it runs too early), writes its process id to
+    ``<folder>/<name>.pid``, sleeps ``seconds`` and writes ``<folder>/<name>.txt`` holding its
+    process id; the stage named ``fail`` raises a one-line :class:`wsss.errors.DataError` instead.
     """
 
     folder: str
@@ -315,6 +315,7 @@ class ToyStages:
         missing = [need for need in needs if not (Path(self.folder) / f"{need}.txt").is_file()]
         if missing:
             raise RuntimeError(f"stage {name} ran before {missing}")
+        (Path(self.folder) / f"{name}.pid").write_text(str(os.getpid()))
         time.sleep(self.seconds)
         if name == self.fail:
             raise DataError("toy failure", Path(self.folder) / f"{name}.txt")

@@ -111,3 +111,50 @@ def test_runtime_jobs_below_one_is_refused() -> None:
     assert load_recipe("synth/demo", ["runtime.jobs=2"]).runtime.jobs == 2
     with pytest.raises(ConfigError, match="runtime.jobs must be at least 1"):
         load_recipe("synth/demo", ["runtime.jobs=0"])
+
+
+def test_runner_workers_end_when_the_main_process_is_killed(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (f"import sys; sys.path[:0] = {[str(Path(__file__).parent), *sys.path]!r}\n"
+              "from helpers import ToyStages\nfrom wsss.pipeline.runner import Runner\n"
+              "if __name__ == '__main__':\n"
+              f"    make = ToyStages({str(tmp_path)!r}, (('a', ()), ('b', ())), seconds=120.0)\n"
+              f"    Runner({str(tmp_path / 'work')!r}).run(make(), jobs=2, rebuild=make)\n")
+    (tmp_path / "main.py").write_text(script)
+    main = subprocess.Popen([sys.executable, str(tmp_path / "main.py")])
+    try:
+        pids = tmp_path / "a.pid", tmp_path / "b.pid"
+        deadline = time.monotonic() + 240
+        while not all(p.is_file() and p.read_text() for p in pids):
+            assert main.poll() is None and time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.2)
+        workers = [int(p.read_text()) for p in pids]
+        main.send_signal(signal.SIGKILL)
+        main.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, "a worker outlived the killed main process"
+            time.sleep(0.2)
+    finally:
+        if main.poll() is None:
+            main.kill()
+    assert not (tmp_path / "a.txt").exists()  # killed mid-stage: no output, the marker says running
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its orphaned parent's successor) counts as gone
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -27,6 +27,8 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -260,12 +262,27 @@ def _start_stage_worker(rebuild: Callable[[], list[Stage]], workdir: str, keys: 
     global _WORKER
     import torch
 
+    _exit_with_parent()
     torch.set_num_threads(threads)
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
     stages = rebuild()
     if chain_keys(stages) != keys:
         raise RuntimeError("the stages rebuilt in a worker process differ from the main process's")
     _WORKER = (Runner(Path(workdir), None, DistInfo(0, 1, 0)), {stage.name: stage for stage in stages}, keys)
+
+
+def _exit_with_parent(poll: float = 1.0) -> None:
+    """End this worker process when the process that started it is gone (killed with SIGKILL or
+    SIGTERM, which do not reach the workers): it would otherwise finish its stage unsupervised
+    while a rerun may start the same stage."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _run_in_worker(name: str) -> StageResult:
