@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wsss.pipeline.demo import QUICK_SEED_IMAGES, QUICK_SYNTH, SEED_IMAGES
+from wsss.pipeline.demo import DEMO_JOBS, QUICK_SEED_IMAGES, QUICK_SYNTH, SEED_IMAGES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the first N training images get seeds, pseudo masks and the segmentation "
                              f"network; 0 = all (default: {SEED_IMAGES}, --quick: {QUICK_SEED_IMAGES})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated set and of training")
+    parser.add_argument("--jobs", type=int, default=DEMO_JOBS, metavar="N",
+                        help="stages run at once, the threads shared out among them (runtime.jobs; "
+                             "default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
         raise DataError("--ood goes with --data (the generated set has its own OoD images)")
     ensure_writable_folder(args.out, "output folder")
     run_demo(Path(args.out), data=args.data, ood=args.ood, quick=args.quick, recipe=args.recipe,
-             overrides=args.overrides, seed=args.seed,
+             overrides=[f"runtime.jobs={args.jobs}", *args.overrides], seed=args.seed,
              seed_images=args.seed_images)
     return 0

@@ -46,6 +46,11 @@ def quick_overrides() -> list[str]:
     return [*QUICK_SETTINGS, *quick_settings(), *QUICK_RUNTIME]
 
 
+DEMO_JOBS = 2
+"""``wsss demo --jobs``: two stages at once, the threads shared out (one each on 2 cores, as the
+numbers in docs/scale.md were measured). On 2 cores ``wsss demo --quick``'s stages took 115 s
+instead of 137 s with one job (1.19x)."""
+
 SEED_IMAGES = 200
 """Training images that get seeds, pseudo masks and a segmentation network (the classifier sees
 them all): per-image methods (AdvCAM, RIB) cost seconds per image on a CPU."""
