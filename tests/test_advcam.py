@@ -585,9 +585,9 @@ def test_bfloat16_is_a_checked_setting_of_the_maps_stage() -> None:
     assert AdvCamConfig().bfloat16 is False  # the reference's float32 by default
     overrides = ["methods=[cam, advcam]", "advcam.iterations=5"]
     stages = {}
-    for extra in ([], ["advcam.bfloat16=true"]):
-        recipe = load_recipe("synth/demo", overrides + extra)
-        stages[bool(extra)] = {s.name: s for s in build_stages(Context(recipe, Path("work")))}["advcam.maps"]
+    for value in (False, True):
+        recipe = load_recipe("synth/demo", [*overrides, f"advcam.bfloat16={str(value).lower()}"])
+        stages[value] = {s.name: s for s in build_stages(Context(recipe, Path("work")))}["advcam.maps"]
     assert stages[True].depends_on["advcam"]["bfloat16"] is True
     assert stages[False].depends_on["advcam"]["bfloat16"] is False  # other maps: the stage reruns
     with pytest.raises(ConfigError, match="advcam.bfloat16.*true or false"):

@@ -42,7 +42,7 @@ def test_table_has_every_stage_at_every_size(scaling, tmp_path, capsys) -> None:
     # the cut steps are said and extrapolated to the recipe's
     assert re.search(r"AdvCAM: \d+ of the recipe's \d+ climbing steps", printed)
     assert "RIB: 1 of the recipe's 10 steps" in printed
-    assert "BBAM: 1 and 2 steps run, extrapolated linearly to the recipe's 50" in printed
+    assert re.search(r"BBAM: 1 and 2 steps run, extrapolated linearly to the recipe's \d+", printed)
     assert "0% with none" in printed  # every object was optimised
 
     # the demo estimate: labelled, seeds fixed at 200 and at 20% of the training images
