@@ -15,10 +15,11 @@ ranks meet at a barrier after each stage and only rank 0 writes markers. A stage
 
 On one machine without ``torchrun``, ``jobs`` > 1 runs independent stages at the same time
 (:meth:`Runner.run`): each in one of ``jobs`` worker processes, as soon as the stages it needs are
-done, with the process's threads shared out among the workers. The stages and their results are
-the same; what changes is that a CPU with few cores is kept busy during the parts of a stage that
-use one core (Python, data loading, CRFs, walks), and that small networks, which gain little from a
-second thread, train two at a time.
+done, with the process's threads shared out among the workers. The stages are the same, and each
+stage's results are those of a run with its worker's thread count; what changes is that a CPU with
+few cores is kept busy during the parts of a stage that use one core (Python, data loading, CRFs,
+walks), and that small networks, which gain little from a second thread, train two at a time. A
+worker ends when the main process is gone (killed), so no stage runs on unsupervised.
 """
 
 from __future__ import annotations
