@@ -216,3 +216,24 @@ def test_report_of_a_run_that_stops_at_the_seeds(finished_run, tmp_path: Path) -
     assert "did not run" not in markdown  # nothing the recipe asked for is missing
     assert _markdown_row(markdown, "cam")[4:7] == ["-", "-", "-"]  # pseudo, final, % of FS
     assert "| fully supervised |" not in markdown  # no row without its evaluation
+
+
+def test_the_timing_table_sums_each_kind_of_stage_from_the_markers(tmp_path) -> None:
+    from wsss.io import write_json
+    from wsss.methods import Context
+    from wsss.pipeline.recipes import load_recipe
+    from wsss.pipeline.results import OTHER_STAGES, format_timings, stage_timings
+
+    ctx = Context(load_recipe("synth/demo"), tmp_path)
+    for name, seconds, state in [("classifier", 10.0, "done"), ("cam.maps", 30.0, "done"),
+                                 ("wood.classifier", 20.0, "done"), ("cam.seed_eval", 2.0, "done"),
+                                 ("cam.irn", 5.0, "running")]:
+        write_json(tmp_path / ".stages" / f"{name}.json", {"key": "k", "state": state, "seconds": seconds})
+    timings = stage_timings(ctx, ["classifier", "cam.maps", "cam.seed_eval", "cam.irn", "wood.classifier"])
+    assert timings == {"classifier": 10.0, "cam.maps": 30.0, "cam.seed_eval": 2.0, "wood.classifier": 20.0}
+    kinds, each = format_timings(timings).split("\n\n")
+    rows = [line.split("  ")[0].strip() for line in kinds.splitlines()[2:]]
+    assert rows == ["classifiers (CAM, W-OoD, BAP)", "maps (attribution)", OTHER_STAGES, "total"]  # heaviest first
+    assert kinds.splitlines()[2].split()[-3:] == ["30", "48%", "2"]  # the two classifiers: 30 of 62 s
+    assert "cam.irn" not in each and "wood.classifier" in each
+    assert format_timings({}) == "no stage finished: no timings"

@@ -211,13 +211,15 @@ STAGE_KINDS = {
     "mask_rcnn": "Mask R-CNN training",
 }
 """How :func:`format_timings` names a kind of stage (the part of a stage's name after the method);
-the kinds not listed (IR labels, walks, edges, pseudo labels, evaluations) are "other"."""
+the kinds not listed (IR labels, boundary maps, walks, pseudo labels, evaluations) share one row."""
+
+OTHER_STAGES = "IR labels, walks, pseudo labels, evaluations"
 
 
 def stage_kind(name: str) -> str:
     """The kind of stage ``name`` in the timing table: ``classifier`` and ``wood.classifier`` are
     classifiers, ``cam.maps`` maps, ``fully_supervised.seg`` segmentation training, and so on."""
-    return STAGE_KINDS.get(name.rpartition(".")[2], "IR labels, walks, pseudo labels, evaluations")
+    return STAGE_KINDS.get(name.rpartition(".")[2], OTHER_STAGES)
 
 
 def stage_timings(ctx: Context, names: Sequence[str]) -> dict[str, float]:
