@@ -169,6 +169,34 @@ def test_merge_ignores_the_band_between_possible_and_sure_even_over_other_object
     assert (labels[sure_b & ~band] == 2).all() and (sure_b & band).any()
 
 
+def test_the_possible_band_variant_paints_the_band_with_its_class():
+    sure_a, maybe_a = _rect(2, 6, 2, 6), _rect(1, 8, 1, 8)
+    sure_b = _rect(8, 11, 8, 11)  # class 2, apart from object a
+    boxes = np.array([[1, 1, 8, 8], [8, 8, 11, 11]], np.float32)
+    objects, possible = np.stack([sure_a, sure_b]), np.stack([maybe_a, sure_b])
+    labels = merge_semantic(objects, possible, boxes, np.array([1, 2]), band="possible")
+    assert (labels[maybe_a] == 1).all() and (labels[sure_b] == 2).all()  # the band is object a's class
+    assert not (labels == IGNORE_INDEX).any() and (labels[~(maybe_a | sure_b)] == 0).all()
+    reference = merge_semantic(objects, possible, boxes, np.array([1, 2]))  # the default: the band ignored
+    assert (reference[maybe_a & ~sure_a] == IGNORE_INDEX).all()
+    with pytest.raises(ValueError, match="band"):
+        merge_semantic(objects, possible, boxes, np.array([1, 2]), band="object")
+
+
+def test_the_band_setting_is_checked_and_part_of_the_labels_fingerprint():
+    from wsss.errors import ConfigError
+    from wsss.methods import Context
+    from wsss.pipeline.recipes import build_stages, load_recipe
+
+    with pytest.raises(ConfigError, match="bbam_labels.band"):
+        load_recipe("synth/demo", ["methods=[bbam]", "bbam_labels.band=object"])
+    keys = []
+    for band in ("ignore", "possible"):
+        recipe = load_recipe("synth/demo", ["methods=[bbam]", f"bbam_labels.band={band}"])
+        keys.append({s.name: s for s in build_stages(Context(recipe, "work"))}["bbam.labels"].depends_on)
+    assert keys[0]["bbam_labels"]["band"] == "ignore" and keys[1]["bbam_labels"]["band"] == "possible"
+
+
 # ----------------------------------------------------------------------------------- one image
 def _three_objects():
     """A good object, a 4 x 4 box whose box fill fails (no attribution, uniform colour), another."""

@@ -67,7 +67,7 @@ from wsss.errors import ConfigError, WsssError
 from wsss.methods.bana import box_problems
 from wsss.methods.base import INSTANCE_ORACLE, Context, Method, Stage, register, remover
 from wsss.methods.chain import eval_stage, scale_dependency, seg_stages
-from wsss.refine.bbam_labels import CRF_PRESET, THRESHOLD_OBJECT, THRESHOLD_POSSIBLE
+from wsss.refine.bbam_labels import BANDS, CRF_PRESET, THRESHOLD_OBJECT, THRESHOLD_POSSIBLE
 from wsss.training.detector import DetectorConfig
 from wsss.training.mask_rcnn import MaskRcnnConfig
 
@@ -108,6 +108,9 @@ class BbamLabelConfig(Settings):
     object_threshold: float = THRESHOLD_OBJECT  # BBAM make_cocoann_topCRF_parallel.py th_fgs[0] 0.85
     possible_threshold: float = THRESHOLD_POSSIBLE  # th_fgs[1] 0.2: its excess over the object is ignored
     crf: str = CRF_PRESET  # anno_utils.py get_final_mask_with_topCRF (wsss.refine.crf.CRF_PRESETS "bbam")
+    # the semantic masks' band (possible object, not object): ignore = 255 (the reference's);
+    # possible = painted with its class (a variant: DeepLab learns the objects' outer parts too)
+    band: str = "ignore"
     workers: int = run_only_field(0)  # CRF worker processes (0: in the stage's process)
 
     def validate(self) -> None:
@@ -120,6 +123,8 @@ class BbamLabelConfig(Settings):
                               f"object_threshold ({self.object_threshold}): the possible-object mask holds the object")
         if self.crf not in CRF_PRESETS:
             raise ConfigError(f"bbam_labels.crf must be one of {', '.join(CRF_PRESETS)}, got {self.crf!r}")
+        if self.band not in BANDS:
+            raise ConfigError(f"bbam_labels.band must be one of {', '.join(BANDS)}, got {self.band!r}")
 
 
 def _has_instances(ctx: Context, split: str) -> bool:
@@ -235,7 +240,8 @@ def bbam_labels_stage(ctx: Context) -> Stage:
         settings = recipe.bbam_labels
         made = make_bbam_labels(dataset, ctx.maps_dir("bbam"), semantic, instance_dir, instances_path,
                                 thresholds=(settings.object_threshold, settings.possible_threshold), crf=settings.crf,
-                                scale=recipe.scale, workers=settings.workers, progress=recipe.runtime.progress)
+                                scale=recipe.scale, band=settings.band, workers=settings.workers,
+                                progress=recipe.runtime.progress)
         if not dist_info_from_env().is_main:
             return made
         kept = bbam_summary(ctx.maps_dir("bbam"), dataset.ids)

@@ -279,8 +279,14 @@ def _inside(inner: np.ndarray, outer: np.ndarray) -> bool:
             and outer[2] >= inner[2] and outer[3] >= inner[3])
 
 
-def merge_semantic(objects: np.ndarray, possible: np.ndarray, boxes: np.ndarray, classes: np.ndarray
-                   ) -> np.ndarray:
+BANDS = ("ignore", "possible")
+"""What the semantic map does with the band (possible object but not object): ``ignore`` (255, the
+reference's) or ``possible`` (painted as its object's class: the possible-object masks are the
+objects; a variant, not in the reference)."""
+
+
+def merge_semantic(objects: np.ndarray, possible: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
+                   band: str = "ignore") -> np.ndarray:
     """An image's semantic label map from its objects' masks (``create_semantic_labels.py``).
 
     Args:
@@ -288,12 +294,17 @@ def merge_semantic(objects: np.ndarray, possible: np.ndarray, boxes: np.ndarray,
         possible: bool (N, H, W), the possible-object masks (th = 0.2); a failed object's is its box.
         boxes: (N, 4) ``x0, y0, x1, y1``.
         classes: (N,) class ids in 1..K.
+        band: :data:`BANDS`: ``ignore`` (the reference's) or ``possible`` (the possible-object
+            masks painted as the objects, so no pixel is 255 for being in the band).
 
     Returns:
         uint8 (H, W): each class where one of its objects lies; 255 where two classes claim a
         pixel; objects whose box lies inside another's painted again on top, largest box first;
-        255 wherever a pixel is in some object's possible mask but not in that object's mask.
+        with ``band="ignore"``, 255 wherever a pixel is in some object's possible mask but not in
+        that object's mask.
     """
+    if band not in BANDS:
+        raise ValueError(f"band must be one of {BANDS}, got {band!r}")
     objects = np.asarray(objects, dtype=bool)
     possible = np.asarray(possible, dtype=bool)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -301,6 +312,8 @@ def merge_semantic(objects: np.ndarray, possible: np.ndarray, boxes: np.ndarray,
     if not (len(objects) == len(possible) == len(boxes) == len(classes)):
         raise ValueError(f"{len(objects)} object masks, {len(possible)} possible masks, {len(boxes)} boxes and "
                          f"{len(classes)} classes: one of each per object")
+    if band == "possible":
+        objects = objects | possible
     height, width = objects.shape[1:]
     labels = np.zeros((height, width), dtype=np.uint8)
     claims = np.zeros((height, width), dtype=np.int64)
@@ -313,8 +326,8 @@ def merge_semantic(objects: np.ndarray, possible: np.ndarray, boxes: np.ndarray,
     for index in np.argsort(-areas, kind="stable"):  # largest first: the smallest nested box ends on top
         if any(_inside(boxes[index], boxes[other]) for other in range(len(boxes)) if other != index):
             labels[objects[index]] = classes[index]
-    band = (possible & ~objects).any(axis=0) if len(objects) else np.zeros((height, width), dtype=bool)
-    labels[band] = IGNORE_INDEX
+    unsure = (possible & ~objects).any(axis=0) if len(objects) else np.zeros((height, width), dtype=bool)
+    labels[unsure] = IGNORE_INDEX
     return labels
 
 
@@ -326,6 +339,7 @@ def bbam_labels(
     thresholds: tuple[float, float] = (THRESHOLD_OBJECT, THRESHOLD_POSSIBLE),
     crf: CrfParams | str = CRF_PRESET,
     scale: str = "reference",
+    band: str = "ignore",
     where: str | os.PathLike | None = None,
 ) -> BbamLabels:
     """Semantic and instance pseudo labels of one image from its per-box BBAM maps.
@@ -339,6 +353,7 @@ def bbam_labels(
         thresholds: (object, possible object): (0.85, 0.2) as the reference.
         crf: the CRF's parameters.
         scale: ``"reference"`` or ``"image"`` (the blur and the CRF widths).
+        band: the semantic map's band (:data:`BANDS`); the instances keep it as their ignore region.
         where: file named in errors (the map file).
 
     Raises:
@@ -368,10 +383,10 @@ def bbam_labels(
         # A failed object is unsure over its whole box; so is the possible mask that failed.
         possible[row] = region if found.source == "failed" or maybe.source == "failed" else maybe.mask
         sources.append(found.source)
-    band = possible & ~objects
-    semantic = merge_semantic(objects, possible, maps.boxes, maps.keys)
+    unsure = possible & ~objects
+    semantic = merge_semantic(objects, possible, maps.boxes, maps.keys, band=band)
     instances = ImageInstances(image_id=image_id, boxes=maps.boxes, classes=maps.keys, masks=objects,
-                               instance_ignore=band)
+                               instance_ignore=unsure)
     return BbamLabels(semantic=semantic, instances=instances, possible=possible, sources=sources)
 
 
@@ -391,6 +406,7 @@ class _BbamLabelWork:
     thresholds: tuple[float, float]
     crf: CrfParams
     scale: str
+    band: str = "ignore"
 
     def is_done(self, image_id: str) -> bool:
         return self.semantic.has(image_id) and _instance_file(self.instance_dir, image_id).is_file()
@@ -398,7 +414,7 @@ class _BbamLabelWork:
     def __call__(self, image_id: str) -> None:
         image = self.dataset.load_image(image_id)
         labels = bbam_labels(image, self.maps.load(image_id), image_id=image_id, thresholds=self.thresholds,
-                             crf=self.crf, scale=self.scale, where=self.maps.path(image_id))
+                             crf=self.crf, scale=self.scale, band=self.band, where=self.maps.path(image_id))
         if hasattr(self.dataset, "image_path"):
             labels.instances.file_name = Path(self.dataset.image_path(image_id)).name
         InstanceStore(_instance_file(self.instance_dir, image_id)).save([labels.instances], self.classes)
@@ -416,6 +432,7 @@ def make_bbam_labels(
     thresholds: tuple[float, float] = (THRESHOLD_OBJECT, THRESHOLD_POSSIBLE),
     crf: CrfParams | str = CRF_PRESET,
     scale: str = "reference",
+    band: str = "ignore",
     workers: int = 0,
     dist: DistInfo | None = None,
     progress: bool = False,
@@ -435,7 +452,7 @@ def make_bbam_labels(
         semantic_dir, instance_dir: the per-image outputs.
         instances_path: the gathered instance file (None: not gathered).
         ids: the images (default: all of the dataset's).
-        thresholds, crf, scale: see :func:`bbam_labels`.
+        thresholds, crf, scale, band: see :func:`bbam_labels`.
         workers: worker processes for the CRFs (0: this process; the dataset must pickle otherwise).
         dist: this process's rank (default: from the environment).
         progress: a progress bar.
@@ -452,7 +469,7 @@ def make_bbam_labels(
     work = _BbamLabelWork(
         dataset=dataset, maps=MapStore(maps_dir), semantic=MaskStore(semantic_dir, getattr(dataset, "palette", None)),
         instance_dir=Path(instance_dir), classes=classes, thresholds=tuple(thresholds), crf=crf_params(crf),
-        scale=check_scale(scale))
+        scale=check_scale(scale), band=band)
     computed = run_per_image_parallel(ids, work, work.is_done, workers=workers, desc="bbam labels", dist=dist,
                                       progress=progress)
     result: dict[str, int] = {"images": computed, "total": len(ids)}
