@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import load_benchmark, make_voc
+from test_classifier_training import SquaresSource
 from test_seg_train import make_colour_voc
 from torch import nn
 
@@ -131,31 +132,6 @@ def test_engine_autocast_is_bfloat16_on_the_cpu_without_a_scaler() -> None:
 
 
 # ------------------------------------------------------------------ the trainers
-class SquaresSource:
-    """Tiny images with a bright square per class present (red: class 1, blue: class 2)."""
-
-    def __init__(self, count: int = 12, size: int = 32) -> None:
-        rng = np.random.default_rng(0)
-        self.classes = ["background", "red", "blue"]
-        self.ids = [f"img{i}" for i in range(count)]
-        self.images, self.labels = {}, {}
-        for i, image_id in enumerate(self.ids):
-            image = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
-            label = np.zeros(2, np.float32)
-            for k, (channel, present) in enumerate(((0, i % 2 == 0), (2, i % 3 != 1))):
-                if present:
-                    y, x = rng.integers(0, size - 10, size=2)
-                    image[y:y + 10, x:x + 10, channel] = 250
-                    label[k] = 1
-            self.images[image_id], self.labels[image_id] = image, label
-
-    def load_image(self, image_id: str) -> np.ndarray:
-        return self.images[image_id]
-
-    def label_vector(self, image_id: str) -> np.ndarray:
-        return self.labels[image_id]
-
-
 def test_classifier_trains_channels_last_in_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
     recorder = Recorder()
 
