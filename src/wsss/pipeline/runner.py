@@ -67,14 +67,12 @@ def chain_keys(stages: list[Stage]) -> dict[str, str]:
         ValueError: a stage needs one that does not run before it.
     """
     keys: dict[str, str] = {}
-    previous: tuple[str, ...] = ()
+    needs = stage_needs(stages)
     for stage in stages:
-        needs = previous if stage.needs is None else stage.needs
-        unknown = [name for name in needs if name not in keys]
+        unknown = [name for name in needs[stage.name] if name not in keys]
         if unknown:
             raise ValueError(f"stage {stage.name} needs {unknown}, which do not run before it")
-        keys[stage.name] = fingerprint([[keys[name] for name in needs], stage.name, stage.depends_on])
-        previous = (stage.name,)
+        keys[stage.name] = fingerprint([[keys[name] for name in needs[stage.name]], stage.name, stage.depends_on])
     return keys
 
 
