@@ -208,3 +208,33 @@ def test_the_demo_keeps_float32_attribution_on_a_cpu_without_native_bfloat16(mon
     assert float32_fallback(load_recipe("synth/demo", ["runtime.device=cpu", "advcam.bfloat16=false"])) == [
         "rib.bfloat16=false"]
     assert not load_recipe("synth/demo", [*float32_fallback(recipe)]).advcam.bfloat16
+
+
+def test_the_run_seed_reaches_every_training_and_seed_zero_keeps_the_fingerprints() -> None:
+    default, zero, other = _stages(ALL), _stages(ALL, "runtime.seed=0"), _stages(ALL, "runtime.seed=3")
+    assert {n: fingerprint(s.depends_on) for n, s in default.items()} == \
+        {n: fingerprint(s.depends_on) for n, s in zero.items()}
+    changed = {name for name in other if fingerprint(other[name].depends_on) != fingerprint(zero[name].depends_on)}
+    # (wood.classifier takes it too; its key changes through the classifier's, the stage it needs)
+    trainings = {"classifier", "rib.maps", "fully_supervised.seg"}
+    trainings |= {f"{m}.{step}" for m in _image_level() for step in ("irn", "seg")}
+    assert trainings <= changed
+    assert other["cam.seg"].depends_on["segmentation"]["seed"] == 3
+    assert not {name for name in changed if name.endswith(("_eval", ".predict", ".ir_labels", ".pseudo"))}
+
+
+def test_the_run_seed_reaches_the_box_methods_trainings_and_jitter(tmp_path: Path) -> None:
+    from wsss.data.synth import SynthConfig, generate
+
+    generate(tmp_path / "data", SynthConfig(train=8, val=4, ood=0, size=64), progress=False)
+    def stages(seed: int) -> dict:
+        recipe = load_recipe("synth/demo", [f"data.root={tmp_path / 'data'}", "methods=[bana, bbam]",
+                                            f"runtime.seed={seed}"])
+        return {stage.name: stage for stage in build_stages(Context(recipe, tmp_path / "work"))}
+
+    zero, other = stages(0), stages(2)
+    changed = {name for name in other if fingerprint(other[name].depends_on) != fingerprint(zero[name].depends_on)}
+    assert changed == {"bana.classifier", "bana.seg", "bbam.detector", "bbam.maps", "bbam.seg", "bbam.mask_rcnn",
+                       "instances_fully_supervised.mask_rcnn", "fully_supervised.seg"}
+    assert other["bbam.maps"].depends_on["bbam"]["seed"] == 2
+    assert other["bana.classifier"].depends_on["bana"]["seed"] == 2

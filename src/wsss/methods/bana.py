@@ -232,11 +232,12 @@ def bana_classifier_stage(ctx: Context) -> Stage:
     """Stage 1: the BAP classifier on ``data.train_split``'s boxes (``<workdir>/bap_net.pt``)."""
     recipe = ctx.recipe
     out, checkpoints = ctx.model_path("bap_net"), ctx.workdir / "bap_net"
+    settings = ctx.seeded(recipe.bana)
 
     def run() -> dict[str, Any]:
         from wsss.training.bana import train_bap
 
-        result = train_bap(ctx.dataset(recipe.data.train_split), recipe.bana, device=ctx.device, out=out,
+        result = train_bap(ctx.dataset(recipe.data.train_split), settings, device=ctx.device, out=out,
                            checkpoint_dir=checkpoints, progress=recipe.runtime.progress)
         return {"history": result.history}
 
@@ -252,7 +253,7 @@ def bana_classifier_stage(ctx: Context) -> Stage:
 
     return Stage(BANA_CLASSIFIER, run=run, clear=remover(out, checkpoints), needs=(), main_only=True, work=work,
                  depends_on={"data": [recipe.data.root, recipe.data.train_split],
-                             "bana": result_settings(recipe.bana)})
+                             "bana": result_settings(settings)})
 
 
 def bana_labels_stage(ctx: Context) -> Stage:

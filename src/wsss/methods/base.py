@@ -20,6 +20,7 @@ recipe, the work-directory layout, the opened datasets and the device.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -135,6 +136,9 @@ class DataConfig:
 @dataclass
 class RuntimeConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
+    # The run's seed. The classifier, IRN, RIB and W-OoD take it as theirs; the segmentation
+    # network, BANA's classifier, BBAM's detector and jitter and Mask R-CNN add it to their
+    # section's own seed (Context.seeded), so one setting reseeds every training of a run.
     seed: int = 0
     progress: bool = True
     # stages run at once, each in a worker process with this process's threads shared out
@@ -228,6 +232,12 @@ class Context:
             else:
                 self._datasets[split] = open_dataset(self.recipe.data.root, split)
         return self._datasets[split]
+
+    def seeded(self, config: Any) -> Any:
+        """``config`` (a section with a ``seed``) with ``runtime.seed`` added to its seed; the same
+        object at run seed 0, so a run at seed 0 keeps its fingerprints."""
+        offset = self.recipe.runtime.seed
+        return dataclasses.replace(config, seed=config.seed + offset) if offset else config
 
     @property
     def device(self):

@@ -175,17 +175,18 @@ def bbam_detector_stage(ctx: Context) -> Stage:
     """The detector on ``data.train_split``'s boxes (``<workdir>/bbam_detector.pt``)."""
     recipe = ctx.recipe
     out, checkpoints = ctx.model_path("bbam_detector"), ctx.workdir / "bbam_detector"
+    settings = ctx.seeded(recipe.bbam_detector)
 
     def run() -> dict[str, Any]:
         from wsss.training.detector import train_detector
 
-        result = train_detector(ctx.dataset(recipe.data.train_split), recipe.bbam_detector, device=ctx.device,
+        result = train_detector(ctx.dataset(recipe.data.train_split), settings, device=ctx.device,
                                 out=out, checkpoint_dir=checkpoints, progress=recipe.runtime.progress)
         return {"history": result.history}
 
     return Stage(BBAM_DETECTOR, run=run, clear=remover(out, checkpoints), needs=(), main_only=True,
                  depends_on={"data": [recipe.data.root, recipe.data.train_split],
-                             "bbam_detector": result_settings(recipe.bbam_detector)})
+                             "bbam_detector": result_settings(settings)})
 
 
 def bbam_maps_stage(ctx: Context) -> Stage:
@@ -194,6 +195,7 @@ def bbam_maps_stage(ctx: Context) -> Stage:
     recipe = ctx.recipe
     maps_dir = ctx.maps_dir("bbam")
     summary = ctx.workdir / "maps" / "bbam_summary.json"
+    settings = ctx.seeded(recipe.bbam)  # the jitter's seed
 
     def run() -> dict[str, Any]:
         from wsss.attribution.bbam import bbam_summary, make_bbam_maps
@@ -203,7 +205,7 @@ def bbam_maps_stage(ctx: Context) -> Stage:
 
         dataset = ctx.dataset(recipe.data.seed_split)
         detector = load_detector(ctx.model_path("bbam_detector"), map_location=ctx.device).to(ctx.device)
-        made = make_bbam_maps(detector, dataset, maps_dir, config=recipe.bbam, device=ctx.device,
+        made = make_bbam_maps(detector, dataset, maps_dir, config=settings, device=ctx.device,
                               scale=recipe.scale, progress=recipe.runtime.progress)
         barrier()  # every process's share written: the summary is over the whole split
         if not dist_info_from_env().is_main:
@@ -219,7 +221,7 @@ def bbam_maps_stage(ctx: Context) -> Stage:
         return result
 
     return Stage(BBAM_MAPS, run=run, clear=remover(maps_dir, summary), needs=(BBAM_DETECTOR,),
-                 depends_on={"split": recipe.data.seed_split, "bbam": result_settings(recipe.bbam),
+                 depends_on={"split": recipe.data.seed_split, "bbam": result_settings(settings),
                              **scale_dependency(ctx)})
 
 
@@ -297,12 +299,13 @@ def _mask_rcnn_stages(ctx: Context, name: str, instances: Any, needs: tuple[str,
     data = recipe.data
     out, checkpoints = ctx.model_path(f"mask_rcnn_{name}"), ctx.workdir / f"mask_rcnn_{name}"
     report_path = ctx.eval_path(name, "instance")
+    settings = ctx.seeded(recipe.mask_rcnn)
 
     def train() -> dict[str, Any]:
         from wsss.training.mask_rcnn import train_mask_rcnn
 
         dataset = ctx.dataset(data.seed_split)
-        result = train_mask_rcnn(dataset, instances(dataset), recipe.mask_rcnn, classes=dataset.classes,
+        result = train_mask_rcnn(dataset, instances(dataset), settings, classes=dataset.classes,
                                  ids=dataset.ids, device=ctx.device, out=out, checkpoint_dir=checkpoints,
                                  progress=recipe.runtime.progress)
         return {"history": result.history}
@@ -323,7 +326,7 @@ def _mask_rcnn_stages(ctx: Context, name: str, instances: Any, needs: tuple[str,
     return [
         Stage(f"{name}.mask_rcnn", run=train, clear=remover(out, checkpoints), needs=needs, main_only=True,
               depends_on={"train": data.seed_split, "instances": source,
-                          "mask_rcnn": result_settings(recipe.mask_rcnn)}),
+                          "mask_rcnn": result_settings(settings)}),
         Stage(f"{name}.instance_eval", run=evaluate, clear=remover(report_path), needs=(f"{name}.mask_rcnn",),
               main_only=True, depends_on={"val": data.val_split}),
     ]

@@ -363,7 +363,7 @@ def seg_stages(ctx: Context, method: str, masks: Path | Mapping[str, Path] | Non
     recipe = ctx.recipe
     seg_dir, pred_dir = ctx.seg_dir(method), ctx.prediction_dir(method)
     train_set = recipe.data.seed_split
-    settings = recipe.segmentation if config is None else config
+    settings = ctx.seeded(recipe.segmentation if config is None else config)
     targets = dict(masks) if isinstance(masks, Mapping) else masks
 
     def train() -> None:
