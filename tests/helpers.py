@@ -297,7 +297,8 @@ class ToyStages:
 
     ``graph`` maps each stage to the stages it needs, in a valid order. Each stage checks that the
     files of the stages it needs exist (it fails if it runs too early), writes its process id to
-    ``<folder>/<name>.pid``, sleeps ``seconds`` and writes ``<folder>/<name>.txt`` holding its
+    ``<folder>/<name>.pid`` (its modification time: when the stage started), sleeps ``seconds``
+    and writes ``<folder>/<name>.txt`` holding its
     process id; the stage named ``fail`` raises a one-line :class:`wsss.errors.DataError` instead.
     """
 
@@ -305,6 +306,7 @@ class ToyStages:
     graph: tuple[tuple[str, tuple[str, ...]], ...]
     seconds: float = 0.0
     fail: str | None = None
+    priorities: tuple[tuple[str, int], ...] = ()  # (stage, Stage.priority)
 
     def run_stage(self, name: str, needs: tuple[str, ...]) -> int:
         import os
@@ -327,8 +329,9 @@ class ToyStages:
 
         from wsss.methods.base import Stage
 
-        return [Stage(name, run=partial(self.run_stage, name, needs), needs=needs, depends_on={"name": name})
-                for name, needs in self.graph]
+        priority = dict(self.priorities)
+        return [Stage(name, run=partial(self.run_stage, name, needs), needs=needs, depends_on={"name": name},
+                      priority=priority.get(name, 0)) for name, needs in self.graph]
 
 
 def coco_from_voc(voc_root: Path | str, split: str, path: Path | str) -> dict:

@@ -4,6 +4,7 @@ the classifier, IRN and segmentation trainers and segmentation inference taking 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -253,3 +254,53 @@ def test_the_speed_benchmark_times_every_variant_through_fast_paths(capsys: pyte
     rows = [line.split() for line in printed.splitlines() if line.startswith("inference, 1 image")]
     assert [row[3] for row in rows] == ["float32", "channels_last", "bf16", "channels_last+bf16"]
     assert rows[0][5] == "1.00x" and all(float(row[4]) > 0 for row in rows)
+
+
+def test_the_box_methods_hand_the_fast_paths_to_their_trainers_and_count_bf16(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wsss.training.bana as bana
+    import wsss.training.detector as detector
+    import wsss.training.mask_rcnn as mask_rcnn
+    from wsss.data.synth import SynthConfig, generate
+
+    generate(tmp_path / "data", SynthConfig(train=8, val=4, ood=0, size=64), progress=False)
+
+    def stages(*overrides: str) -> dict:
+        recipe = load_recipe("synth/demo", [f"data.root={tmp_path / 'data'}", "methods=[bana, bbam]", *overrides])
+        return {stage.name: stage for stage in build_stages(Context(recipe, tmp_path / "work"))}
+
+    trainers = ("bana.classifier", "bbam.detector", "bbam.mask_rcnn", "instances_fully_supervised.mask_rcnn")
+    plain, bf16 = stages(), stages("runtime.autocast=bf16")
+    for name in trainers:
+        assert bf16[name].depends_on["autocast"] == "bf16" and "autocast" not in plain[name].depends_on, name
+    given: dict[str, FastPaths] = {}
+
+    def record(name: str):
+        def call(*args, fast_paths=None, **kwargs):
+            given[name] = fast_paths
+            return SimpleNamespace(history=[])
+        return call
+
+    monkeypatch.setattr(bana, "train_bap", record("bap"))
+    monkeypatch.setattr(detector, "train_detector", record("detector"))
+    monkeypatch.setattr(mask_rcnn, "train_mask_rcnn", record("mask_rcnn"))
+    fast = stages("runtime.channels_last=true", "runtime.autocast=bf16")
+    for name in ("bana.classifier", "bbam.detector", "instances_fully_supervised.mask_rcnn"):  # (bbam's reads
+        fast[name].run()                                                                  # its pseudo instances)
+    assert given == {"bap": FAST, "detector": FAST, "mask_rcnn": FAST}
+
+
+def test_mask_rcnn_trains_channels_last_in_bfloat16(tmp_path: Path) -> None:
+    from wsss.data.synth import SynthConfig, generate
+    from wsss.training.mask_rcnn import MaskRcnnConfig, train_mask_rcnn
+
+    root = generate(tmp_path / "data", SynthConfig(train=4, val=0, ood=0, size=64), progress=False)
+    dataset = VOCDataset(root, "train")
+    instances = {image_id: dataset.ground_truth_instances(image_id) for image_id in dataset.ids}
+    config = MaskRcnnConfig(backbone="resnet18_w16", fpn_channels=16, representation_size=32, mask_channels=16,
+                            rois_per_image=32, batch_size=2, steps=2, milestones=(), warmup_steps=0, lr=0.01)
+    losses: list[float] = []
+    result = train_mask_rcnn(dataset, instances, config, classes=dataset.classes, fast_paths=FAST,
+                             callback=lambda step, loss: losses.append(loss))
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert _channels_last(result.model.backbone.body)

@@ -88,6 +88,21 @@ def test_runner_with_jobs_runs_independent_stages_at_once_after_what_they_need(t
     assert all(r.skipped for r in again.values())
 
 
+def test_a_priority_starts_its_whole_chain_first_in_a_parallel_run(tmp_path: Path) -> None:
+    from helpers import ToyStages
+
+    from wsss.pipeline.runner import start_priorities
+
+    # x -> y is the long chain listed last; y's priority reaches x, so both start before b and c
+    graph = (("a", ()), ("b", ()), ("c", ()), ("x", ()), ("y", ("x",)))
+    make = ToyStages(str(tmp_path), graph, seconds=0.4, priorities=(("y", 1),))
+    assert start_priorities(make()) == {"a": 0, "b": 0, "c": 0, "x": 1, "y": 1}
+    Runner(tmp_path / "work").run(make(), jobs=2, rebuild=make)
+    started = {name: (tmp_path / f"{name}.pid").stat().st_mtime_ns for name, _ in graph}
+    assert sorted(started, key=started.get)[:2] == sorted(["x", "a"], key=started.get)  # x, then a by list order
+    assert started["y"] < started["c"] and started["x"] < started["b"]
+
+
 def test_runner_with_jobs_stops_at_a_failed_stage_and_raises_its_error(tmp_path: Path) -> None:
     from helpers import ToyStages
 

@@ -238,7 +238,7 @@ def bana_classifier_stage(ctx: Context) -> Stage:
         from wsss.training.bana import train_bap
 
         result = train_bap(ctx.dataset(recipe.data.train_split), settings, device=ctx.device, out=out,
-                           checkpoint_dir=checkpoints, progress=recipe.runtime.progress)
+                           checkpoint_dir=checkpoints, progress=recipe.runtime.progress, fast_paths=ctx.fast_paths)
         return {"history": result.history}
 
     def work() -> Work:
@@ -253,7 +253,7 @@ def bana_classifier_stage(ctx: Context) -> Stage:
 
     return Stage(BANA_CLASSIFIER, run=run, clear=remover(out, checkpoints), needs=(), main_only=True, work=work,
                  depends_on={"data": [recipe.data.root, recipe.data.train_split],
-                             "bana": result_settings(settings)})
+                             "bana": result_settings(settings), **ctx.fast_paths.dependency})
 
 
 def bana_labels_stage(ctx: Context) -> Stage:

@@ -95,6 +95,10 @@ class Stage:
             before it (a linear chain).
         work: estimates the stage's :class:`Work` (reads no image; may open the recipe's
             datasets and read their labels). ``None``: no estimate.
+        priority: the order of a parallel run (``runtime.jobs`` > 1): among the stages ready to
+            start, those with the highest priority of their own or of any stage that needs them
+            (directly or not) start first, the others in the list's order. Give it to the end of
+            a long chain (BBAM's Mask R-CNN), so the chain starts early instead of last.
     """
 
     name: str
@@ -104,6 +108,7 @@ class Stage:
     main_only: bool = False
     needs: tuple[str, ...] | None = None
     work: Callable[[], Work] | None = None
+    priority: int = 0
 
 
 def remover(*paths: Path) -> Callable[[], None]:

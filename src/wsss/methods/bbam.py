@@ -181,12 +181,13 @@ def bbam_detector_stage(ctx: Context) -> Stage:
         from wsss.training.detector import train_detector
 
         result = train_detector(ctx.dataset(recipe.data.train_split), settings, device=ctx.device,
-                                out=out, checkpoint_dir=checkpoints, progress=recipe.runtime.progress)
+                                out=out, checkpoint_dir=checkpoints, progress=recipe.runtime.progress,
+                                fast_paths=ctx.fast_paths)
         return {"history": result.history}
 
     return Stage(BBAM_DETECTOR, run=run, clear=remover(out, checkpoints), needs=(), main_only=True,
                  depends_on={"data": [recipe.data.root, recipe.data.train_split],
-                             "bbam_detector": result_settings(settings)})
+                             "bbam_detector": result_settings(settings), **ctx.fast_paths.dependency})
 
 
 def bbam_maps_stage(ctx: Context) -> Stage:
@@ -307,7 +308,7 @@ def _mask_rcnn_stages(ctx: Context, name: str, instances: Any, needs: tuple[str,
         dataset = ctx.dataset(data.seed_split)
         result = train_mask_rcnn(dataset, instances(dataset), settings, classes=dataset.classes,
                                  ids=dataset.ids, device=ctx.device, out=out, checkpoint_dir=checkpoints,
-                                 progress=recipe.runtime.progress)
+                                 progress=recipe.runtime.progress, fast_paths=ctx.fast_paths)
         return {"history": result.history}
 
     def evaluate() -> dict[str, Any]:
@@ -324,9 +325,11 @@ def _mask_rcnn_stages(ctx: Context, name: str, instances: Any, needs: tuple[str,
         return {key: result[key] for key in result if key.startswith(("AP", "mAP"))}
 
     return [
-        Stage(f"{name}.mask_rcnn", run=train, clear=remover(out, checkpoints), needs=needs, main_only=True,
+        # priority: BBAM's detector -> maps -> labels -> Mask R-CNN is the demo's longest chain (28 of its
+        # 57 minutes before the fast paths); listed last, it would start last (docs/speed.md, "The demo")
+        Stage(f"{name}.mask_rcnn", run=train, clear=remover(out, checkpoints), needs=needs, main_only=True, priority=1,
               depends_on={"train": data.seed_split, "instances": source,
-                          "mask_rcnn": result_settings(settings)}),
+                          "mask_rcnn": result_settings(settings), **ctx.fast_paths.dependency}),
         Stage(f"{name}.instance_eval", run=evaluate, clear=remover(report_path), needs=(f"{name}.mask_rcnn",),
               main_only=True, depends_on={"val": data.val_split}),
     ]

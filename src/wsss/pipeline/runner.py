@@ -60,6 +60,17 @@ def stage_needs(stages: list[Stage]) -> dict[str, tuple[str, ...]]:
     return needs
 
 
+def start_priorities(stages: list[Stage]) -> dict[str, int]:
+    """Each stage's priority in a parallel run: the highest ``priority`` of the stage and of the
+    stages that need it, directly or not (a chain's priority reaches its first stage)."""
+    needs = stage_needs(stages)
+    priority = {stage.name: stage.priority for stage in stages}
+    for stage in reversed(stages):  # the stages a stage needs come before it
+        for name in needs[stage.name]:
+            priority[name] = max(priority[name], priority[stage.name])
+    return priority
+
+
 def chain_keys(stages: list[Stage]) -> dict[str, str]:
     """Each stage's key: its fingerprint chained with those of the stages it needs.
 
@@ -210,13 +221,14 @@ class Runner:
     def _run_parallel(self, stages: list[Stage], keys: dict[str, str], jobs: int,
                       rebuild: Callable[[], list[Stage]]) -> dict[str, StageResult]:
         """Stages in ``jobs`` worker processes, each started once the stages it needs are done,
-        in the list's order among those ready. A failed stage lets the running ones finish, starts
-        no other, and its error is raised here."""
+        the highest :func:`start_priorities` first among those ready, then in the list's order. A
+        failed stage lets the running ones finish, starts no other, and its error is raised here."""
         results: dict[str, StageResult] = {}
         for stage in stages:
             if self.is_done(stage.name, keys[stage.name]):
                 results[stage.name] = self.run_stage(stage, keys[stage.name])
-        todo = [stage.name for stage in stages if stage.name not in results]
+        priority = start_priorities(stages)
+        todo = sorted((stage.name for stage in stages if stage.name not in results), key=lambda n: -priority[n])
         if not todo:
             return results
         needs = stage_needs(stages)

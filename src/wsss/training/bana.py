@@ -41,7 +41,7 @@ from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, to_chw_
 from wsss.errors import ConfigError
 from wsss.io import atomic_write
 from wsss.models.bap_net import POOLINGS, BapNet, background_mask, bap_loss, check_boxes
-from wsss.runtime import resolve_device, seed_everything
+from wsss.runtime import FastPaths, resolve_device, seed_everything
 from wsss.training.engine import CheckpointSpec, ShuffledLoader, TrainingEngine, poly_sgd
 
 log = logging.getLogger(__name__)
@@ -178,6 +178,7 @@ def train_bap(
     resume: bool = True,
     progress: bool = False,
     callback: Callable[[int, float], None] | None = None,
+    fast_paths: FastPaths | None = None,
 ) -> BapTrainResult:
     """Train a :class:`BapNet` on ``source``'s boxes for ``config.steps`` updates.
 
@@ -190,15 +191,19 @@ def train_bap(
         resume: continue from ``checkpoint_dir``'s checkpoint if there is one.
         progress: a tqdm bar.
         callback: ``callback(iteration, loss)`` after each update.
+        fast_paths: memory format and autocast of the training updates (default float32,
+            contiguous; :class:`wsss.runtime.FastPaths`).
     """
     config = config or BapConfig()
     config.validate()
     device = resolve_device(device)
+    fast_paths = fast_paths or FastPaths()
     seed_everything(config.seed)
     classes = list(source.classes)
     model = BapNet(config.backbone, len(classes), output_stride=config.output_stride, weights=config.weights,
                    grid_size=config.grid_size, cells=config.cells, box_samples=config.box_samples,
                    min_background=config.min_background, pooling=config.pooling, classes=classes).to(device)
+    fast_paths.prepare(model)
     dataset = BoxDataset(source, hflip=config.hflip, mean=config.mean, std=config.std)
     if len(dataset) < config.batch_size:
         raise ConfigError(f"the training set has {len(dataset)} images, fewer than one batch of {config.batch_size}")
@@ -216,13 +221,14 @@ def train_bap(
         at_epoch_end=True, metadata={"classes": classes, "config": to_dict(config)},
         settings=result_settings(config), curve_title=f"BAP classifier ({config.backbone})")
     engine = TrainingEngine(model, optimizer, scheduler, total_steps=config.steps, steps_per_epoch=len(loader),
-                            device=device, amp=config.amp, desc="bap", progress=progress, checkpoint=spec,
-                            epoch_keys=("loss", "bap_share"), callback=callback)
+                            device=device, amp=config.amp, fast_paths=fast_paths, desc="bap",
+                            progress=progress, checkpoint=spec, epoch_keys=("loss", "bap_share"), callback=callback)
     engine.restore(resume)
 
     def step(batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         with engine.autocast():
-            output = model(batch["images"].to(device), batch["boxes"].to(device), batch["box_image"].to(device),
+            output = model(fast_paths.inputs(batch["images"].to(device)), batch["boxes"].to(device),
+                           batch["box_image"].to(device),
                            batch["background"].to(device))
         loss = bap_loss(output, batch["classes"].to(device))
         return loss, {"bap_share": float(output.uses_bap.float().mean())}

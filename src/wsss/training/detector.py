@@ -39,7 +39,7 @@ from wsss.errors import ConfigError, DataError
 from wsss.io import atomic_write
 from wsss.models.detector import build_detector, check_detection_boxes, load_detector_weights
 from wsss.models.rcnn import ANCHOR_SIZES, scaled_anchor_sizes
-from wsss.runtime import resolve_device, seed_everything
+from wsss.runtime import FastPaths, resolve_device, seed_everything
 from wsss.training.engine import CheckpointSpec, ShuffledLoader, TrainingEngine, bias_groups, poly_sgd, warmup_multistep
 
 log = logging.getLogger(__name__)
@@ -210,6 +210,7 @@ def train_detector(
     resume: bool = True,
     progress: bool = False,
     callback: Callable[[int, float], None] | None = None,
+    fast_paths: FastPaths | None = None,
 ) -> DetectorTrainResult:
     """Train BBAM's detector on ``source``'s boxes for ``config.steps`` updates.
 
@@ -223,14 +224,17 @@ def train_detector(
         resume: continue from ``checkpoint_dir``'s checkpoint if there is one.
         progress: a tqdm bar.
         callback: ``callback(iteration, loss)`` after each update.
+        fast_paths: memory format and autocast of the training updates (default float32,
+            contiguous; :class:`wsss.runtime.FastPaths`).
     """
     config = config or DetectorConfig()
     config.validate()
     device = resolve_device(device)
+    fast_paths = fast_paths or FastPaths()
     seed_everything(config.seed)
     classes = list(source.classes)
     short_side = None if config.anchor_sizes is not None or config.min_size is not None else _short_side(source)
-    model = detector_from_config(config, len(classes), short_side).to(device)
+    model = fast_paths.prepare(detector_from_config(config, len(classes), short_side).to(device))
     dataset = DetectionDataset(source, hflip=config.hflip)
     if len(dataset) < config.batch_size:
         raise ConfigError(f"the training set has {len(dataset)} images, fewer than one batch of {config.batch_size}")
@@ -250,8 +254,8 @@ def train_detector(
         at_epoch_end=True, metadata={**saved, "config": to_dict(config)}, settings=result_settings(config),
         curve_title=f"Faster R-CNN ({config.backbone}-FPN)")
     engine = TrainingEngine(model, optimizer, scheduler, total_steps=config.steps, steps_per_epoch=len(loader),
-                            device=device, amp=config.amp, desc="detector", progress=progress, checkpoint=spec,
-                            epoch_keys=("loss", *LOSS_TERMS), callback=callback)
+                            device=device, amp=config.amp, fast_paths=fast_paths, desc="detector",
+                            progress=progress, checkpoint=spec, epoch_keys=("loss", *LOSS_TERMS), callback=callback)
     engine.restore(resume)
 
     def step(batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -48,7 +48,7 @@ from wsss.errors import ConfigError, DataError
 from wsss.io import atomic_write
 from wsss.models.mask_rcnn import build_mask_rcnn, encode_targets, rebuild_mask_rcnn
 from wsss.models.rcnn import ANCHOR_SIZES, scaled_anchor_sizes
-from wsss.runtime import resolve_device, seed_everything
+from wsss.runtime import FastPaths, resolve_device, seed_everything
 from wsss.stores.instances import ImageInstances
 from wsss.training.engine import CheckpointSpec, ShuffledLoader, TrainingEngine, bias_groups, poly_sgd, warmup_multistep
 
@@ -188,6 +188,7 @@ def train_mask_rcnn(
     resume: bool = True,
     progress: bool = False,
     callback: Callable[[int, float], None] | None = None,
+    fast_paths: FastPaths | None = None,
 ) -> MaskRcnnTrainResult:
     """Train Mask R-CNN for ``config.steps`` updates on ``instances`` (ignore regions left out of
     the mask loss).
@@ -204,6 +205,8 @@ def train_mask_rcnn(
         resume: continue from ``checkpoint_dir``'s checkpoint if there is one.
         progress: a tqdm bar.
         callback: ``callback(iteration, loss)`` after each update.
+        fast_paths: memory format and autocast of the training updates (default float32,
+            contiguous; :class:`wsss.runtime.FastPaths`).
 
     Raises:
         ConfigError: bad settings, fewer images than one batch, no classes.
@@ -212,6 +215,7 @@ def train_mask_rcnn(
     config = config or MaskRcnnConfig()
     config.validate()
     device = resolve_device(device)
+    fast_paths = fast_paths or FastPaths()
     seed_everything(config.seed)
     classes = list(classes if classes is not None else getattr(instances, "classes", []))
     if len(classes) < 2:
@@ -228,6 +232,7 @@ def train_mask_rcnn(
                             weights=config.weights, fpn_channels=config.fpn_channels,
                             representation_size=config.representation_size, mask_channels=config.mask_channels,
                             rois_per_image=config.rois_per_image, anchor_sizes=anchors).to(device)
+    fast_paths.prepare(model)
     log.info("Mask R-CNN on %s: images %s, anchors %s", config.backbone,
              "at their own size" if config.min_size is None else f"at {config.min_size}-{model.transform.max_size} px",
              list(anchors))
@@ -243,8 +248,8 @@ def train_mask_rcnn(
         settings={**result_settings(config), "ids": ids}, curve_title=f"Mask R-CNN ({config.backbone})")
     terms = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
     engine = TrainingEngine(model, optimizer, scheduler, total_steps=config.steps, steps_per_epoch=len(loader),
-                            device=device, amp=config.amp, desc="mask rcnn", progress=progress, checkpoint=spec,
-                            epoch_keys=("loss", *terms), callback=callback)
+                            device=device, amp=config.amp, fast_paths=fast_paths, desc="mask rcnn",
+                            progress=progress, checkpoint=spec, epoch_keys=("loss", *terms), callback=callback)
     engine.restore(resume)
 
     def step(batch) -> tuple[torch.Tensor, dict[str, float]]:
