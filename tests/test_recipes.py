@@ -208,6 +208,8 @@ def test_the_demo_keeps_float32_attribution_on_a_cpu_without_native_bfloat16(mon
     assert float32_fallback(load_recipe("synth/demo", ["runtime.device=cpu", "advcam.bfloat16=false"])) == [
         "rib.bfloat16=false"]
     assert not load_recipe("synth/demo", [*float32_fallback(recipe)]).advcam.bfloat16
+    with_autocast = load_recipe("synth/demo", ["runtime.device=cpu", "runtime.autocast=bf16"])
+    assert float32_fallback(with_autocast)[-1] == "runtime.autocast=none"
 
 
 def test_the_run_seed_reaches_every_training_and_seed_zero_keeps_the_fingerprints() -> None:

@@ -83,18 +83,22 @@ BFLOAT16_OPTIONS = ("advcam.bfloat16", "rib.bfloat16")
 
 
 def float32_fallback(config) -> list[str]:
-    """Overrides that turn the recipe's bfloat16 attribution off on a CPU without native bfloat16,
-    where it would be slower than float32 (:func:`wsss.runtime.native_bfloat16`); logged. The
-    maps' fingerprints hold the setting, so a run's maps are never a mix of the two."""
+    """Overrides that turn the recipe's bfloat16 off on a CPU without native bfloat16, where it
+    would be slower than float32 (:func:`wsss.runtime.native_bfloat16`): the attribution methods'
+    switches and ``runtime.autocast``; logged. The stages' fingerprints hold these settings, so a
+    run's outputs are never a mix of the two."""
     from wsss.runtime import native_bfloat16, resolve_device
 
     if resolve_device(config.runtime.device).type != "cpu" or native_bfloat16():
         return []
-    chosen = [name for name in BFLOAT16_OPTIONS if getattr(getattr(config, name.split(".")[0]), "bfloat16")]
+    chosen = [f"{name}=false" for name in BFLOAT16_OPTIONS
+              if getattr(getattr(config, name.split(".")[0]), "bfloat16")]
+    if config.runtime.autocast == "bf16":
+        chosen.append("runtime.autocast=none")
     if chosen:
-        log.info("this CPU has no native bfloat16 (AVX512-BF16 or AMX): %s set to false (float32 is "
-                 "faster here)", ", ".join(chosen))
-    return [f"{name}=false" for name in chosen]
+        log.info("this CPU has no native bfloat16 (AVX512-BF16 or AMX): %s (float32 is faster here)",
+                 ", ".join(chosen))
+    return chosen
 
 
 def typical_long_side(dataset, sample: int = 50) -> int:
