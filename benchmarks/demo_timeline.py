@@ -95,7 +95,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeline", action="store_true", help="every stage, not only those over a minute")
     parser.add_argument("--train", type=int, nargs="*", default=[500, 1000, 2000],
                         help="training-set sizes for the whole-demo estimate")
+    parser.add_argument("--what-if", dest="what_if", action="append", default=[], metavar="SUFFIX=FACTOR",
+                        help="also replay with the seconds of the stages whose names end in SUFFIX times FACTOR "
+                             "(e.g. .mask_rcnn=0.5 for half the updates; repeatable, each alone and all together)")
     args = parser.parse_args(argv)
+    what_if = []
+    for item in args.what_if:
+        suffix, _, factor = item.partition("=")
+        try:
+            what_if.append((suffix, float(factor)))
+        except ValueError:
+            parser.error(f"--what-if {item!r}: expected SUFFIX=FACTOR, e.g. .seg=0.5")
 
     work = work_folder(args.out)
     recipe = load_recipe(work / "config.yaml")  # the recipe the run resolved, as the runner wrote it
@@ -135,6 +145,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {label:58s} {replay(names, needs, seconds, order, args.jobs) / 60:6.1f}")
     print(f"  {'the longest chain alone':58s} {max(tails.values()) / 60:6.1f}")
     print(f"  {'all stage time / workers':58s} {total / args.jobs / 60:6.1f}")
+
+    if what_if:
+        runner_order = orders["the runner's order (priority, then list)"]
+        print(f"\nwhat if (the runner's order, {args.jobs} workers; stage time and wall, min):")
+        cases = [[case] for case in what_if] + ([what_if] if len(what_if) > 1 else [])
+        for case in cases:
+            scaled = dict(seconds)
+            for suffix, factor in case:
+                matched = [n for n in names if n.endswith(suffix)]
+                if not matched:
+                    raise SystemExit(f"--what-if {suffix}: no stage name ends so")
+                for name in matched:
+                    scaled[name] *= factor
+            label = ", ".join(f"{suffix} x{factor:g}" for suffix, factor in case)
+            print(f"  {label:58s} {sum(scaled.values()) / 60:6.1f} {replay(names, needs, scaled, runner_order, args.jobs) / 60:6.1f}")
 
     run_train, run_seeds = len(ctx.dataset(recipe.data.train_split)), len(ctx.dataset(recipe.data.seed_split))
     runner_order = orders["the runner's order (priority, then list)"]
