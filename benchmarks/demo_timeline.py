@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
                 for name in matched:
                     scaled[name] *= factor
             label = ", ".join(f"{suffix} x{factor:g}" for suffix, factor in case)
-            print(f"  {label:58s} {sum(scaled.values()) / 60:6.1f} {replay(names, needs, scaled, runner_order, args.jobs) / 60:6.1f}")
+            wall = replay(names, needs, scaled, runner_order, args.jobs)
+            print(f"  {label:58s} {sum(scaled.values()) / 60:6.1f} {wall / 60:6.1f}")
 
     run_train, run_seeds = len(ctx.dataset(recipe.data.train_split)), len(ctx.dataset(recipe.data.seed_split))
     runner_order = orders["the runner's order (priority, then list)"]

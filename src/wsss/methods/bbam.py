@@ -325,8 +325,8 @@ def _mask_rcnn_stages(ctx: Context, name: str, instances: Any, needs: tuple[str,
         return {key: result[key] for key in result if key.startswith(("AP", "mAP"))}
 
     return [
-        # priority: BBAM's detector -> maps -> labels -> Mask R-CNN is the demo's longest chain (28 of its
-        # 57 minutes before the fast paths); listed last, it would start last (docs/speed.md, "The demo")
+        # priority: BBAM's detector -> maps -> labels -> Mask R-CNN is the demo's longest chain (31 of its
+        # 57.7 minutes, measured); listed last, it started at minute 25 (docs/speed.md, "The demo")
         Stage(f"{name}.mask_rcnn", run=train, clear=remover(out, checkpoints), needs=needs, main_only=True, priority=1,
               depends_on={"train": data.seed_split, "instances": source,
                           "mask_rcnn": result_settings(settings), **ctx.fast_paths.dependency}),
