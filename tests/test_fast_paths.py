@@ -68,7 +68,7 @@ def test_recipe_keys_are_read_and_checked() -> None:
     recipe = load_recipe("synth/demo", ["runtime.channels_last=true", "runtime.autocast=bf16"])
     assert recipe.runtime.fast_paths == FAST
     assert load_recipe().runtime.fast_paths == FastPaths()  # the library's defaults: float32, contiguous
-    assert load_recipe("synth/demo").runtime.fast_paths == FastPaths(channels_last=True)  # the demo's choice
+    assert load_recipe("synth/demo").runtime.fast_paths == FAST  # the demo's choice (docs/speed.md)
     with pytest.raises(ConfigError, match="autocast"):
         load_recipe("synth/demo", ["runtime.autocast=float16"])
     with pytest.raises(ConfigError, match="channels_last"):
@@ -81,7 +81,8 @@ def _stages(*overrides: str) -> dict:
 
 
 def test_bf16_changes_the_fingerprints_of_the_stages_that_use_it_and_channels_last_none() -> None:
-    plain, last, bf16 = _stages(), _stages("runtime.channels_last=true"), _stages("runtime.autocast=bf16")
+    plain = _stages("runtime.channels_last=false", "runtime.autocast=none")
+    last, bf16 = _stages("runtime.autocast=none"), _stages("runtime.channels_last=false", "runtime.autocast=bf16")
     uses = {"classifier", "cam.irn", "cam.seg", "cam.predict", "fully_supervised.seg", "fully_supervised.predict"}
     assert set(plain) == set(bf16) and uses <= set(plain)
     for name in plain:
@@ -270,7 +271,7 @@ def test_the_box_methods_hand_the_fast_paths_to_their_trainers_and_count_bf16(
         return {stage.name: stage for stage in build_stages(Context(recipe, tmp_path / "work"))}
 
     trainers = ("bana.classifier", "bbam.detector", "bbam.mask_rcnn", "instances_fully_supervised.mask_rcnn")
-    plain, bf16 = stages(), stages("runtime.autocast=bf16")
+    plain, bf16 = stages("runtime.autocast=none"), stages("runtime.autocast=bf16")
     for name in trainers:
         assert bf16[name].depends_on["autocast"] == "bf16" and "autocast" not in plain[name].depends_on, name
     given: dict[str, FastPaths] = {}
