@@ -74,7 +74,8 @@ def test_each_section_reaches_the_fingerprints_of_its_stages_only() -> None:
     recipe = load_recipe("synth/demo", ["data.root=/nowhere", "methods=[cam, boxes]"])
     stages = {s.name: s for s in build_stages(Context(recipe, Path("work")))}
     for name in ("cam.seg", "boxes.seg", "fully_supervised.seg"):
-        assert stages[name].depends_on == {"train": "train", "segmentation": result_settings(recipe.segmentation)}
+        assert stages[name].depends_on == {"train": "train", "segmentation": result_settings(recipe.segmentation),
+                                           **recipe.runtime.fast_paths.dependency}
 
 
 def test_bad_bana_settings_fail_when_the_recipe_loads() -> None:

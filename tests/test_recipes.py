@@ -200,16 +200,16 @@ def test_the_demo_keeps_float32_attribution_on_a_cpu_without_native_bfloat16(mon
     from wsss.pipeline.demo import float32_fallback
 
     recipe = load_recipe("synth/demo", ["runtime.device=cpu"])
-    assert recipe.advcam.bfloat16 and recipe.rib.bfloat16  # the demo's choice (docs/speed.md)
+    # the demo's choice (docs/speed.md)
+    assert recipe.advcam.bfloat16 and recipe.rib.bfloat16 and recipe.runtime.autocast == "bf16"
     monkeypatch.setattr(wsss.runtime, "native_bfloat16", lambda: True)
     assert float32_fallback(recipe) == []
     monkeypatch.setattr(wsss.runtime, "native_bfloat16", lambda: False)
-    assert float32_fallback(recipe) == ["advcam.bfloat16=false", "rib.bfloat16=false"]
-    assert float32_fallback(load_recipe("synth/demo", ["runtime.device=cpu", "advcam.bfloat16=false"])) == [
-        "rib.bfloat16=false"]
-    assert not load_recipe("synth/demo", [*float32_fallback(recipe)]).advcam.bfloat16
-    with_autocast = load_recipe("synth/demo", ["runtime.device=cpu", "runtime.autocast=bf16"])
-    assert float32_fallback(with_autocast)[-1] == "runtime.autocast=none"
+    assert float32_fallback(recipe) == ["advcam.bfloat16=false", "rib.bfloat16=false", "runtime.autocast=none"]
+    assert float32_fallback(load_recipe("synth/demo", ["runtime.device=cpu", "advcam.bfloat16=false",
+                                                       "runtime.autocast=none"])) == ["rib.bfloat16=false"]
+    fallen_back = load_recipe("synth/demo", [*float32_fallback(recipe)])
+    assert not fallen_back.advcam.bfloat16 and fallen_back.runtime.autocast == "none"
 
 
 def test_the_run_seed_reaches_every_training_and_seed_zero_keeps_the_fingerprints() -> None:
