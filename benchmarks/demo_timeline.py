@@ -8,9 +8,9 @@ stage's seconds and the time it finished) and prints:
   those over a minute);
 * the wall time of the same stages replayed in ``--jobs`` workers (a simulation from the measured
   seconds) in three orders: the list order among ready stages (the runner before
-  ``Stage.priority``), the runner's order now (:func:`wsss.pipeline.runner.start_priorities`, then
-  the list) and the longest remaining chain first (the best order a scheduler could know, with the
-  seconds known in advance);
+  ``Stage.priority``), the runner's order now (:func:`wsss.pipeline.runner.start_order`) and the
+  longest remaining chain first (the best order a scheduler could know, with the seconds known in
+  advance);
 * the whole demo at ``--train`` training images, with the seed images fixed at the run's count and
   at a fifth of the training images: each stage's seconds scaled by what it iterates over (the
   classifier and W-OoD's fine-tuning: epochs over the training images; BANA's classifier, BBAM's
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from wsss.methods import Context
 from wsss.pipeline.recipes import build_stages, load_recipe
-from wsss.pipeline.runner import stage_needs, start_priorities
+from wsss.pipeline.runner import stage_needs, start_order
 
 TRAINING_EPOCHS = {"classifier", "wood.classifier"}  # epochs over the training images
 FIXED = ("detector", "mask_rcnn", "bana.classifier", "predict", "final_eval", "instance_eval")
@@ -83,7 +83,7 @@ def replay(names: list[str], needs: dict, seconds: dict[str, float], order: dict
 def scale_factor(name: str, train: int, seeds: int, run_train: int, run_seeds: int) -> float:
     if name in TRAINING_EPOCHS:
         return train / run_train
-    if any(name.endswith(suffix) or name == suffix for suffix in FIXED):
+    if name.endswith(FIXED):
         return 1.0
     return seeds / run_seeds
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     ctx = Context(recipe, work)
     stages = build_stages(ctx)
     names = [stage.name for stage in stages]
-    needs, priority = stage_needs(stages), start_priorities(stages)
+    needs = stage_needs(stages)
     runs = measured(work)
     missing = [name for name in names if name not in runs]
     if missing:
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         tails[name] = seconds[name] + max(after, default=0.0)
     orders = {
         "list order (the runner before Stage.priority)": {n: index[n] for n in names},
-        "the runner's order (priority, then list)": {n: (-priority[n], index[n]) for n in names},
+        "the runner's order (priority, then list)": {n: i for i, n in enumerate(start_order(stages))},
         "longest remaining chain first (seconds known in advance)": {n: -tails[n] for n in names},
     }
     print(f"\nreplayed in {args.jobs} workers from the measured seconds (min):")

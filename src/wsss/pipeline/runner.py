@@ -71,6 +71,13 @@ def start_priorities(stages: list[Stage]) -> dict[str, int]:
     return priority
 
 
+def start_order(stages: list[Stage]) -> list[str]:
+    """The stage names in the order a parallel run considers them: the highest
+    :func:`start_priorities` first, then the list's order (each starts once its needs are done)."""
+    priority = start_priorities(stages)
+    return sorted((stage.name for stage in stages), key=lambda name: -priority[name])
+
+
 def chain_keys(stages: list[Stage]) -> dict[str, str]:
     """Each stage's key: its fingerprint chained with those of the stages it needs.
 
@@ -221,14 +228,13 @@ class Runner:
     def _run_parallel(self, stages: list[Stage], keys: dict[str, str], jobs: int,
                       rebuild: Callable[[], list[Stage]]) -> dict[str, StageResult]:
         """Stages in ``jobs`` worker processes, each started once the stages it needs are done,
-        the highest :func:`start_priorities` first among those ready, then in the list's order. A
-        failed stage lets the running ones finish, starts no other, and its error is raised here."""
+        in :func:`start_order` among those ready. A failed stage lets the running ones finish, starts
+        no other, and its error is raised here."""
         results: dict[str, StageResult] = {}
         for stage in stages:
             if self.is_done(stage.name, keys[stage.name]):
                 results[stage.name] = self.run_stage(stage, keys[stage.name])
-        priority = start_priorities(stages)
-        todo = sorted((stage.name for stage in stages if stage.name not in results), key=lambda n: -priority[n])
+        todo = [name for name in start_order(stages) if name not in results]
         if not todo:
             return results
         needs = stage_needs(stages)
