@@ -42,6 +42,7 @@ from wsss.models.rcnn import (
     check_rcnn_sizes,
     fpn_backbone,
 )
+from wsss.models.roi_align import use_dense_roi_align
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ def build_detector(
     detector = FasterRCNN(body, rpn_anchor_generator=anchor_generator(anchor_sizes), box_head=head,
                           box_predictor=FastRCNNPredictor(representation_size, num_classes),
                           box_batch_size_per_image=int(rois_per_image))
+    use_dense_roi_align(detector.roi_heads)  # torchvision's RoIAlign as matrix products (the same values)
     detector.transform = RcnnTransform(min_size, max_size, mean, std)
     detector.wsss_config = {
         "backbone": backbone, "num_classes": int(num_classes), "fpn_channels": int(fpn_channels),

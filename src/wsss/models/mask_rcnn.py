@@ -50,6 +50,7 @@ from torchvision.ops import roi_align
 
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss.models.rcnn import ANCHOR_SIZES, RcnnTransform, anchor_generator, check_rcnn_sizes, fpn_backbone
+from wsss.models.roi_align import use_dense_roi_align
 
 __all__ = [
     "Detections",
@@ -216,7 +217,7 @@ def build_mask_rcnn(
         mask_predictor=MaskRCNNPredictor(mask_channels, mask_channels, num_classes),
         box_batch_size_per_image=int(rois_per_image),
     )
-    model.roi_heads = IgnoreMaskRoIHeads.from_heads(model.roi_heads)
+    model.roi_heads = use_dense_roi_align(IgnoreMaskRoIHeads.from_heads(model.roi_heads))
     model.transform = RcnnTransform(min_size, max_size, mean, std)
     model.wsss_config = {
         "backbone": backbone, "num_classes": int(num_classes), "min_size": min_size, "max_size": max_size,
