@@ -103,3 +103,16 @@ def test_the_rcnns_use_it_and_train_the_same():
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
     assert use_dense_roi_align(model.roi_heads) is model.roi_heads
     assert isinstance(model.roi_heads.box_roi_pool, DenseMultiScaleRoIAlign)
+
+
+def test_speed_benchmark_runs_both_pools_and_finds_the_same_losses(capsys):
+    from helpers import load_benchmark
+
+    for bench in load_benchmark("roi_align_speed"):
+        assert bench.main(["--size", "64", "--batch", "2", "--repeats", "1"]) == 0
+    lines = {line.split("  ")[0].strip(): line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert set(lines) == {"mask rcnn update", "detector update", "bbam heads (fwd + bwd)"}
+    for fields in lines.values():
+        plain, dense, ratio, diff = float(fields[-4]), float(fields[-3]), float(fields[-2].rstrip("x")), float(fields[-1])
+        assert plain > 0 and dense > 0 and abs(ratio - plain / dense) < 0.02 * ratio + 0.01
+        assert diff < 1e-3  # the same computation up to rounding
