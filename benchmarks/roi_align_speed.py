@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         inputs = images.clone().requires_grad_(True)
         logits, deltas = box_outputs(detector, inputs, [(args.size, args.size)] * args.batch, proposals)
         (logits.sum() + deltas.sum()).backward()
-        return float(logits.sum())
+        return logits.sum().item()
 
     rows.append(("bbam heads (fwd + bwd)", *_compare(heads, args.repeats)))
     print(f"{'what':<24} {'torchvision s':>14} {'dense s':>9} {'ratio':>7} {'|diff|':>9}")
