@@ -116,3 +116,16 @@ def test_speed_benchmark_runs_both_pools_and_finds_the_same_losses(capsys):
         plain, dense, ratio, diff = float(fields[-4]), float(fields[-3]), float(fields[-2].rstrip("x")), float(fields[-1])
         assert plain > 0 and dense > 0 and abs(ratio - plain / dense) < 0.02 * ratio + 0.01
         assert diff < 1e-3  # the same computation up to rounding
+
+
+def test_large_maps_and_many_regions_give_the_same_values(monkeypatch):
+    import wsss.models.roi_align as module
+
+    features, rois = _case(seed=4, count=150)  # more regions than one chunk
+    expected = roi_align(features.float(), rois.float(), 7, 1.0, 2)
+    torch.testing.assert_close(roi_align_dense(features.float(), rois.float(), 7, 1.0, 2), expected,
+                               rtol=1e-5, atol=1e-5)
+    calls = []
+    monkeypatch.setattr(module, "MAX_CELLS", 100)  # this map (13 x 17) now counts as large
+    monkeypatch.setattr(module, "roi_align", lambda *args: calls.append(args) or expected)
+    assert roi_align_dense(features.float(), rois.float(), 7, 1.0, 2) is expected and len(calls) == 1

@@ -12,8 +12,8 @@ the rows and one batched product over the columns; autograd's backward is two mo
 It is torchvision's computation (``aligned=False`` or ``True``, a fixed ``sampling_ratio``),
 its clamping at the borders included, up to the order of float additions
 (``tests/test_roi_align.py``). Like torchvision's kernel under autocast, it computes in float32
-and returns the features' dtype. An adaptive ``sampling_ratio`` (<= 0) and CUDA tensors go to
-torchvision's kernel.
+and returns the features' dtype. An adaptive ``sampling_ratio`` (<= 0), CUDA tensors and maps
+larger than :data:`MAX_CELLS` go to torchvision's kernel.
 
 :class:`DenseMultiScaleRoIAlign` is torchvision's ``MultiScaleRoIAlign`` (FPN level per box,
 same scales) on it; :func:`use_dense_roi_align` puts it into a torchvision R-CNN's heads.
@@ -26,7 +26,15 @@ from torch import Tensor, nn
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import _filter_input, _setup_scales
 
-__all__ = ["DenseMultiScaleRoIAlign", "axis_weights", "roi_align_dense", "use_dense_roi_align"]
+__all__ = ["CHUNK", "DenseMultiScaleRoIAlign", "MAX_CELLS", "axis_weights", "roi_align_dense", "use_dense_roi_align"]
+
+MAX_CELLS = 2048
+"""Feature maps of more cells than this go to torchvision's kernel: the products cost H x W per
+bin row and column where torchvision's cost does not grow with the map. `roi_align_speed.py`
+(one thread): 1.19-1.50x at 128 px (FPN level 0 of 32 x 32 cells, the demo), 0.97-1.09x at
+256 px (64 x 64)."""
+CHUNK = 64
+"""Regions per product: the row product's output (CHUNK x bins x C x W) stays small."""
 
 
 def axis_weights(start: Tensor, bin_size: Tensor, bins: int, grid: int, size: int) -> Tensor:
@@ -75,7 +83,7 @@ def roi_align_dense(features: Tensor, rois: Tensor, output_size: int | tuple[int
         (K, C, h, w) in ``features``' dtype.
     """
     out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
-    if sampling_ratio <= 0 or features.is_cuda:
+    if sampling_ratio <= 0 or features.is_cuda or features.shape[-2] * features.shape[-1] > MAX_CELLS:
         return roi_align(features, rois, (out_h, out_w), spatial_scale, sampling_ratio, aligned)
     dtype = features.dtype
     with torch.autocast(features.device.type, enabled=False):
@@ -91,12 +99,12 @@ def roi_align_dense(features: Tensor, rois: Tensor, output_size: int | tuple[int
         out = values.new_zeros(len(rois), channels, out_h, out_w)
         order = rois[:, 0].long()
         for image in torch.unique(order).tolist():
-            chosen = torch.nonzero(order == image).squeeze(1)
-            count = len(chosen)
             plane = values[image].transpose(0, 1).reshape(height, channels * width)  # (H, C * W)
-            by_rows = (rows[chosen].reshape(count * out_h, height) @ plane).reshape(count, out_h * channels, width)
-            pooled = torch.bmm(by_rows, cols[chosen].transpose(1, 2))  # (k, h * C, w)
-            out[chosen] = pooled.reshape(count, out_h, channels, out_w).transpose(1, 2)
+            for chosen in torch.nonzero(order == image).squeeze(1).split(CHUNK):  # bounded intermediates
+                count = len(chosen)
+                by_rows = (rows[chosen].reshape(count * out_h, height) @ plane).reshape(count, out_h * channels, width)
+                pooled = torch.bmm(by_rows, cols[chosen].transpose(1, 2))  # (k, h * C, w)
+                out[chosen] = pooled.reshape(count, out_h, channels, out_w).transpose(1, 2)
     return out.to(dtype)
 
 
