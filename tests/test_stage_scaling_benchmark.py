@@ -53,7 +53,9 @@ def test_table_has_every_stage_at_every_size(scaling, tmp_path, capsys) -> None:
     lines = {c[0]: [float(v) for v in c[1:]] for c in
              ([cell.strip() for cell in line.strip("|").split("|")] for line in estimate.splitlines()
               if line.startswith("| ") and not line.startswith("| stage"))}
-    assert lines["classifier training"][1] > lines["classifier training"][0] > 0  # grows with the training images
+    # grows with the training images (printed in minutes to 0.1: on a fast machine both may round to
+    # 0.1; test_demo_estimate_counts checks the growth itself, unrounded)
+    assert lines["classifier training"][1] >= lines["classifier training"][0] > 0
     assert lines["AdvCAM maps"][0] == lines["AdvCAM maps"][1] > lines["AdvCAM maps"][3] > lines["AdvCAM maps"][2] > 0
     assert lines["total"][0] == pytest.approx(sum(v[0] for k, v in lines.items() if k != "total"), abs=0.1 * len(lines))
 
