@@ -67,15 +67,6 @@ def _pools(heads, dense: bool):
         heads.mask_roi_pool = kind(names, 14, 2)
 
 
-def _time(call, repeats: int) -> tuple[float, float]:
-    seconds, value = [], 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        value = call()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), value
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -129,14 +120,17 @@ def main(argv=None) -> int:
 
 
 def _compare(call, repeats: int) -> tuple[float, float, float]:
-    call(False), call(True)  # warm-up
-    plain, dense = [], []
+    """Median seconds of ``call(False)`` (torchvision) and ``call(True)`` (dense), alternating after
+    one warm-up each, and the difference of their last values."""
+    call(False), call(True)
+    seconds = {False: [], True: []}
     values = {}
     for _ in range(repeats):
-        for flag, bucket in ((False, plain), (True, dense)):
-            seconds, values[flag] = _time(lambda: call(flag), 1)
-            bucket.append(seconds)
-    return statistics.median(plain), statistics.median(dense), abs(values[True] - values[False])
+        for dense in (False, True):
+            start = time.perf_counter()
+            values[dense] = call(dense)
+            seconds[dense].append(time.perf_counter() - start)
+    return statistics.median(seconds[False]), statistics.median(seconds[True]), abs(values[True] - values[False])
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torchvision.ops import MultiScaleRoIAlign, roi_align
-from torchvision.ops.poolers import _filter_input, _setup_scales
+from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
 __all__ = ["CHUNK", "DenseMultiScaleRoIAlign", "MAX_CELLS", "axis_weights", "roi_align_dense", "use_dense_roi_align"]
 
@@ -117,10 +117,7 @@ class DenseMultiScaleRoIAlign(MultiScaleRoIAlign):
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
                                                          self.canonical_level)
-        concat = torch.cat(boxes, dim=0)
-        index = torch.cat([torch.full((len(b), 1), i, dtype=concat.dtype, device=concat.device)
-                           for i, b in enumerate(boxes)], dim=0)
-        rois = torch.cat([index, concat], dim=1)
+        rois = _convert_to_roi_format(boxes)
         if len(features) == 1:
             return roi_align_dense(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
         levels = self.map_levels(boxes)
